@@ -1,0 +1,5 @@
+//! `cowlist`: not implemented yet (placeholder so the workspace builds).
+fn main() {
+    eprintln!("cowlist: not implemented yet");
+    std::process::exit(70);
+}
