@@ -1,0 +1,333 @@
+//! Device I/O for blkpipe: one [`Device`] type over regular files and block devices.
+//!
+//! - [`Device::open_source`] opens something to read (optionally `O_DIRECT`), and
+//!   [`Device::open_target`] opens something to write, refusing a block device that is mounted,
+//!   held by another device (a dm or md holder), or open in another process, and a file that
+//!   backs a loop device, unless forced. Block devices are opened `O_EXCL`.
+//! - [`Device::size`] comes from `BLKGETSIZE64` for block devices and `stat` for files.
+//! - [`Device::read_at`] / [`Device::write_at`] are positional and retry short transfers.
+//! - [`Device::zero_range`] writes zeros, or punches holes / zeroes out with `discard`.
+//! - [`Device::fadvise_dontneed`] keeps a full read from evicting the host's page cache.
+//! - [`AlignedBuf`] is a buffer aligned for `O_DIRECT`.
+//!
+//! ```no_run
+//! use blkpipe_dev::Device;
+//! let dev = Device::open_source("/dev/vg/lv".as_ref(), false).unwrap();
+//! let mut buf = vec![0u8; 4096];
+//! let n = dev.read_at(&mut buf, 0).unwrap();
+//! assert!(n <= 4096 && dev.size() >= n as u64);
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+mod aligned;
+mod inuse;
+
+pub use aligned::AlignedBuf;
+
+mod ioctl {
+    nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+    nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
+    nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
+    nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+}
+use ioctl::{blkdiscard, blkgetsize64, blksszget, blkzeroout};
+
+/// What went wrong opening or using a device.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// A system call failed.
+    #[error("{path}: {op}: {source}")]
+    Io {
+        /// The device or file.
+        path: PathBuf,
+        /// What was being done (`open`, `read at 4096`, ...).
+        op: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The path is neither a regular file nor a block device.
+    #[error("{0}: not a regular file or block device")]
+    NotADevice(PathBuf),
+    /// The target is in use and `force` was not given.
+    #[error("{path}: {why}; refusing to write to it (use --force to override)")]
+    InUse {
+        /// The target.
+        path: PathBuf,
+        /// Who uses it.
+        why: String,
+    },
+}
+
+impl DevError {
+    /// The OS error behind this one, if any.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            DevError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// An open file or block device.
+#[derive(Debug)]
+pub struct Device {
+    file: File,
+    path: PathBuf,
+    is_block: bool,
+    size: u64,
+    logical_block: u64,
+}
+
+/// How to open a target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TargetOptions {
+    /// Create a regular file if the path does not exist.
+    pub create: bool,
+    /// Skip the in-use checks and the exclusive open.
+    pub force: bool,
+    /// Open for reading only (a dry run still performs every check).
+    pub read_only: bool,
+}
+
+impl Device {
+    fn io(&self, op: impl Into<String>, source: io::Error) -> DevError {
+        DevError::Io {
+            path: self.path.clone(),
+            op: op.into(),
+            source,
+        }
+    }
+
+    fn from_file(file: File, path: &Path) -> Result<Self, DevError> {
+        let err = |op: &str, source| DevError::Io {
+            path: path.to_owned(),
+            op: op.into(),
+            source,
+        };
+        let meta = file.metadata().map_err(|e| err("stat", e))?;
+        let ft = meta.file_type();
+        let (is_block, size, logical_block) = if ft.is_block_device() {
+            let mut size = 0u64;
+            let mut lbs: libc::c_int = 0;
+            // SAFETY: both ioctls write one integer through a valid pointer to a local.
+            unsafe {
+                blkgetsize64(file.as_raw_fd(), &mut size)
+                    .map_err(|e| err("BLKGETSIZE64", e.into()))?;
+                blksszget(file.as_raw_fd(), &mut lbs).map_err(|e| err("BLKSSZGET", e.into()))?;
+            }
+            (true, size, lbs.max(512) as u64)
+        } else if ft.is_file() {
+            (false, meta.len(), 512)
+        } else {
+            return Err(DevError::NotADevice(path.to_owned()));
+        };
+        Ok(Device {
+            file,
+            path: path.to_owned(),
+            is_block,
+            size,
+            logical_block,
+        })
+    }
+
+    /// Open a file or block device for reading. With `direct`, reads bypass the page cache
+    /// (buffers and offsets must then be aligned to [`Device::logical_block_size`]).
+    pub fn open_source(path: &Path, direct: bool) -> Result<Self, DevError> {
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let file = opts.open(path).map_err(|e| DevError::Io {
+            path: path.to_owned(),
+            op: "open".into(),
+            source: e,
+        })?;
+        Self::from_file(file, path)
+    }
+
+    /// Open a target for writing, refusing one that is in use unless `opts.force`.
+    pub fn open_target(path: &Path, opts: TargetOptions) -> Result<Self, DevError> {
+        if !opts.force {
+            inuse::check(path)?;
+        }
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(!opts.read_only);
+        let is_block = std::fs::metadata(path)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        if is_block && !opts.force {
+            // O_EXCL on a block device fails with EBUSY while it is mounted or claimed.
+            oo.custom_flags(libc::O_EXCL);
+        } else if opts.create && !opts.read_only && !is_block {
+            oo.create(true);
+        }
+        let file = oo.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                DevError::InUse {
+                    path: path.to_owned(),
+                    why: "device is busy (mounted or opened exclusively elsewhere)".into(),
+                }
+            } else {
+                DevError::Io {
+                    path: path.to_owned(),
+                    op: "open".into(),
+                    source: e,
+                }
+            }
+        })?;
+        Self::from_file(file, path)
+    }
+
+    /// The path it was opened by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether this is a block device (as opposed to a regular file).
+    pub fn is_block_device(&self) -> bool {
+        self.is_block
+    }
+
+    /// Logical block size (512 for regular files).
+    pub fn logical_block_size(&self) -> u64 {
+        self.logical_block
+    }
+
+    /// Read into `buf` at `offset`, retrying short reads; returns fewer bytes only at the end.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, DevError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            match self.file.read_at(&mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io(format!("read at offset {at}"), e)),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Write all of `buf` at `offset`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| self.io(format!("write at offset {offset}"), e))
+    }
+
+    /// Make the range `offset..offset+len` read as zeros. With `discard`, files get a hole
+    /// punched and block devices are zeroed with `BLKZEROOUT` (which may unmap); without it,
+    /// zeros are written from `zeros` (any length; reused as the write buffer).
+    pub fn zero_range(
+        &self,
+        offset: u64,
+        len: u64,
+        discard: bool,
+        zeros: &[u8],
+    ) -> Result<(), DevError> {
+        if discard {
+            let done = if self.is_block {
+                let range = [offset, len];
+                // SAFETY: BLKZEROOUT reads two u64 from a valid pointer to a local array.
+                unsafe { blkzeroout(self.file.as_raw_fd(), &range) }.map(|_| ())
+            } else {
+                nix::fcntl::fallocate(
+                    self.file.as_raw_fd(),
+                    nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                    offset as i64,
+                    len as i64,
+                )
+            };
+            match done {
+                Ok(()) => return Ok(()),
+                // Not supported here: fall back to writing zeros.
+                Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::ENOTTY) => {}
+                Err(e) => return Err(self.io(format!("zero out at offset {offset}"), e.into())),
+            }
+        }
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Set a regular file's length (block devices are left alone).
+    pub fn set_len(&mut self, len: u64) -> Result<(), DevError> {
+        if self.is_block {
+            return Ok(());
+        }
+        self.file
+            .set_len(len)
+            .map_err(|e| self.io(format!("resize to {len} bytes"), e))?;
+        self.size = len;
+        Ok(())
+    }
+
+    /// Flush written data to stable storage.
+    pub fn sync(&self) -> Result<(), DevError> {
+        self.file.sync_all().map_err(|e| self.io("fsync", e))
+    }
+
+    /// Tell the kernel the range will not be needed again, so a full read does not push other
+    /// data out of the page cache. Advisory: errors are ignored.
+    pub fn fadvise_dontneed(&self, offset: u64, len: u64) {
+        let _ = nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
+
+    /// Tell the kernel the device will be read sequentially. Advisory.
+    pub fn fadvise_sequential(&self) {
+        let _ = nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+        );
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// `(major, minor)` of a block device.
+    pub fn rdev(&self) -> Option<(u64, u64)> {
+        let meta = self.file.metadata().ok()?;
+        self.is_block.then(|| {
+            (
+                libc::major(meta.rdev()) as u64,
+                libc::minor(meta.rdev()) as u64,
+            )
+        })
+    }
+}
+
+/// Issue `BLKDISCARD` on a range of a block device (not used for zeroing: discarded blocks
+/// need not read back as zeros).
+pub fn discard(dev: &Device, offset: u64, len: u64) -> Result<(), DevError> {
+    let range = [offset, len];
+    // SAFETY: BLKDISCARD reads two u64 from a valid pointer to a local array.
+    unsafe { blkdiscard(dev.file.as_raw_fd(), &range) }
+        .map(|_| ())
+        .map_err(|e| dev.io(format!("discard at offset {offset}"), e.into()))
+}

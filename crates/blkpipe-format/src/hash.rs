@@ -1,0 +1,458 @@
+//! The hash stream: a header, one fixed-size hash per block in groups that each carry a
+//! checksum, and an end record.
+//!
+//! A reader hands out hashes one verified group at a time ([`HashReader::next_group`]), so a
+//! consumer never acts on a hash whose group checksum has not been checked.
+
+use std::io::{self, Read, Write};
+
+use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
+
+use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError};
+
+/// The first eight bytes of every hash stream.
+pub const MAGIC: &[u8; 8] = b"BLKHASH\0";
+/// The first eight bytes of the hash stream's end record.
+pub const END_MAGIC: &[u8; 8] = b"BLKHEND\0";
+/// The major version this crate reads and writes.
+pub const VERSION_MAJOR: u16 = 1;
+/// The minor version this crate writes.
+pub const VERSION_MINOR: u16 = 0;
+/// Smallest block size.
+pub const MIN_BLOCK_SIZE: u32 = 4096;
+/// Largest block size.
+pub const MAX_BLOCK_SIZE: u32 = 16 << 20;
+/// Hashes per checksummed group written by [`HashWriter`].
+pub const GROUP_BLOCKS: u16 = 1024;
+/// Largest group a reader accepts.
+pub const MAX_GROUP_BLOCKS: u16 = 4096;
+
+const HEADER_LEN: usize = 56;
+const END_LEN: usize = 56;
+
+/// Which hash is stored per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    /// Low 64 bits of the block's xxh3-128 (id 1).
+    Xxh3_64,
+    /// The block's full xxh3-128 (id 2).
+    Xxh3_128,
+}
+
+impl HashKind {
+    /// Bytes per stored hash.
+    pub fn len(self) -> usize {
+        match self {
+            HashKind::Xxh3_64 => 8,
+            HashKind::Xxh3_128 => 16,
+        }
+    }
+    fn id(self) -> u8 {
+        match self {
+            HashKind::Xxh3_64 => 1,
+            HashKind::Xxh3_128 => 2,
+        }
+    }
+    /// Reduce a block's 128-bit hash to what this kind stores.
+    #[inline]
+    pub fn reduce(self, h: u128) -> u128 {
+        match self {
+            HashKind::Xxh3_64 => h as u64 as u128,
+            HashKind::Xxh3_128 => h,
+        }
+    }
+}
+
+/// The hash stream header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashHeader {
+    /// Bytes per block: a power of two from [`MIN_BLOCK_SIZE`] to [`MAX_BLOCK_SIZE`].
+    pub block_size: u32,
+    /// Which hash each block carries.
+    pub kind: HashKind,
+    /// Hashes per checksummed group.
+    pub group_blocks: u16,
+    /// Size of the hashed device in bytes.
+    pub device_size: u64,
+    /// Seed of every hash in the stream.
+    pub seed: u64,
+    /// Offset of the first hashed block (a multiple of the block size; 0 for a whole device).
+    pub start_offset: u64,
+}
+
+impl HashHeader {
+    /// Number of blocks the stream holds hashes for.
+    pub fn block_count(&self) -> u64 {
+        let bs = self.block_size as u64;
+        self.device_size
+            .saturating_sub(self.start_offset)
+            .div_ceil(bs)
+    }
+
+    /// Offset and length of block `i` (0 = the block at `start_offset`).
+    pub fn block_range(&self, i: u64) -> (u64, u64) {
+        let off = self.start_offset + i * self.block_size as u64;
+        (off, (self.device_size - off).min(self.block_size as u64))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.block_size.is_power_of_two()
+            || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size)
+        {
+            return Err(format!(
+                "block size {} is not a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}",
+                self.block_size
+            ));
+        }
+        if self.group_blocks == 0 || self.group_blocks > MAX_GROUP_BLOCKS {
+            return Err(format!(
+                "group of {} hashes outside 1..={MAX_GROUP_BLOCKS}",
+                self.group_blocks
+            ));
+        }
+        if self.start_offset % self.block_size as u64 != 0 || self.start_offset > self.device_size {
+            return Err(format!(
+                "start offset {} is not a block boundary inside the device",
+                self.start_offset
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serialise the header, checksum included.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..8].copy_from_slice(MAGIC);
+        b[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
+        b[10..12].copy_from_slice(&VERSION_MINOR.to_le_bytes());
+        b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
+        b[16] = self.kind.id();
+        b[18..20].copy_from_slice(&self.group_blocks.to_le_bytes());
+        b[24..32].copy_from_slice(&self.device_size.to_le_bytes());
+        b[32..40].copy_from_slice(&self.seed.to_le_bytes());
+        b[40..48].copy_from_slice(&self.start_offset.to_le_bytes());
+        let sum = xxh3_64_with_seed(&b[..48], 0);
+        b[48..56].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+}
+
+/// The hash stream's end record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashEnd {
+    /// Number of hashes in the stream.
+    pub block_count: u64,
+    /// xxh3-128 over every stored hash byte in order.
+    pub hashes_digest: u128,
+    /// Whole-device digest of the hashed range (see [`crate::digest`]).
+    pub device_digest: u128,
+}
+
+fn group_checksum(bytes: &[u8], group: u64) -> u64 {
+    xxh3_64_with_seed(bytes, group)
+}
+
+/// Writes a hash stream. Hashes are pushed in block order.
+pub struct HashWriter<W: Write> {
+    out: W,
+    header: HashHeader,
+    group: Vec<u8>,
+    in_group: u16,
+    group_index: u64,
+    count: u64,
+    all: Xxh3,
+}
+
+impl<W: Write> HashWriter<W> {
+    /// Validate and write the header.
+    pub fn new(mut out: W, header: HashHeader) -> io::Result<Self> {
+        header
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        out.write_all(&header.to_bytes())?;
+        Ok(HashWriter {
+            out,
+            group: Vec::with_capacity(header.group_blocks as usize * header.kind.len() + 8),
+            header,
+            in_group: 0,
+            group_index: 0,
+            count: 0,
+            all: Xxh3::new(),
+        })
+    }
+
+    /// The header written.
+    pub fn header(&self) -> &HashHeader {
+        &self.header
+    }
+
+    /// Append the hash of the next block (its full 128-bit hash; reduced as the header says).
+    pub fn push(&mut self, block_hash: u128) -> io::Result<()> {
+        if self.count >= self.header.block_count() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "more hashes than the device has blocks",
+            ));
+        }
+        let bytes = block_hash.to_le_bytes();
+        self.group
+            .extend_from_slice(&bytes[..self.header.kind.len()]);
+        self.in_group += 1;
+        self.count += 1;
+        if self.in_group == self.header.group_blocks || self.count == self.header.block_count() {
+            self.flush_group()?;
+        }
+        Ok(())
+    }
+
+    fn flush_group(&mut self) -> io::Result<()> {
+        let sum = group_checksum(&self.group, self.group_index);
+        self.all.update(&self.group);
+        self.group.extend_from_slice(&sum.to_le_bytes());
+        self.out.write_all(&self.group)?;
+        self.group.clear();
+        self.in_group = 0;
+        self.group_index += 1;
+        Ok(())
+    }
+
+    /// Write the end record with the device digest and return the inner writer.
+    pub fn finish(mut self, device_digest: u128) -> io::Result<W> {
+        if self.count != self.header.block_count() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} hashes pushed for {} blocks",
+                    self.count,
+                    self.header.block_count()
+                ),
+            ));
+        }
+        let end = HashEnd {
+            block_count: self.count,
+            hashes_digest: self.all.digest128(),
+            device_digest,
+        };
+        self.out.write_all(&encode_end(&end))?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+fn encode_end(end: &HashEnd) -> [u8; END_LEN] {
+    let mut b = [0u8; END_LEN];
+    b[..8].copy_from_slice(END_MAGIC);
+    b[8..16].copy_from_slice(&end.block_count.to_le_bytes());
+    b[16..32].copy_from_slice(&end.hashes_digest.to_le_bytes());
+    b[32..48].copy_from_slice(&end.device_digest.to_le_bytes());
+    let sum = xxh3_64_with_seed(&b[..48], 0);
+    b[48..56].copy_from_slice(&sum.to_le_bytes());
+    b
+}
+
+/// Reads and verifies a hash stream one group at a time.
+pub struct HashReader<R: Read> {
+    input: R,
+    header: HashHeader,
+    pos: u64,
+    buf: Vec<u8>,
+    group_index: u64,
+    done_blocks: u64,
+    all: Xxh3,
+    end: Option<HashEnd>,
+}
+
+impl<R: Read> HashReader<R> {
+    /// Read and verify the header.
+    pub fn new(mut input: R) -> Result<Self, FormatError> {
+        let mut b = [0u8; HEADER_LEN];
+        let got = read_full(&mut input, &mut b)?;
+        if b[..got.min(8)] != MAGIC[..got.min(8)] {
+            return Err(FormatError::BadMagic {
+                stream: "hash",
+                found: b[..got.min(8)].to_vec(),
+            });
+        }
+        if got >= 12 && le_u16(&b, 8) != VERSION_MAJOR {
+            return Err(FormatError::UnsupportedVersion {
+                stream: "hash",
+                found_major: le_u16(&b, 8),
+                found_minor: le_u16(&b, 10),
+                supported: VERSION_MAJOR,
+            });
+        }
+        if got < HEADER_LEN {
+            return Err(FormatError::Truncated {
+                what: "hash header",
+                record: 0,
+                at: got as u64,
+            });
+        }
+        if xxh3_64_with_seed(&b[..48], 0) != le_u64(&b, 48) {
+            return Err(FormatError::Checksum {
+                what: "hash header",
+                record: 0,
+                offset: 0,
+            });
+        }
+        let kind = match b[16] {
+            1 => HashKind::Xxh3_64,
+            2 => HashKind::Xxh3_128,
+            id => {
+                return Err(FormatError::invalid(
+                    0,
+                    16,
+                    format!("hash header: unknown hash id {id}"),
+                ))
+            }
+        };
+        if b[17] != 0 || le_u32(&b, 20) != 0 {
+            return Err(FormatError::invalid(
+                0,
+                17,
+                "hash header: reserved bytes are not zero",
+            ));
+        }
+        let header = HashHeader {
+            block_size: le_u32(&b, 12),
+            kind,
+            group_blocks: le_u16(&b, 18),
+            device_size: le_u64(&b, 24),
+            seed: le_u64(&b, 32),
+            start_offset: le_u64(&b, 40),
+        };
+        header
+            .validate()
+            .map_err(|e| FormatError::invalid(0, 0, format!("hash header: {e}")))?;
+        Ok(HashReader {
+            input,
+            pos: HEADER_LEN as u64,
+            buf: Vec::with_capacity(header.group_blocks as usize * kind.len() + 8),
+            header,
+            group_index: 0,
+            done_blocks: 0,
+            all: Xxh3::new(),
+            end: None,
+        })
+    }
+
+    /// The verified header.
+    pub fn header(&self) -> &HashHeader {
+        &self.header
+    }
+
+    /// The end record, once [`next_group`](Self::next_group) has returned `None`.
+    pub fn end(&self) -> Option<&HashEnd> {
+        self.end.as_ref()
+    }
+
+    /// The next verified group: the index of its first block and its hashes (each
+    /// `kind.len()` bytes, little-endian). `None` after a valid end record and end of input.
+    pub fn next_group(&mut self) -> Result<Option<(u64, &[u8])>, FormatError> {
+        let total = self.header.block_count();
+        if self.done_blocks == total {
+            if self.end.is_none() {
+                self.read_end()?;
+            }
+            return Ok(None);
+        }
+        let n = (total - self.done_blocks).min(self.header.group_blocks as u64) as usize;
+        let hl = self.header.kind.len();
+        self.buf.resize(n * hl + 8, 0);
+        let got = read_full(&mut self.input, &mut self.buf)?;
+        let first = self.done_blocks;
+        let block_offset = self.header.block_range(first).0;
+        if got < self.buf.len() {
+            return Err(FormatError::Truncated {
+                what: "hash group",
+                record: self.group_index,
+                at: self.pos + got as u64,
+            });
+        }
+        let body = n * hl;
+        if group_checksum(&self.buf[..body], self.group_index) != le_u64(&self.buf, body) {
+            return Err(FormatError::Checksum {
+                what: "hash group",
+                record: self.group_index,
+                offset: block_offset,
+            });
+        }
+        self.all.update(&self.buf[..body]);
+        self.pos += self.buf.len() as u64;
+        self.group_index += 1;
+        self.done_blocks += n as u64;
+        Ok(Some((first, &self.buf[..body])))
+    }
+
+    fn read_end(&mut self) -> Result<(), FormatError> {
+        let mut b = [0u8; END_LEN];
+        let got = read_full(&mut self.input, &mut b)?;
+        let (rec, at) = (self.group_index, self.pos);
+        if got < END_LEN {
+            return Err(FormatError::Truncated {
+                what: "hash end record",
+                record: rec,
+                at: at + got as u64,
+            });
+        }
+        if &b[..8] != END_MAGIC {
+            return Err(FormatError::invalid(
+                rec,
+                at,
+                "hash stream: bad end record magic",
+            ));
+        }
+        if xxh3_64_with_seed(&b[..48], 0) != le_u64(&b, 48) {
+            return Err(FormatError::Checksum {
+                what: "hash end record",
+                record: rec,
+                offset: at,
+            });
+        }
+        let end = HashEnd {
+            block_count: le_u64(&b, 8),
+            hashes_digest: le_u128(&b, 16),
+            device_digest: le_u128(&b, 32),
+        };
+        if end.block_count != self.done_blocks {
+            return Err(FormatError::invalid(
+                rec,
+                at,
+                format!(
+                    "hash end record says {} blocks but the stream held {}",
+                    end.block_count, self.done_blocks
+                ),
+            ));
+        }
+        if end.hashes_digest != self.all.digest128() {
+            return Err(FormatError::invalid(
+                rec,
+                at,
+                "hash end record: digest mismatch",
+            ));
+        }
+        self.pos += END_LEN as u64;
+        let mut extra = [0u8; 1];
+        if read_full(&mut self.input, &mut extra)? != 0 {
+            return Err(FormatError::invalid(
+                rec,
+                self.pos,
+                format!(
+                    "unexpected data after the hash end record at byte {}",
+                    self.pos
+                ),
+            ));
+        }
+        self.end = Some(end);
+        Ok(())
+    }
+}
+
+/// Hash `i` of a verified group as a `u128` (zero-extended for 64-bit hashes).
+#[inline]
+pub fn hash_at(group: &[u8], kind: HashKind, i: usize) -> u128 {
+    match kind {
+        HashKind::Xxh3_64 => le_u64(group, i * 8) as u128,
+        HashKind::Xxh3_128 => le_u128(group, i * 16),
+    }
+}

@@ -1,0 +1,631 @@
+//! The patch stream: a header, data and zero records in ascending offset order, an end record.
+//!
+//! See `docs/FORMAT.md` for the byte layout. [`PatchWriter`] produces it, [`PatchReader`]
+//! consumes it and returns a record only once its checksum has been verified, so a caller that
+//! applies records as they come never applies a byte that the stream did not vouch for.
+
+use std::io::{self, Read, Write};
+
+use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
+
+use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError, MAX_RECORD_LEN};
+
+/// The first eight bytes of every patch stream.
+pub const MAGIC: &[u8; 8] = b"BLKPATCH";
+/// The major version this crate reads and writes.
+pub const VERSION_MAJOR: u16 = 1;
+/// The minor version this crate writes.
+pub const VERSION_MINOR: u16 = 0;
+/// Longest creator string.
+pub const MAX_CREATOR_LEN: usize = 255;
+/// `total_payload` value meaning "not known when the header was written".
+pub const UNKNOWN_TOTAL: u64 = u64::MAX;
+
+const HEADER_FIXED: usize = 50;
+const RECORD_HEADER: usize = 32;
+const END_LEN: usize = 80;
+
+/// Record kinds on the wire.
+const KIND_DATA: u8 = 0x01;
+const KIND_ZERO: u8 = 0x02;
+const KIND_END: u8 = 0xEE;
+/// Data record flag: the payload is an lz4 block.
+const FLAG_LZ4: u8 = 0x01;
+/// End record flag: a source digest is present.
+const FLAG_SOURCE_DIGEST: u8 = 0x01;
+
+/// The patch stream header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchHeader {
+    /// Size of the source device in bytes; the target is made this size.
+    pub source_size: u64,
+    /// Sum of the lengths of all data and zero records, or [`UNKNOWN_TOTAL`].
+    pub total_payload: u64,
+    /// Random identity of this stream (used to match a resume state to its stream).
+    pub stream_id: [u8; 16],
+    /// Free text naming the tool that wrote the stream.
+    pub creator: String,
+}
+
+impl PatchHeader {
+    /// A header for a source of `source_size` bytes with an unknown total.
+    pub fn new(source_size: u64, stream_id: [u8; 16]) -> Self {
+        PatchHeader {
+            source_size,
+            total_payload: UNKNOWN_TOTAL,
+            stream_id,
+            creator: String::new(),
+        }
+    }
+
+    /// Serialise the header, checksum included.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let creator = truncate_utf8(&self.creator, MAX_CREATOR_LEN);
+        let mut b = Vec::with_capacity(HEADER_FIXED + creator.len() + 8);
+        b.extend_from_slice(MAGIC);
+        b.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
+        b.extend_from_slice(&VERSION_MINOR.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&self.source_size.to_le_bytes());
+        b.extend_from_slice(&self.total_payload.to_le_bytes());
+        b.extend_from_slice(&self.stream_id);
+        b.extend_from_slice(&(creator.len() as u16).to_le_bytes());
+        b.extend_from_slice(creator.as_bytes());
+        let sum = xxh3_64_with_seed(&b, 0);
+        b.extend_from_slice(&sum.to_le_bytes());
+        b
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A whole-source digest carried by the end record (see [`crate::digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceDigest {
+    /// Block size the digest was computed with.
+    pub block_size: u32,
+    /// Seed the digest was computed with.
+    pub seed: u64,
+    /// The digest.
+    pub digest: u128,
+}
+
+/// The end record's contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatchEnd {
+    /// Number of data and zero records.
+    pub record_count: u64,
+    /// Sum of the lengths of the data records.
+    pub data_bytes: u64,
+    /// Sum of the lengths of the zero records.
+    pub zero_bytes: u64,
+    /// xxh3-128 of every stream byte before the end record.
+    pub stream_digest: u128,
+    /// Digest of the whole source device, when the writer knew it.
+    pub source_digest: Option<SourceDigest>,
+}
+
+/// What a record carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecordData<'a> {
+    /// These bytes (already decompressed and verified) belong at the record's offset.
+    Data(&'a [u8]),
+    /// The record's range is all zeros.
+    Zero,
+}
+
+/// One verified record.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// Record number, from 0.
+    pub index: u64,
+    /// Byte offset on the device.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// Contents.
+    pub data: RecordData<'a>,
+}
+
+/// Writes a patch stream. Records must come in ascending, non-overlapping order.
+pub struct PatchWriter<W: Write> {
+    out: W,
+    lz4: bool,
+    digest: Xxh3,
+    source_size: u64,
+    next_min_offset: u64,
+    count: u64,
+    data_bytes: u64,
+    zero_bytes: u64,
+    scratch: Vec<u8>,
+}
+
+impl<W: Write> PatchWriter<W> {
+    /// Write the header and return a writer. With `lz4`, data payloads are compressed whenever
+    /// that makes them smaller.
+    pub fn new(mut out: W, header: PatchHeader, lz4: bool) -> io::Result<Self> {
+        let bytes = header.to_bytes();
+        out.write_all(&bytes)?;
+        let mut digest = Xxh3::new();
+        digest.update(&bytes);
+        Ok(PatchWriter {
+            out,
+            lz4,
+            digest,
+            source_size: header.source_size,
+            next_min_offset: 0,
+            count: 0,
+            data_bytes: 0,
+            zero_bytes: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Number of records written so far.
+    pub fn record_count(&self) -> u64 {
+        self.count
+    }
+
+    /// Sum of data record lengths so far.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// Sum of zero record lengths so far.
+    pub fn zero_bytes(&self) -> u64 {
+        self.zero_bytes
+    }
+
+    fn check(&self, offset: u64, length: u64) -> io::Result<()> {
+        let bad = |why: String| Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        if length == 0 || length > MAX_RECORD_LEN {
+            return bad(format!(
+                "record length {length} outside 1..={MAX_RECORD_LEN}"
+            ));
+        }
+        if offset < self.next_min_offset {
+            return bad(format!(
+                "record at offset {offset} overlaps or precedes the previous record ending at {}",
+                self.next_min_offset
+            ));
+        }
+        match offset.checked_add(length) {
+            Some(end) if end <= self.source_size => Ok(()),
+            _ => bad(format!(
+                "record at offset {offset} length {length} ends past the source size {}",
+                self.source_size
+            )),
+        }
+    }
+
+    fn emit(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        offset: u64,
+        length: u64,
+        stored: &[u8],
+        plain: &[u8],
+    ) -> io::Result<()> {
+        let mut h = [0u8; RECORD_HEADER];
+        h[0] = kind;
+        h[1] = flags;
+        h[4..8].copy_from_slice(&(stored.len() as u32).to_le_bytes());
+        h[8..16].copy_from_slice(&offset.to_le_bytes());
+        h[16..24].copy_from_slice(&length.to_le_bytes());
+        let sum = record_checksum(&h[..24], plain, self.count);
+        h[24..32].copy_from_slice(&sum.to_le_bytes());
+        self.out.write_all(&h)?;
+        self.out.write_all(stored)?;
+        self.digest.update(&h);
+        self.digest.update(stored);
+        self.count += 1;
+        self.next_min_offset = offset + length;
+        Ok(())
+    }
+
+    /// Write a data record holding `data` at `offset`.
+    pub fn write_data(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let length = data.len() as u64;
+        self.check(offset, length)?;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut compressed = None;
+        if self.lz4 {
+            let bound = lz4::block::compress_bound(data.len())?;
+            scratch.resize(bound, 0);
+            let n = lz4::block::compress_to_buffer(data, None, false, &mut scratch)?;
+            if n < data.len() {
+                compressed = Some(n);
+            }
+        }
+        let res = match compressed {
+            Some(n) => self.emit(KIND_DATA, FLAG_LZ4, offset, length, &scratch[..n], data),
+            None => self.emit(KIND_DATA, 0, offset, length, data, data),
+        };
+        self.scratch = scratch;
+        res?;
+        self.data_bytes += length;
+        Ok(())
+    }
+
+    /// Write a zero record for `length` bytes at `offset`.
+    pub fn write_zero(&mut self, offset: u64, length: u64) -> io::Result<()> {
+        self.check(offset, length)?;
+        self.emit(KIND_ZERO, 0, offset, length, &[], &[])?;
+        self.zero_bytes += length;
+        Ok(())
+    }
+
+    /// Write the end record, flush, and return the inner writer.
+    pub fn finish(mut self, source_digest: Option<SourceDigest>) -> io::Result<W> {
+        let end = PatchEnd {
+            record_count: self.count,
+            data_bytes: self.data_bytes,
+            zero_bytes: self.zero_bytes,
+            stream_digest: self.digest.digest128(),
+            source_digest,
+        };
+        self.out.write_all(&encode_end(&end))?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+fn record_checksum(header24: &[u8], plain: &[u8], index: u64) -> u64 {
+    let mut h = Xxh3::with_seed(index);
+    h.update(header24);
+    h.update(plain);
+    h.digest()
+}
+
+fn encode_end(end: &PatchEnd) -> [u8; END_LEN] {
+    let mut b = [0u8; END_LEN];
+    b[0] = KIND_END;
+    if let Some(sd) = end.source_digest {
+        b[1] = FLAG_SOURCE_DIGEST;
+        b[4..8].copy_from_slice(&sd.block_size.to_le_bytes());
+        b[32..40].copy_from_slice(&sd.seed.to_le_bytes());
+        b[40..56].copy_from_slice(&sd.digest.to_le_bytes());
+    }
+    b[8..16].copy_from_slice(&end.record_count.to_le_bytes());
+    b[16..24].copy_from_slice(&end.data_bytes.to_le_bytes());
+    b[24..32].copy_from_slice(&end.zero_bytes.to_le_bytes());
+    b[56..72].copy_from_slice(&end.stream_digest.to_le_bytes());
+    let sum = xxh3_64_with_seed(&b[..72], 0);
+    b[72..80].copy_from_slice(&sum.to_le_bytes());
+    b
+}
+
+/// Reads and verifies a patch stream record by record.
+pub struct PatchReader<R: Read> {
+    input: R,
+    header: PatchHeader,
+    pos: u64,
+    digest: Xxh3,
+    next_min_offset: u64,
+    count: u64,
+    data_bytes: u64,
+    zero_bytes: u64,
+    stored: Vec<u8>,
+    plain: Vec<u8>,
+    end: Option<PatchEnd>,
+}
+
+impl<R: Read> PatchReader<R> {
+    /// Read and verify the header.
+    pub fn new(mut input: R) -> Result<Self, FormatError> {
+        let mut fixed = [0u8; HEADER_FIXED];
+        let got = read_full(&mut input, &mut fixed)?;
+        if got >= 8 && &fixed[..8] != MAGIC || got < 8 && fixed[..got] != MAGIC[..got] {
+            return Err(FormatError::BadMagic {
+                stream: "patch",
+                found: fixed[..got.min(8)].to_vec(),
+            });
+        }
+        if got >= 12 {
+            let (major, minor) = (le_u16(&fixed, 8), le_u16(&fixed, 10));
+            if major != VERSION_MAJOR {
+                return Err(FormatError::UnsupportedVersion {
+                    stream: "patch",
+                    found_major: major,
+                    found_minor: minor,
+                    supported: VERSION_MAJOR,
+                });
+            }
+        }
+        let truncated = |at: u64| FormatError::Truncated {
+            what: "patch header",
+            record: 0,
+            at,
+        };
+        if got < HEADER_FIXED {
+            return Err(truncated(got as u64));
+        }
+        let creator_len = le_u16(&fixed, 48) as usize;
+        if creator_len > MAX_CREATOR_LEN {
+            return Err(FormatError::invalid(
+                0,
+                48,
+                format!("patch header: creator length {creator_len} exceeds {MAX_CREATOR_LEN}"),
+            ));
+        }
+        let mut rest = vec![0u8; creator_len + 8];
+        let got2 = read_full(&mut input, &mut rest)?;
+        if got2 < rest.len() {
+            return Err(truncated((HEADER_FIXED + got2) as u64));
+        }
+        let mut digest = Xxh3::new();
+        digest.update(&fixed);
+        digest.update(&rest);
+        let mut sum = Xxh3::with_seed(0);
+        sum.update(&fixed);
+        sum.update(&rest[..creator_len]);
+        if sum.digest() != le_u64(&rest, creator_len) {
+            return Err(FormatError::Checksum {
+                what: "patch header",
+                record: 0,
+                offset: 0,
+            });
+        }
+        if le_u32(&fixed, 12) != 0 {
+            return Err(FormatError::invalid(
+                0,
+                12,
+                "patch header: unknown flags set",
+            ));
+        }
+        let header = PatchHeader {
+            source_size: le_u64(&fixed, 16),
+            total_payload: le_u64(&fixed, 24),
+            stream_id: fixed[32..48].try_into().expect("16 bytes"),
+            creator: String::from_utf8_lossy(&rest[..creator_len]).into_owned(),
+        };
+        Ok(PatchReader {
+            input,
+            header,
+            pos: (HEADER_FIXED + creator_len + 8) as u64,
+            digest,
+            next_min_offset: 0,
+            count: 0,
+            data_bytes: 0,
+            zero_bytes: 0,
+            stored: Vec::new(),
+            plain: Vec::new(),
+            end: None,
+        })
+    }
+
+    /// The verified header.
+    pub fn header(&self) -> &PatchHeader {
+        &self.header
+    }
+
+    /// The end record, once [`next_record`](Self::next_record) has returned `None`.
+    pub fn end(&self) -> Option<&PatchEnd> {
+        self.end.as_ref()
+    }
+
+    /// Number of records returned so far.
+    pub fn records_read(&self) -> u64 {
+        self.count
+    }
+
+    /// Stream bytes consumed so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn read_exact_or(&mut self, buf_len: usize, what: &'static str) -> Result<(), FormatError> {
+        self.stored.resize(buf_len, 0);
+        let got = read_full(&mut self.input, &mut self.stored)?;
+        if got < buf_len {
+            return Err(FormatError::Truncated {
+                what,
+                record: self.count,
+                at: self.pos + got as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// The next verified record, or `None` after a valid end record followed by end of input.
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, FormatError> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        let idx = self.count;
+        let mut kind = [0u8; 1];
+        if read_full(&mut self.input, &mut kind)? == 0 {
+            return Err(FormatError::Truncated {
+                what: "stream ends before the end record",
+                record: idx,
+                at: self.pos,
+            });
+        }
+        if kind[0] == KIND_END {
+            return self.read_end().map(|()| None);
+        }
+        let mut h = [0u8; RECORD_HEADER];
+        h[0] = kind[0];
+        let got = read_full(&mut self.input, &mut h[1..])?;
+        if got < RECORD_HEADER - 1 {
+            return Err(FormatError::Truncated {
+                what: "record header",
+                record: idx,
+                at: self.pos + 1 + got as u64,
+            });
+        }
+        let (flags, stored_len) = (h[1], le_u32(&h, 4) as u64);
+        let (offset, length) = (le_u64(&h, 8), le_u64(&h, 16));
+        let bad = |why: String| Err(FormatError::invalid(idx, offset, why));
+        if kind[0] != KIND_DATA && kind[0] != KIND_ZERO {
+            return bad(format!(
+                "unknown record kind 0x{:02x} at byte {}",
+                kind[0], self.pos
+            ));
+        }
+        if length == 0 || length > MAX_RECORD_LEN {
+            return bad(format!(
+                "record length {length} outside 1..={MAX_RECORD_LEN}"
+            ));
+        }
+        let max_stored = match (kind[0], flags) {
+            (KIND_ZERO, 0) => 0,
+            (KIND_DATA, 0) => length,
+            (KIND_DATA, FLAG_LZ4) => lz4::block::compress_bound(length as usize)? as u64,
+            _ => return bad(format!("bad record flags 0x{flags:02x}")),
+        };
+        if le_u16(&h, 2) != 0 {
+            return bad("reserved record bytes are not zero".into());
+        }
+        if stored_len > max_stored || (flags == 0 && stored_len != max_stored) {
+            return bad(format!(
+                "payload size {stored_len} does not fit a record of length {length}"
+            ));
+        }
+        self.read_exact_or(stored_len as usize, "record payload")
+            .map_err(|e| match e {
+                FormatError::Truncated { what, record, at } => FormatError::Truncated {
+                    what,
+                    record,
+                    at: at + RECORD_HEADER as u64,
+                },
+                e => e,
+            })?;
+        let plain: &[u8] = if flags == FLAG_LZ4 {
+            self.plain.resize(length as usize, 0);
+            match lz4::block::decompress_to_buffer(
+                &self.stored,
+                Some(length as i32),
+                &mut self.plain,
+            ) {
+                Ok(n) if n as u64 == length => &self.plain,
+                _ => return bad("lz4 payload does not decompress to the record length".into()),
+            }
+        } else {
+            &self.stored
+        };
+        if record_checksum(&h[..24], plain, idx) != le_u64(&h, 24) {
+            return Err(FormatError::Checksum {
+                what: "record",
+                record: idx,
+                offset,
+            });
+        }
+        // Order and bounds are checked only after the checksum, so a corrupted offset is
+        // reported as corruption rather than as a misordered record.
+        if offset < self.next_min_offset {
+            return bad(format!(
+                "record overlaps or precedes the previous record ending at {}",
+                self.next_min_offset
+            ));
+        }
+        match offset.checked_add(length) {
+            Some(end) if end <= self.header.source_size => {}
+            _ => {
+                return bad(format!(
+                    "record of length {length} ends past the source size {}",
+                    self.header.source_size
+                ))
+            }
+        }
+        self.digest.update(&h);
+        self.digest.update(&self.stored);
+        self.pos += RECORD_HEADER as u64 + stored_len;
+        self.next_min_offset = offset + length;
+        self.count += 1;
+        let data = if kind[0] == KIND_DATA {
+            self.data_bytes += length;
+            RecordData::Data(if flags == FLAG_LZ4 {
+                &self.plain
+            } else {
+                &self.stored
+            })
+        } else {
+            self.zero_bytes += length;
+            RecordData::Zero
+        };
+        Ok(Some(Record {
+            index: idx,
+            offset,
+            length,
+            data,
+        }))
+    }
+
+    fn read_end(&mut self) -> Result<(), FormatError> {
+        let idx = self.count;
+        let mut b = [0u8; END_LEN];
+        b[0] = KIND_END;
+        let got = read_full(&mut self.input, &mut b[1..])?;
+        if got < END_LEN - 1 {
+            return Err(FormatError::Truncated {
+                what: "end record",
+                record: idx,
+                at: self.pos + 1 + got as u64,
+            });
+        }
+        let at = self.pos;
+        if xxh3_64_with_seed(&b[..72], 0) != le_u64(&b, 72) {
+            return Err(FormatError::Checksum {
+                what: "end record",
+                record: idx,
+                offset: at,
+            });
+        }
+        let end = PatchEnd {
+            record_count: le_u64(&b, 8),
+            data_bytes: le_u64(&b, 16),
+            zero_bytes: le_u64(&b, 24),
+            stream_digest: le_u128(&b, 56),
+            source_digest: (b[1] & FLAG_SOURCE_DIGEST != 0).then(|| SourceDigest {
+                block_size: le_u32(&b, 4),
+                seed: le_u64(&b, 32),
+                digest: le_u128(&b, 40),
+            }),
+        };
+        let mismatch = |what: &str, found: u64, counted: u64| {
+            Err(FormatError::invalid(
+                idx,
+                at,
+                format!("end record says {found} {what} but the stream held {counted}"),
+            ))
+        };
+        if end.record_count != self.count {
+            return mismatch("records", end.record_count, self.count);
+        }
+        if end.data_bytes != self.data_bytes {
+            return mismatch("data bytes", end.data_bytes, self.data_bytes);
+        }
+        if end.zero_bytes != self.zero_bytes {
+            return mismatch("zero bytes", end.zero_bytes, self.zero_bytes);
+        }
+        if end.stream_digest != self.digest.digest128() {
+            return Err(FormatError::invalid(
+                idx,
+                at,
+                "end record: stream digest mismatch",
+            ));
+        }
+        self.pos += END_LEN as u64;
+        let mut extra = [0u8; 1];
+        if read_full(&mut self.input, &mut extra)? != 0 {
+            return Err(FormatError::invalid(
+                idx,
+                self.pos,
+                format!("unexpected data after the end record at byte {}", self.pos),
+            ));
+        }
+        self.end = Some(end);
+        Ok(())
+    }
+}
