@@ -170,6 +170,11 @@ impl<W: Write> PatchWriter<W> {
         })
     }
 
+    /// The inner writer (for flushing or syncing between records).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Number of records written so far.
     pub fn record_count(&self) -> u64 {
         self.count

@@ -1,1 +1,49 @@
-//! Operations (placeholder).
+//! The verbs of blkpipe pipelines, each over `impl Read` / `impl Write` and a [`Device`]:
+//!
+//! - [`chunks::read_chunks`]: read a range list's ranges from a device into a patch stream
+//!   (`blkread-chunks`).
+//! - [`apply::apply_patch`]: apply a patch stream to a target, safely (`blkpatch`).
+//!
+//! Shared pieces: [`OpError`] (with the exit code contract in [`exit`]), [`input::open_input`]
+//! (transparent zstd / lz4 / gzip input), [`progress::Progress`] and [`Stats`].
+//!
+//! ```no_run
+//! use blkpipe_ops::{chunks, progress::Progress};
+//! use blkpipe_dev::Device;
+//! let dev = Device::open_source("src.img".as_ref(), false).unwrap();
+//! let ranges = "0 4096\n".as_bytes();
+//! let opts = chunks::ChunkOptions::default();
+//! let stats = chunks::read_chunks(&dev, ranges, std::io::stdout().lock(), &opts, &Progress::hidden()).unwrap();
+//! eprintln!("{} records", stats.records);
+//! ```
+//!
+//! [`Device`]: blkpipe_dev::Device
+
+pub mod apply;
+pub mod chunks;
+pub mod digest;
+mod error;
+pub mod input;
+pub mod progress;
+mod stats;
+
+pub use error::{exit, OpError};
+pub use stats::Stats;
+
+/// 16 random bytes from the kernel, for stream ids and seeds.
+pub fn random_bytes() -> [u8; 16] {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        if f.read_exact(&mut b).is_ok() {
+            return b;
+        }
+    }
+    // No /dev/urandom: fall back to time and pid, which still differ between runs.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mixed = xxhash_rust::xxh3::xxh3_128_with_seed(&t.to_le_bytes(), std::process::id() as u64);
+    mixed.to_le_bytes()
+}

@@ -1,0 +1,230 @@
+//! `blkread-chunks`: read a list of ranges from a device and emit them as a patch stream.
+
+use std::io::{BufReader, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::Instant;
+
+use blkpipe_dev::Device;
+use blkpipe_format::patch::{PatchHeader, PatchWriter};
+use blkpipe_format::range::{coalesce, Range, RangeReader};
+use blkpipe_format::MAX_RECORD_LEN;
+
+use crate::progress::Progress;
+use crate::{OpError, Stats};
+
+/// Granularity of zero detection: a 4 KiB block (aligned to the device) that is all zeros
+/// becomes part of a zero record.
+pub const ZERO_BLOCK: u64 = 4096;
+
+/// Options of [`read_chunks`].
+#[derive(Debug, Clone)]
+pub struct ChunkOptions {
+    /// Compress data payloads with lz4.
+    pub lz4: bool,
+    /// Skip everything below this device offset (resume).
+    pub from_offset: u64,
+    /// Creator string for the header.
+    pub creator: String,
+    /// Stream id; random when `None`.
+    pub stream_id: Option<[u8; 16]>,
+    /// Accept a range list whose header names a different device size.
+    pub ignore_size: bool,
+}
+
+impl Default for ChunkOptions {
+    fn default() -> Self {
+        ChunkOptions {
+            lz4: false,
+            from_offset: 0,
+            creator: format!("blkread-chunks {}", env!("CARGO_PKG_VERSION")),
+            stream_id: None,
+            ignore_size: false,
+        }
+    }
+}
+
+/// Parse a range list, check every range against a device of `size` bytes, and return the
+/// ranges sorted and coalesced.
+pub fn load_ranges<R: Read>(input: R, size: u64, ignore_size: bool) -> Result<Vec<Range>, OpError> {
+    let mut reader = RangeReader::new(BufReader::new(input));
+    let mut ranges = Vec::new();
+    while let Some((line, r)) = reader.next_range().map_err(|e| match e {
+        blkpipe_format::FormatError::Io(io) => OpError::Input(io),
+        e => e.into(),
+    })? {
+        if r.end() > size {
+            return Err(OpError::BadRange(format!(
+                "line {line}: range {} {} ends at {}, past the end of the device ({size} bytes)",
+                r.offset,
+                r.length,
+                r.end()
+            )));
+        }
+        if ranges.is_empty() && !ignore_size {
+            if let Some(listed) = reader.header().and_then(|h| h.size) {
+                if listed != size {
+                    return Err(OpError::Refused(format!(
+                        "the range list is for a device of {listed} bytes, but this one has {size} bytes (--ignore-size to proceed)"
+                    )));
+                }
+            }
+        }
+        ranges.push(r);
+    }
+    Ok(coalesce(ranges))
+}
+
+/// Cut ranges below `from`.
+fn clip_below(ranges: Vec<Range>, from: u64) -> Vec<Range> {
+    ranges
+        .into_iter()
+        .filter(|r| r.end() > from)
+        .map(|r| {
+            let offset = r.offset.max(from);
+            Range {
+                offset,
+                length: r.end() - offset,
+            }
+        })
+        .collect()
+}
+
+/// One piece read from the device: at most [`MAX_RECORD_LEN`] bytes.
+struct Piece {
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+/// Read ranges from `dev` (list on `ranges`) and write a patch stream to `out`.
+pub fn read_chunks<R: Read, W: Write>(
+    dev: &Device,
+    ranges: R,
+    out: W,
+    opts: &ChunkOptions,
+    progress: &Progress,
+) -> Result<Stats, OpError> {
+    let started = Instant::now();
+    let ranges = clip_below(
+        load_ranges(ranges, dev.size(), opts.ignore_size)?,
+        opts.from_offset,
+    );
+    let total: u64 = ranges.iter().map(|r| r.length).sum();
+    progress.set_total(total);
+    let header = PatchHeader {
+        source_size: dev.size(),
+        total_payload: total,
+        stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
+        creator: opts.creator.clone(),
+    };
+    let mut writer = PatchWriter::new(out, header, opts.lz4).map_err(OpError::Output)?;
+
+    // A reader thread keeps the device busy while this thread writes the stream.
+    let (full_tx, full_rx) = sync_channel::<Result<Piece, OpError>>(2);
+    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(3);
+    for _ in 0..3 {
+        empty_tx.send(Vec::new()).expect("channel has room");
+    }
+    let mut stats = Stats::default();
+    std::thread::scope(|s| -> Result<(), OpError> {
+        s.spawn(|| read_pieces(dev, &ranges, full_tx, empty_rx));
+        for piece in full_rx.iter() {
+            let piece = piece?;
+            emit_piece(&mut writer, piece.offset, &piece.buf).map_err(OpError::Output)?;
+            stats.bytes_read += piece.buf.len() as u64;
+            progress.inc(piece.buf.len() as u64);
+            // The reader may have quit after an error; then this buffer is not needed.
+            let _ = empty_tx.send(piece.buf);
+        }
+        Ok(())
+    })?;
+    stats.records = writer.record_count();
+    stats.data_bytes = writer.data_bytes();
+    stats.zero_bytes = writer.zero_bytes();
+    writer.finish(None).map_err(OpError::Output)?;
+    progress.finish();
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+fn read_pieces(
+    dev: &Device,
+    ranges: &[Range],
+    full: SyncSender<Result<Piece, OpError>>,
+    empty: Receiver<Vec<u8>>,
+) {
+    for r in ranges {
+        let mut offset = r.offset;
+        while offset < r.end() {
+            // Pieces end on MAX_RECORD_LEN boundaries of the device, so reads stay aligned.
+            let boundary = (offset / MAX_RECORD_LEN + 1) * MAX_RECORD_LEN;
+            let len = (r.end().min(boundary) - offset) as usize;
+            let Ok(mut buf) = empty.recv() else { return };
+            buf.resize(len, 0);
+            let msg = match dev.read_at(&mut buf, offset) {
+                Ok(n) if n == len => Ok(Piece { offset, buf }),
+                Ok(n) => Err(OpError::Refused(format!(
+                    "{}: device ended at {} while reading {len} bytes at offset {offset}",
+                    dev.path().display(),
+                    offset + n as u64
+                ))),
+                Err(e) => Err(e.into()),
+            };
+            let failed = msg.is_err();
+            if full.send(msg).is_err() || failed {
+                return;
+            }
+            offset += len as u64;
+        }
+    }
+}
+
+/// Write `buf` (device bytes at `offset`) as data and zero records, zero detection per
+/// [`ZERO_BLOCK`] aligned to the device.
+pub fn emit_piece<W: Write>(
+    writer: &mut PatchWriter<W>,
+    offset: u64,
+    buf: &[u8],
+) -> std::io::Result<()> {
+    let end = offset + buf.len() as u64;
+    let mut run_start = offset;
+    let mut run_zero = None;
+    let mut at = offset;
+    while at < end {
+        let block_end = ((at / ZERO_BLOCK + 1) * ZERO_BLOCK).min(end);
+        let block = &buf[(at - offset) as usize..(block_end - offset) as usize];
+        let zero = is_zero(block);
+        if run_zero.is_some_and(|z| z != zero) {
+            emit_run(writer, offset, buf, run_start, at, run_zero == Some(true))?;
+            run_start = at;
+        }
+        run_zero = Some(zero);
+        at = block_end;
+    }
+    if let Some(z) = run_zero {
+        emit_run(writer, offset, buf, run_start, end, z)?;
+    }
+    Ok(())
+}
+
+fn emit_run<W: Write>(
+    writer: &mut PatchWriter<W>,
+    base: u64,
+    buf: &[u8],
+    start: u64,
+    end: u64,
+    zero: bool,
+) -> std::io::Result<()> {
+    if zero {
+        writer.write_zero(start, end - start)
+    } else {
+        writer.write_data(start, &buf[(start - base) as usize..(end - base) as usize])
+    }
+}
+
+/// Whether every byte is zero.
+#[inline]
+pub fn is_zero(buf: &[u8]) -> bool {
+    // SAFETY: u128 has no invalid bit patterns; align_to only reinterprets the middle part.
+    let (head, body, tail) = unsafe { buf.align_to::<u128>() };
+    head.iter().all(|&b| b == 0) && tail.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0)
+}

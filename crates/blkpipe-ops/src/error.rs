@@ -1,0 +1,83 @@
+use std::io;
+
+use blkpipe_dev::DevError;
+use blkpipe_format::FormatError;
+
+/// Exit codes shared by every tool (documented in each `--help` and the README).
+pub mod exit {
+    /// Success: the whole stream was produced or applied and verified.
+    pub const OK: i32 = 0;
+    /// Any other failure.
+    pub const FAILURE: i32 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: i32 = 2;
+    /// The input stream is malformed, corrupted or truncated.
+    pub const BAD_INPUT: i32 = 3;
+    /// Reading or writing a device, file or pipe failed.
+    pub const IO: i32 = 4;
+    /// The target was refused: in use, mounted, too small, or a stream that does not fit it.
+    pub const REFUSED: i32 = 5;
+    /// `--verify` found the target differs from the source.
+    pub const VERIFY: i32 = 6;
+    /// The reader of our output went away (broken pipe); as a shell reports SIGPIPE.
+    pub const BROKEN_PIPE: i32 = 141;
+}
+
+/// What an operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The input stream is bad.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// A device operation failed.
+    #[error(transparent)]
+    Dev(#[from] DevError),
+    /// The operation refuses this target or input.
+    #[error("{0}")]
+    Refused(String),
+    /// A range in the input is not acceptable for the device.
+    #[error("{0}")]
+    BadRange(String),
+    /// The target's digest after applying differs from the source's.
+    #[error("verify failed: target digest {found} differs from source digest {expected}")]
+    VerifyMismatch {
+        /// Source digest, formatted.
+        expected: String,
+        /// Target digest, formatted.
+        found: String,
+    },
+    /// Writing the output stream failed.
+    #[error("writing output: {0}")]
+    Output(io::Error),
+    /// Reading the input stream failed.
+    #[error("reading input: {0}")]
+    Input(io::Error),
+}
+
+impl OpError {
+    /// The exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            OpError::Format(FormatError::Io(e)) | OpError::Input(e) => io_code(e),
+            OpError::Format(_) | OpError::BadRange(_) => exit::BAD_INPUT,
+            OpError::Dev(DevError::InUse { .. }) | OpError::Refused(_) => exit::REFUSED,
+            OpError::Dev(DevError::NotADevice(_)) => exit::REFUSED,
+            OpError::Dev(e) => e.io_error().map_or(exit::IO, io_code),
+            OpError::VerifyMismatch { .. } => exit::VERIFY,
+            OpError::Output(e) => io_code(e),
+        }
+    }
+
+    /// True when the error is only that our reader went away: report it silently.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.exit_code() == exit::BROKEN_PIPE
+    }
+}
+
+fn io_code(e: &io::Error) -> i32 {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        exit::BROKEN_PIPE
+    } else {
+        exit::IO
+    }
+}

@@ -1,0 +1,50 @@
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// What an operation did, for `--stats`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Records written or applied.
+    pub records: u64,
+    /// Bytes read from devices.
+    pub bytes_read: u64,
+    /// Bytes written to devices (or to the output stream, for producers).
+    pub bytes_written: u64,
+    /// Bytes carried by data records.
+    pub data_bytes: u64,
+    /// Bytes covered by zero records.
+    pub zero_bytes: u64,
+    /// Blocks found equal (hash compare).
+    pub blocks_same: u64,
+    /// Blocks found different (hash compare).
+    pub blocks_different: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Stats {
+    /// A human summary, one `key: value` per line, prefixed by the tool name.
+    pub fn human(&self, tool: &str) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| {
+            let _ = writeln!(s, "{tool}: {k:<17}{v}");
+        };
+        line("records:", self.records.to_string());
+        line("bytes read:", self.bytes_read.to_string());
+        line("bytes written:", self.bytes_written.to_string());
+        line("data bytes:", self.data_bytes.to_string());
+        line("zero bytes:", self.zero_bytes.to_string());
+        if self.blocks_same + self.blocks_different > 0 {
+            line("blocks same:", self.blocks_same.to_string());
+            line("blocks different:", self.blocks_different.to_string());
+        }
+        let rate = if secs > 0.0 {
+            (self.bytes_read.max(self.bytes_written)) as f64 / secs / 1e6
+        } else {
+            0.0
+        };
+        line("seconds:", format!("{secs:.3} ({rate:.1} MB/s)"));
+        s
+    }
+}
