@@ -234,6 +234,9 @@ pub struct ReadOptions {
     pub read_ahead: usize,
     /// Counts metadata bytes read.
     pub progress: Option<Progress>,
+    /// Largest read request in bytes, rounded up to a power of two of at least 512 (0:
+    /// [`MAX_READ`]). Areas larger than this are read in parts.
+    pub max_read: usize,
 }
 
 impl ReadOptions {
@@ -243,6 +246,7 @@ impl ReadOptions {
             origin_size,
             read_ahead: 16,
             progress: None,
+            max_read: 0,
         }
     }
 }
@@ -291,7 +295,11 @@ where
     let cow_size = src.size();
     let cow_chunks = cow_size / chunk_bytes;
     let origin_chunks = opts.origin_size.map(|s| s.div_ceil(chunk_bytes));
-    let seg_len = (chunk_bytes as usize).min(MAX_READ);
+    let max_read = match opts.max_read {
+        0 => MAX_READ,
+        n => n.next_power_of_two().clamp(512, MAX_READ),
+    };
+    let seg_len = (chunk_bytes as usize).min(max_read);
     let segs_per_area = chunk_bytes / seg_len as u64;
     let entries_per_seg = seg_len as u64 / EXCEPTION_BYTES;
 
