@@ -30,7 +30,7 @@ use std::sync::{mpsc, Mutex};
 
 use blkpipe_dev::{AlignedBuf, Device};
 use blkpipe_format::patch::{PatchHeader, PatchWriter};
-use blkpipe_format::range::{write_header, write_range, Range, RangeHeader};
+use blkpipe_format::range::{write_header, Range, RangeHeader};
 use blkpipe_format::MAX_RECORD_LEN;
 use blkpipe_ops::chunks::emit_piece;
 use blkpipe_ops::progress::Progress;
@@ -629,7 +629,8 @@ impl ChangeList {
     }
 }
 
-/// Write a range list with its header comment.
+/// Write a range list with its header comment. Lines are formatted by hand: a million ranges
+/// through `write!` cost more than reading the store.
 pub fn write_ranges<W: Write>(
     mut out: W,
     size: Option<u64>,
@@ -643,10 +644,43 @@ pub fn write_ranges<W: Write>(
             chunk: Some(chunk),
         },
     )?;
+    let mut line = Vec::with_capacity(64 << 10);
     for r in ranges {
-        write_range(&mut out, &r)?;
+        push_decimal(&mut line, r.offset);
+        line.push(b' ');
+        push_decimal(&mut line, r.length);
+        line.push(b'\n');
+        if line.len() > (64 << 10) - 48 {
+            out.write_all(&line)?;
+            line.clear();
+        }
     }
+    out.write_all(&line)?;
     out.flush()
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[n as usize * 2..n as usize * 2 + 2]);
+    } else {
+        i -= 1;
+        digits[i] = b'0' + n as u8;
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Runs of consecutive chunks in sorted, unique `chunks`, as byte ranges clipped to `size`.

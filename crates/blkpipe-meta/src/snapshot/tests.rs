@@ -372,3 +372,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn hand_formatted_lines_match_the_format_crate() {
+    let ranges = [(0u64, 1u64), (9, 10), (4096, 65536), (u64::MAX - 1, 1)];
+    let mut ours = Vec::new();
+    write_ranges(
+        &mut ours,
+        Some(7),
+        512,
+        ranges.iter().map(|&(offset, length)| Range { offset, length }),
+    )
+    .unwrap();
+    let mut theirs = Vec::new();
+    write_header(&mut theirs, &RangeHeader { size: Some(7), chunk: Some(512) }).unwrap();
+    for &(offset, length) in &ranges {
+        blkpipe_format::range::write_range(&mut theirs, &Range { offset, length }).unwrap();
+    }
+    assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+}
