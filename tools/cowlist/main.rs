@@ -116,7 +116,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (cow_path, origin_size, what) = match (&args.snap, &args.cow) {
         (Some(snap), _) => {
             let s = Resolver::default().resolve(snap)?;
-            let what = format!("snapshot {snap} ({}), origin {}", s.dm_name, s.origin_path.display());
+            let what = format!(
+                "snapshot {snap} ({}), origin {}",
+                s.dm_name,
+                s.origin_path.display()
+            );
             (s.cow_path, Some(s.origin_size), what)
         }
         (None, Some(cow)) => (cow.clone(), origin_size(&args)?, "COW image".to_owned()),
@@ -132,7 +136,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         })?;
         let view = SnapshotView::read(&cow, &opts)?;
         let creator = format!("cowlist {}", env!("CARGO_PKG_VERSION"));
-        let st = snapshot::write_view_patch(&cow, &view, origin_size, &mut out, &creator, &progress)?;
+        let st =
+            snapshot::write_view_patch(&cow, &view, origin_size, &mut out, &creator, &progress)?;
         out.flush().context("stdout")?;
         if args.stats {
             summary(&cow, &view.summary, &what, view.bytes(), None, started);
@@ -148,7 +153,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     list.write_range_list(&mut out).context("stdout")?;
     if args.stats {
         let ranges = list.ranges().count() as u64;
-        summary(&cow, &list.summary, &what, list.bytes(), Some(ranges), started);
+        summary(
+            &cow,
+            &list.summary,
+            &what,
+            list.bytes(),
+            Some(ranges),
+            started,
+        );
     }
     Ok(())
 }
@@ -188,7 +200,10 @@ fn write_blocks(args: &Args, r: &BlockRanges, started: Instant) -> anyhow::Resul
         eprintln!("cowlist: blocks listed:    {}", r.blocks);
         eprintln!("cowlist: ranges:           {}", r.ranges.len());
         eprintln!("cowlist: bytes to send:    {}", r.bytes());
-        eprintln!("cowlist: seconds:          {:.3}", started.elapsed().as_secs_f64());
+        eprintln!(
+            "cowlist: seconds:          {:.3}",
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -202,7 +217,10 @@ fn summary(
     started: Instant,
 ) {
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("cowlist: source:           {} ({what})", cow.path().display());
+    eprintln!(
+        "cowlist: source:           {} ({what})",
+        cow.path().display()
+    );
     eprintln!(
         "cowlist: chunk size:       {} bytes ({} sectors)",
         s.chunk_bytes(),
@@ -222,7 +240,11 @@ fn summary(
         "cowlist: COW size:         {} ({} metadata bytes read)",
         s.cow_size, s.metadata_bytes_read
     );
-    let rate = if secs > 0.0 { s.exceptions as f64 / secs } else { 0.0 };
+    let rate = if secs > 0.0 {
+        s.exceptions as f64 / secs
+    } else {
+        0.0
+    };
     eprintln!("cowlist: seconds:          {secs:.3} ({rate:.0} exceptions/s)");
 }
 

@@ -23,7 +23,8 @@ fn main() {
     let n: u64 = args[1].parse().expect("N is a number");
     let chunk_sectors: u32 = args.get(2).map_or(8, |s| s.parse().expect("CHUNK_SECTORS"));
     let sequential = args.get(3).is_some_and(|s| s == "sequential");
-    let header = StoreHeader::parse(&image::header_bytes(true, chunk_sectors)).expect("valid chunk size");
+    let header =
+        StoreHeader::parse(&image::header_bytes(true, chunk_sectors)).expect("valid chunk size");
     let cb = header.chunk_bytes();
     let origin_chunks = (4 * n).max(1).next_power_of_two();
     let entries: Vec<(u64, u64)> = (0..n)
@@ -42,9 +43,12 @@ fn main() {
         .write(true)
         .open(&args[0])
         .expect("create OUT");
-    file.set_len(image::min_chunks(chunk_sectors, n) * cb).expect("size OUT");
-    image::write_store(chunk_sectors, true, &entries, |off, b| file.write_all_at(b, off))
-        .expect("write OUT");
+    file.set_len(image::min_chunks(chunk_sectors, n) * cb)
+        .expect("size OUT");
+    image::write_store(chunk_sectors, true, &entries, |off, b| {
+        file.write_all_at(b, off)
+    })
+    .expect("write OUT");
     file.sync_all().expect("sync OUT");
     println!("{}", origin_chunks * cb);
 }

@@ -112,7 +112,9 @@ pub fn parse_table_line(name: &str, line: &str) -> Result<SnapshotTable, MetaErr
     if f.len() < 3 {
         return Err(bad("expected START LENGTH TARGET ARGS".into()));
     }
-    let sectors: u64 = f[1].parse().map_err(|_| bad("length is not a number".into()))?;
+    let sectors: u64 = f[1]
+        .parse()
+        .map_err(|_| bad("length is not a number".into()))?;
     match f[2] {
         "snapshot" => {}
         "snapshot-merge" => {
@@ -143,7 +145,7 @@ pub fn parse_table_line(name: &str, line: &str) -> Result<SnapshotTable, MetaErr
     }
     if f.len() < 7 {
         return Err(bad(
-            "a snapshot line needs ORIGIN COW PERSISTENT CHUNKSIZE".into(),
+            "a snapshot line needs ORIGIN COW PERSISTENT CHUNKSIZE".into()
         ));
     }
     let origin = parse_dev(f[3]).ok_or_else(|| bad(format!("origin {:?} is not MAJ:MIN", f[3])))?;
@@ -355,7 +357,10 @@ impl Resolver {
             SnapArg::Path(p, fallback) => match (self.name_of_path(&p)?, fallback) {
                 (Some(n), _) | (None, Some(n)) => n,
                 (None, None) => {
-                    return Err(MetaError::Resolve(format!("{}: no such device", p.display())))
+                    return Err(MetaError::Resolve(format!(
+                        "{}: no such device",
+                        p.display()
+                    )))
                 }
             },
         };
@@ -419,13 +424,19 @@ mod tests {
             split_dm_name("my--vg-lv--snap--1"),
             Some(("my-vg".into(), "lv-snap-1".into()))
         );
-        assert_eq!(split_dm_name("vg-lv-cow"), Some(("vg".into(), "lv-cow".into())));
+        assert_eq!(
+            split_dm_name("vg-lv-cow"),
+            Some(("vg".into(), "lv-cow".into()))
+        );
         assert_eq!(split_dm_name("novg"), None);
     }
 
     #[test]
     fn snap_args() {
-        assert_eq!(parse_snap_arg("vg/snap").unwrap(), SnapArg::DmName("vg-snap".into()));
+        assert_eq!(
+            parse_snap_arg("vg/snap").unwrap(),
+            SnapArg::DmName("vg-snap".into())
+        );
         assert_eq!(
             parse_snap_arg("a-b/c-d").unwrap(),
             SnapArg::DmName("a--b-c--d".into())
@@ -472,13 +483,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.store, StoreKind::PersistentOverflow);
-        assert_eq!(t.features, vec!["discard_zeroes_cow", "discard_passdown_origin"]);
+        assert_eq!(
+            t.features,
+            vec!["discard_zeroes_cow", "discard_passdown_origin"]
+        );
     }
 
     #[test]
     fn refused_lines() {
         let msg = |l: &str| parse_table_line("vg/x", l).unwrap_err().to_string();
-        assert!(msg("0 8388608 snapshot-merge 254:11 254:12 P 16").contains("merged into its origin"));
+        assert!(
+            msg("0 8388608 snapshot-merge 254:11 254:12 P 16").contains("merged into its origin")
+        );
         assert!(msg("0 2097152 snapshot 254:11 254:12 N 16").contains("transient"));
         assert!(msg("0 2097152 snapshot-origin 254:11").contains("not a snapshot"));
         assert!(msg("0 2097152 linear 8:19 384").contains("linear"));
@@ -532,7 +548,9 @@ mod tests {
         for (kname, minor) in [("dm-2", 2), ("dm-3", 3)] {
             let p = std::ffi::CString::new(dev.join(kname).to_str().unwrap()).unwrap();
             // SAFETY: mknod with a valid C string and a device number.
-            let r = unsafe { libc::mknod(p.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(253, minor)) };
+            let r = unsafe {
+                libc::mknod(p.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(253, minor))
+            };
             made &= r == 0;
         }
         if !made {

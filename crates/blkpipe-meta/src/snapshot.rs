@@ -322,10 +322,7 @@ where
         areas: 0,
         metadata_bytes_read: 0,
     };
-    let depth = opts
-        .read_ahead
-        .min(MAX_IN_FLIGHT_BYTES / seg_len)
-        .max(1);
+    let depth = opts.read_ahead.min(MAX_IN_FLIGHT_BYTES / seg_len).max(1);
     for_each_segment(src, seg_len, depth, &offset_of, |s, data| {
         let area = s / segs_per_area;
         let Some(data) = data else {
@@ -376,10 +373,13 @@ where
                 _ => {}
             }
             summary.exceptions += 1;
-            visit(pos, Exception {
-                old_chunk,
-                new_chunk,
-            })?;
+            visit(
+                pos,
+                Exception {
+                    old_chunk,
+                    new_chunk,
+                },
+            )?;
         }
         // A full area continues in the next one.
         Ok(true)
@@ -862,10 +862,7 @@ pub mod image {
     /// chunk used, and the zeroed next area after a full one.
     pub fn min_chunks(chunk_sectors: u32, n: u64) -> u64 {
         let h = header(chunk_sectors);
-        let area = h
-            .area_chunk(n / h.exceptions_per_area())
-            .expect("fits u64")
-            + 1;
+        let area = h.area_chunk(n / h.exceptions_per_area()).expect("fits u64") + 1;
         if n == 0 {
             return area;
         }
@@ -897,7 +894,8 @@ pub mod image {
         let areas = entries.len() / per_area + 1;
         for a in 0..areas {
             area_buf.fill(0);
-            let part = &entries[(a * per_area).min(entries.len())..((a + 1) * per_area).min(entries.len())];
+            let part = &entries
+                [(a * per_area).min(entries.len())..((a + 1) * per_area).min(entries.len())];
             for (i, &(old, new)) in part.iter().enumerate() {
                 let at = i * EXCEPTION_BYTES as usize;
                 area_buf[at..at + 8].copy_from_slice(&old.to_le_bytes());

@@ -175,7 +175,10 @@ impl<R: BufRead> Lexer<R> {
         let start = self.pos;
         loop {
             let Some(c) = self.bump()? else {
-                return Err(Self::err_at(start, format!("{what} not closed before end of input")));
+                return Err(Self::err_at(
+                    start,
+                    format!("{what} not closed before end of input"),
+                ));
             };
             out.push(c);
             if out.ends_with(end) {
@@ -183,7 +186,10 @@ impl<R: BufRead> Lexer<R> {
                 return Ok(());
             }
             if out.len() > MAX_TAG_LEN {
-                return Err(Self::err_at(start, format!("{what} longer than {MAX_TAG_LEN} bytes")));
+                return Err(Self::err_at(
+                    start,
+                    format!("{what} longer than {MAX_TAG_LEN} bytes"),
+                ));
             }
         }
     }
@@ -212,7 +218,10 @@ impl<R: BufRead> Lexer<R> {
                         }
                         continue;
                     }
-                    return Err(Self::err_at(start, "DOCTYPE and CDATA are not expected here"));
+                    return Err(Self::err_at(
+                        start,
+                        "DOCTYPE and CDATA are not expected here",
+                    ));
                 }
                 _ => {}
             }
@@ -238,7 +247,10 @@ impl<R: BufRead> Lexer<R> {
             }
             raw.push(c);
             if raw.len() > MAX_TAG_LEN {
-                return Err(Self::err_at(start, format!("tag longer than {MAX_TAG_LEN} bytes")));
+                return Err(Self::err_at(
+                    start,
+                    format!("tag longer than {MAX_TAG_LEN} bytes"),
+                ));
             }
         }
     }
@@ -338,7 +350,10 @@ fn tag_err(tag: &Tag, reason: impl Into<String>) -> MetaError {
 
 fn num_attr(tag: &Tag, key: &str) -> Result<u64, MetaError> {
     let Some(v) = tag.attr(key) else {
-        return Err(tag_err(tag, format!("<{}> lacks attribute {key}", tag.name)));
+        return Err(tag_err(
+            tag,
+            format!("<{}> lacks attribute {key}", tag.name),
+        ));
     };
     let v = v.trim();
     if v.is_empty() || !v.bytes().all(|c| c.is_ascii_digit()) {
@@ -347,8 +362,12 @@ fn num_attr(tag: &Tag, key: &str) -> Result<u64, MetaError> {
             format!("<{}> {key}={v:?} is not a decimal number", tag.name),
         ));
     }
-    v.parse()
-        .map_err(|_| tag_err(tag, format!("<{}> {key}={v} does not fit 64 bits", tag.name)))
+    v.parse().map_err(|_| {
+        tag_err(
+            tag,
+            format!("<{}> {key}={v} does not fit 64 bits", tag.name),
+        )
+    })
 }
 
 /// Collects block ranges, merging each with the previous one when they touch.
@@ -415,7 +434,10 @@ impl Nesting {
             return Ok(());
         }
         if self.0.len() == MAX_DEPTH {
-            return Err(tag_err(tag, format!("elements nested deeper than {MAX_DEPTH}")));
+            return Err(tag_err(
+                tag,
+                format!("elements nested deeper than {MAX_DEPTH}"),
+            ));
         }
         self.0.push(tag.name.clone());
         Ok(())
@@ -424,11 +446,11 @@ impl Nesting {
     fn leave(&mut self, tag: &Tag) -> Result<(), MetaError> {
         match self.0.pop() {
             Some(open) if open == tag.name => Ok(()),
-            Some(open) => Err(tag_err(
+            Some(open) => Err(tag_err(tag, format!("</{}> closes <{open}>", tag.name))),
+            None => Err(tag_err(
                 tag,
-                format!("</{}> closes <{open}>", tag.name),
+                format!("</{}> without an open element", tag.name),
             )),
-            None => Err(tag_err(tag, format!("</{}> without an open element", tag.name))),
         }
     }
 
@@ -450,7 +472,10 @@ pub fn parse_thin_delta<R: BufRead>(
     let mut closed_root = false;
     while let Some(tag) = lex.next_tag()? {
         if closed_root {
-            return Err(tag_err(&tag, format!("<{}> after the document ended", tag.name)));
+            return Err(tag_err(
+                &tag,
+                format!("<{}> after the document ended", tag.name),
+            ));
         }
         if tag.end {
             nest.leave(&tag)?;
@@ -501,7 +526,10 @@ pub fn parse_thin_delta<R: BufRead>(
                 ))
             }
             (["superblock"], "diff") => saw_diff = true,
-            (["superblock", "diff"], kind @ ("different" | "left_only" | "right_only" | "same")) => {
+            (
+                ["superblock", "diff"],
+                kind @ ("different" | "left_only" | "right_only" | "same"),
+            ) => {
                 if tag.empty {
                     if kind != "same" {
                         let c = collector.as_mut().expect("set with <superblock>");
@@ -562,7 +590,10 @@ pub fn parse_era_invalidate<R: BufRead>(
     let mut closed_root = false;
     while let Some(tag) = lex.next_tag()? {
         if closed_root {
-            return Err(tag_err(&tag, format!("<{}> after the document ended", tag.name)));
+            return Err(tag_err(
+                &tag,
+                format!("<{}> after the document ended", tag.name),
+            ));
         }
         if tag.end {
             nest.leave(&tag)?;
@@ -628,7 +659,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "k" | "K" | "KiB" => 1 << 10,
         "m" | "M" | "MiB" => 1 << 20,
         "g" | "G" | "GiB" => 1 << 30,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use s, K, M or G)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use s, K, M or G)"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{text:?} does not fit 64 bits"))

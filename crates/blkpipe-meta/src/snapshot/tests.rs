@@ -29,14 +29,21 @@ fn header_checks() {
     let ok = image::header_bytes(true, 8);
     assert_eq!(StoreHeader::parse(&ok).unwrap(), hdr(8));
     assert_eq!(&ok[..4], b"SnAp");
-    assert!(!StoreHeader::parse(&image::header_bytes(false, 8)).unwrap().valid);
+    assert!(
+        !StoreHeader::parse(&image::header_bytes(false, 8))
+            .unwrap()
+            .valid
+    );
     assert!(matches!(
         StoreHeader::parse(&[0u8; 16]),
         Err(MetaError::Uninitialised)
     ));
     let mut b = ok;
     b[0] = b'X';
-    assert!(matches!(StoreHeader::parse(&b), Err(MetaError::BadMagic { .. })));
+    assert!(matches!(
+        StoreHeader::parse(&b),
+        Err(MetaError::BadMagic { .. })
+    ));
     let mut b = ok;
     b[8] = 2;
     assert!(matches!(
@@ -46,10 +53,19 @@ fn header_checks() {
     for bad in [0u32, 3, 24, 1 << 22] {
         let mut b = ok;
         b[12..16].copy_from_slice(&bad.to_le_bytes());
-        assert!(matches!(StoreHeader::parse(&b), Err(MetaError::BadChunkSize { .. })));
+        assert!(matches!(
+            StoreHeader::parse(&b),
+            Err(MetaError::BadChunkSize { .. })
+        ));
     }
-    assert!(matches!(StoreHeader::parse(&ok[..15]), Err(MetaError::TooShort { .. })));
-    assert!(matches!(read_header(&[0u8; 8][..]), Err(MetaError::TooShort { .. })));
+    assert!(matches!(
+        StoreHeader::parse(&ok[..15]),
+        Err(MetaError::TooShort { .. })
+    ));
+    assert!(matches!(
+        read_header(&[0u8; 8][..]),
+        Err(MetaError::TooShort { .. })
+    ));
 }
 
 #[test]
@@ -87,7 +103,15 @@ fn check_roundtrip(chunk_sectors: u32, old: &[u64], o: &ReadOptions) {
 fn roundtrip_across_area_boundaries() {
     for chunk_sectors in [1u32, 8, 16] {
         let per_area = hdr(chunk_sectors).exceptions_per_area();
-        for n in [0, 1, per_area - 1, per_area, per_area + 1, 3 * per_area, 3 * per_area + 7] {
+        for n in [
+            0,
+            1,
+            per_area - 1,
+            per_area,
+            per_area + 1,
+            3 * per_area,
+            3 * per_area + 7,
+        ] {
             // Reverse order, so sorting matters.
             let old: Vec<u64> = (0..n).rev().map(|i| i * 3).collect();
             check_roundtrip(chunk_sectors, &old, &opts(Some(1 << 40)));
@@ -175,7 +199,14 @@ fn full_area_continues_and_must_fit() {
     let cut = &img[..(258 * 4096)];
     let e = ChangeList::read(cut, &opts(None)).unwrap_err();
     assert!(
-        matches!(e, MetaError::StorePastEnd { area: 1, next_chunk: 258, cow_chunks: 258 }),
+        matches!(
+            e,
+            MetaError::StorePastEnd {
+                area: 1,
+                next_chunk: 258,
+                cow_chunks: 258
+            }
+        ),
         "{e}"
     );
     assert_eq!(e.exit_code(), blkpipe_ops::exit::BAD_INPUT);
@@ -196,17 +227,26 @@ fn corrupt_entries_are_named() {
     let mut img = base();
     set_entry(&mut img, 8, 0, 1, 5, 99);
     let m = msg(&img, None);
-    assert!(m.contains("area 0 entry 1") && m.contains("new_chunk 99") && m.contains("COW"), "{m}");
+    assert!(
+        m.contains("area 0 entry 1") && m.contains("new_chunk 99") && m.contains("COW"),
+        "{m}"
+    );
     // new_chunk pointing at the header's neighbour, metadata area 0 (chunk 1).
     let mut img = base();
     set_entry(&mut img, 8, 0, 2, 6, 1);
     let m = msg(&img, None);
-    assert!(m.contains("area 0 entry 2") && m.contains("metadata"), "{m}");
+    assert!(
+        m.contains("area 0 entry 2") && m.contains("metadata"),
+        "{m}"
+    );
     // old_chunk past the end of the origin (8 chunks).
     let mut img = base();
     set_entry(&mut img, 8, 0, 0, 8, 2);
     let m = msg(&img, Some(8 * 4096));
-    assert!(m.contains("area 0 entry 0") && m.contains("old_chunk 8") && m.contains("origin"), "{m}");
+    assert!(
+        m.contains("area 0 entry 0") && m.contains("old_chunk 8") && m.contains("origin"),
+        "{m}"
+    );
     // Same with a partial last chunk: chunk 8 exists in an origin of 8.5 chunks.
     assert!(ChangeList::read(&img[..], &opts(Some(8 * 4096 + 512))).is_ok());
     // An old_chunk whose byte offset cannot exist.
@@ -224,14 +264,23 @@ fn duplicates_name_both_entries() {
         |i: &[u8]| SnapshotView::read(i, &opts(None)).map(|_| ()),
     ] {
         let e = read(&img).unwrap_err().to_string();
-        assert!(e.contains("area 1 entry 44") && e.contains("area 0 entry 17"), "{e}");
+        assert!(
+            e.contains("area 1 entry 44") && e.contains("area 0 entry 17"),
+            "{e}"
+        );
     }
 }
 
 #[test]
 fn sort_matches_std() {
     let mut x = 0x2545_F491_4F6C_DD1Du64;
-    for (n, bits) in [(0usize, 8u32), (10, 64), (20_000, 20), (100_000, 40), (70_000, 64)] {
+    for (n, bits) in [
+        (0usize, 8u32),
+        (10, 64),
+        (20_000, 20),
+        (100_000, 40),
+        (70_000, 64),
+    ] {
         let mut v: Vec<u64> = (0..n)
             .map(|_| {
                 x ^= x << 13;
@@ -381,13 +430,25 @@ fn hand_formatted_lines_match_the_format_crate() {
         &mut ours,
         Some(7),
         512,
-        ranges.iter().map(|&(offset, length)| Range { offset, length }),
+        ranges
+            .iter()
+            .map(|&(offset, length)| Range { offset, length }),
     )
     .unwrap();
     let mut theirs = Vec::new();
-    write_header(&mut theirs, &RangeHeader { size: Some(7), chunk: Some(512) }).unwrap();
+    write_header(
+        &mut theirs,
+        &RangeHeader {
+            size: Some(7),
+            chunk: Some(512),
+        },
+    )
+    .unwrap();
     for &(offset, length) in &ranges {
         blkpipe_format::range::write_range(&mut theirs, &Range { offset, length }).unwrap();
     }
-    assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(theirs).unwrap());
+    assert_eq!(
+        String::from_utf8(ours).unwrap(),
+        String::from_utf8(theirs).unwrap()
+    );
 }

@@ -32,7 +32,10 @@ fn thin_delta_simple() {
     let r = thin(THIN_SIMPLE).unwrap();
     let b = 128 * 512;
     assert_eq!(r.block_bytes, b);
-    assert_eq!(pairs(&r), vec![(16 * b, 4 * b), (100 * b, 6 * b), (200 * b, b)]);
+    assert_eq!(
+        pairs(&r),
+        vec![(16 * b, 4 * b), (100 * b, 6 * b), (200 * b, b)]
+    );
     assert_eq!(r.blocks, 11);
     assert_eq!(r.bytes(), 11 * b);
 }
@@ -61,7 +64,10 @@ fn thin_delta_verbose() {
 #[test]
 fn thin_delta_block_size_option() {
     let no_size = r#"<superblock uuid=""><diff left="1" right="2"><different begin="1" length="1"/></diff></superblock>"#;
-    assert!(thin(no_size).unwrap_err().to_string().contains("data_block_size"));
+    assert!(thin(no_size)
+        .unwrap_err()
+        .to_string()
+        .contains("data_block_size"));
     let r = parse_thin_delta(no_size.as_bytes(), Some(65536)).unwrap();
     assert_eq!(pairs(&r), vec![(65536, 65536)]);
     // Both given and different: refused.
@@ -83,7 +89,10 @@ fn era_invalidate_blocks() {
     let xml = "<blocks>\n  <range begin=\"0\" end=\"64\"/>\n  <block block=\"70\"/>\n  <block block=\"71\"/>\n  <range begin=\"100\" end=\"102\"/>\n</blocks>\n";
     let r = era(xml, 65536).unwrap();
     let b = 65536;
-    assert_eq!(pairs(&r), vec![(0, 64 * b), (70 * b, 2 * b), (100 * b, 2 * b)]);
+    assert_eq!(
+        pairs(&r),
+        vec![(0, 64 * b), (70 * b, 2 * b), (100 * b, 2 * b)]
+    );
     assert_eq!(r.blocks, 68);
     let r = era("<blocks>\n</blocks>\n", 4096).unwrap();
     assert!(r.ranges.is_empty());
@@ -93,8 +102,20 @@ fn era_invalidate_blocks() {
 
 #[test]
 fn errors_carry_positions() {
-    let e = era("<blocks>\n  <range begin=\"5\" end=\"5\"/>\n</blocks>", 4096).unwrap_err();
-    let MetaError::Xml { line, column, offset, .. } = e else { panic!("{e}") };
+    let e = era(
+        "<blocks>\n  <range begin=\"5\" end=\"5\"/>\n</blocks>",
+        4096,
+    )
+    .unwrap_err();
+    let MetaError::Xml {
+        line,
+        column,
+        offset,
+        ..
+    } = e
+    else {
+        panic!("{e}")
+    };
     assert_eq!((line, column, offset), (2, 3, 11));
     let e = era("<blocks>\n  <block block=\"x\"/>\n</blocks>", 4096).unwrap_err();
     assert!(e.to_string().starts_with("line 2, column 3"), "{e}");
@@ -106,17 +127,44 @@ fn malformed_input_is_refused() {
     let cases: &[(&str, &str)] = &[
         ("", "no <blocks>"),
         ("<blocks>", "ended inside <blocks>"),
-        ("<blocks><range begin=\"1\" end=\"2\"/></block>", "closes <blocks>"),
-        ("<blocks></blocks><blocks></blocks>", "after the document ended"),
+        (
+            "<blocks><range begin=\"1\" end=\"2\"/></block>",
+            "closes <blocks>",
+        ),
+        (
+            "<blocks></blocks><blocks></blocks>",
+            "after the document ended",
+        ),
         ("<blocks>junk</blocks>", "unexpected text"),
-        ("<blocks><range begin=\"1\"/></blocks>", "lacks attribute end"),
+        (
+            "<blocks><range begin=\"1\"/></blocks>",
+            "lacks attribute end",
+        ),
         ("<blocks><range begin=1 end=2/></blocks>", "not quoted"),
-        ("<blocks><range begin=\"1\" begin=\"1\" end=\"2\"/></blocks>", "twice"),
-        ("<blocks><range begin=\"-1\" end=\"2\"/></blocks>", "not a decimal"),
-        ("<blocks><range begin=\"3\" end=\"2\"/></blocks>", "end must exceed"),
-        ("<blocks><range begin=\"0\" end=\"99999999999999999999\"/></blocks>", "64 bits"),
-        ("<blocks><block block=\"18446744073709551615\"/></blocks>", "overflows"),
-        ("<blocks><block block=\"1\"></block></blocks>", "unexpected <block>"),
+        (
+            "<blocks><range begin=\"1\" begin=\"1\" end=\"2\"/></blocks>",
+            "twice",
+        ),
+        (
+            "<blocks><range begin=\"-1\" end=\"2\"/></blocks>",
+            "not a decimal",
+        ),
+        (
+            "<blocks><range begin=\"3\" end=\"2\"/></blocks>",
+            "end must exceed",
+        ),
+        (
+            "<blocks><range begin=\"0\" end=\"99999999999999999999\"/></blocks>",
+            "64 bits",
+        ),
+        (
+            "<blocks><block block=\"18446744073709551615\"/></blocks>",
+            "overflows",
+        ),
+        (
+            "<blocks><block block=\"1\"></block></blocks>",
+            "unexpected <block>",
+        ),
         ("<blocks><thing/></blocks>", "unexpected <thing>"),
         ("<superblock/>", "expected <blocks>"),
         ("<blocks><range begin=\"1\" end=\"2\"", "not closed"),
@@ -152,8 +200,14 @@ fn malformed_input_is_refused() {
 
 #[test]
 fn caps() {
-    let long = format!("<blocks><block block=\"1\" x=\"{}\"/></blocks>", "a".repeat(MAX_TAG_LEN));
-    assert!(era(&long, 512).unwrap_err().to_string().contains("longer than"));
+    let long = format!(
+        "<blocks><block block=\"1\" x=\"{}\"/></blocks>",
+        "a".repeat(MAX_TAG_LEN)
+    );
+    assert!(era(&long, 512)
+        .unwrap_err()
+        .to_string()
+        .contains("longer than"));
     let deep = format!(
         "<superblock data_block_size=\"8\"><diff>{}</diff></superblock>",
         "<same>".repeat(3)
@@ -161,7 +215,10 @@ fn caps() {
     assert!(thin(&deep).is_err());
     let attrs: String = (0..=MAX_ATTRS).map(|i| format!(" a{i}=\"1\"")).collect();
     let many = format!("<blocks><block block=\"1\"{attrs}/></blocks>");
-    assert!(era(&many, 512).unwrap_err().to_string().contains("attributes"));
+    assert!(era(&many, 512)
+        .unwrap_err()
+        .to_string()
+        .contains("attributes"));
 }
 
 #[test]
