@@ -7,7 +7,9 @@
 #      print the same list, whose chunks are exactly those the manifest's writes touched;
 #   2. `cowlist --data vg/snap | blkpatch COPY_OF_ORIGIN` makes the copy equal the snapshot;
 #   3. the origin LV itself is refused (exit 5, snapshot-origin);
-#   4. an overflowed snapshot is refused (exit 5, "full sync").
+#   4. an overflowed snapshot is refused (exit 5, "full sync"), by name (dmsetup status says
+#      Invalid) and by its COW device alone (the kernel cleared the header's valid flag);
+#   5. --cow on the live -cow device gives the same list as the name.
 # Usage: tests/vm/cowlist-live.sh [OUTDIR]   (BLKPIPE_BIN=DIR skips the build)
 # Needs what tests/vm/run-in-vm needs (qemu-system-x86, cpio; Debian packages it downloads).
 set -euo pipefail
@@ -84,6 +86,13 @@ dmsetup status "$VG-small" >"$OUTDIR/small-status.txt" 2>&1 || true
 rc=0
 cowlist "$VG/small" >/dev/null 2>"$OUTDIR/small.err" || rc=$?
 [ "$rc" -eq 5 ] && grep -q "full sync" "$OUTDIR/small.err"; check "overflowed snapshot refused: exit $rc: $(cat "$OUTDIR/small.err")" $?
+# The kernel also cleared the header's valid flag: the COW device alone is refused too.
+rc=0
+cowlist --cow "/dev/mapper/$VG-small-cow" >/dev/null 2>"$OUTDIR/small-cow.err" || rc=$?
+[ "$rc" -eq 5 ] && grep -q "full sync" "$OUTDIR/small-cow.err"; check "overflowed COW device refused by its header: exit $rc" $?
+# And the live COW device read directly gives the same list as the name.
+cowlist --cow "/dev/mapper/$VG-$SNAP-cow" --origin "/dev/$VG/$ORIGIN" >"$OUTDIR/list-cow.txt"
+cmp -s "$list" "$OUTDIR/list-cow.txt"; check "--cow on the live -cow device gives the same list" $?
 exit "$fail"
 GUEST
 

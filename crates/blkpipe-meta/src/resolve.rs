@@ -470,6 +470,19 @@ mod tests {
         assert_eq!(t.chunk_sectors, 16);
         assert!(t.features.is_empty());
 
+        // From the VM harness (Debian 12 kernel 6.1, lvcreate -s -c 4k), dmsetup table.
+        let t = parse_table_line("vg/snap", "vg-snap: 0 32768 snapshot 253:1 253:2 P 8").unwrap();
+        assert_eq!(
+            (t.origin, t.cow),
+            (DevRef::MajMin(253, 1), DevRef::MajMin(253, 2))
+        );
+        assert_eq!(t.chunk_sectors, 8);
+        let e =
+            parse_table_line("vg/origin", "vg-origin: 0 32768 snapshot-origin 253:1").unwrap_err();
+        assert!(e.to_string().contains("snapshot-origin"));
+        let e = parse_table_line("x", "vg-snap-cow: 0 8192 linear 254:0 34816").unwrap_err();
+        assert!(e.to_string().contains("linear"));
+
         let t = parse_table_line(
             "x",
             "volumeGroup-snap: 0 2097152 snapshot 254:11 254:12 P 16",
@@ -510,6 +523,11 @@ mod tests {
     #[test]
     fn status_lines() {
         assert!(check_status("s", "0 2097152 snapshot 397896/2097152 1560").is_ok());
+        // From the VM harness: a 1 MiB snapshot after 3 MiB of origin writes.
+        assert!(matches!(
+            check_status("s", "0 32768 snapshot Invalid"),
+            Err(MetaError::Invalidated)
+        ));
         assert!(matches!(
             check_status("s", "0 2097152 snapshot Invalid"),
             Err(MetaError::Invalidated)
