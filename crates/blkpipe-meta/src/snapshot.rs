@@ -555,7 +555,7 @@ pub fn sort_chunks(v: &mut Vec<u64>) {
     }
     let mut scratch = vec![0u64; v.len()];
     for (p, c) in counts.iter_mut().enumerate() {
-        if c.iter().any(|&n| n == v.len()) {
+        if c.contains(&v.len()) {
             continue; // every key has the same digit here
         }
         let mut sum = 0;
@@ -907,6 +907,9 @@ pub mod image {
         Ok(())
     }
 
+    /// Fills a data chunk given its origin chunk number.
+    pub type ChunkFill<'a> = &'a dyn Fn(u64, &mut [u8]);
+
     /// An in-memory COW image of `chunks` chunks holding `old_chunks` as exceptions, allocated
     /// in kernel order; each data chunk is filled with `fill(old_chunk)`'s byte pattern when
     /// given.
@@ -914,7 +917,7 @@ pub mod image {
         chunk_sectors: u32,
         old_chunks: &[u64],
         chunks: Option<u64>,
-        fill: Option<&dyn Fn(u64, &mut [u8])>,
+        fill: Option<ChunkFill<'_>>,
     ) -> Vec<u8> {
         let h = header(chunk_sectors);
         let cb = h.chunk_bytes();
