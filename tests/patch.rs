@@ -283,6 +283,20 @@ fn undo_restores_byte_for_byte_including_size() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(fs::read(&dst).unwrap(), orig);
+
+    // A stream cut short: what was applied is in the undo file, which puts it all back.
+    let (dst, orig) = f.fresh_dst("dst.img");
+    let cut = record_ends(&stream)[0] + 1000;
+    let out = patch(&dst, &stream[..cut], &["--undo", undo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_ne!(
+        fs::read(&dst).unwrap(),
+        orig,
+        "the first record was applied"
+    );
+    let out = patch(&dst, &fs::read(&undo).unwrap(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&dst).unwrap(), orig);
 }
 
 #[test]
