@@ -24,7 +24,9 @@ pub mod chunks;
 pub mod digest;
 mod error;
 pub mod input;
+pub mod merge;
 pub mod progress;
+pub mod state;
 mod stats;
 
 pub use error::{dev_exit_code, exit, format_exit_code, OpError};
