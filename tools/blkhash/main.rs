@@ -111,8 +111,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut stdout = common::stdout_buffered();
     let hashed = hash_device(&dev, &mut stdout, &opts, &progress)?;
     if output == HashOutput::Digest {
-        writeln!(stdout, "{}  {}", format_digest(hashed.digest), args.dev.display())
-            .context("stdout")?;
+        writeln!(
+            stdout,
+            "{}  {}",
+            format_digest(hashed.digest),
+            args.dev.display()
+        )
+        .context("stdout")?;
     }
     stdout.flush().context("stdout")?;
     if args.stats {
