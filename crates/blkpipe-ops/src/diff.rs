@@ -409,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_bad_hash_stream_never_gets_an_end_record() {
-        let len = 3 << 20;
+        let len = 5 << 20;
         let dst = pattern(len, 0);
         let src = pattern(len, 1);
         let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
