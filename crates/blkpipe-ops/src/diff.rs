@@ -243,7 +243,6 @@ mod tests {
     use super::*;
     use crate::hash::{hash_device, HashOptions, HashOutput};
     use blkpipe_format::patch::{PatchReader, RecordData};
-    use std::io::Write as _;
 
     fn file(data: &[u8]) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();

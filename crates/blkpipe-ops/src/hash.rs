@@ -76,9 +76,9 @@ pub fn hash_device<W: Write>(
     progress.set_total(dev.size() - opts.from_offset);
     let out = CountingWriter::new(out);
     let mut sink = match opts.output {
-        HashOutput::Stream => {
-            Sink::Stream(HashWriter::new(out, header.clone()).map_err(OpError::Output)?)
-        }
+        HashOutput::Stream => Sink::Stream(Box::new(
+            HashWriter::new(out, header.clone()).map_err(OpError::Output)?,
+        )),
         HashOutput::Text => Sink::Text(std::io::BufWriter::with_capacity(1 << 16, out)),
         HashOutput::Digest => Sink::Digest,
     };
@@ -132,7 +132,7 @@ pub fn hash_device<W: Write>(
 }
 
 enum Sink<W: Write> {
-    Stream(HashWriter<CountingWriter<W>>),
+    Stream(Box<HashWriter<CountingWriter<W>>>),
     Text(std::io::BufWriter<CountingWriter<W>>),
     Digest,
 }
@@ -178,7 +178,6 @@ mod tests {
     use super::*;
     use blkpipe_format::digest::{block_hash, digest_of};
     use blkpipe_format::hash::{hash_at, HashReader};
-    use std::io::Write as _;
 
     fn opts(output: HashOutput, kind: HashKind, from: u64) -> HashOptions {
         HashOptions {
