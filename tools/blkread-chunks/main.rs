@@ -39,6 +39,10 @@ struct Args {
     /// Skip everything below this byte offset (to resume an interrupted transfer).
     #[arg(long, value_name = "OFFSET", default_value_t = 0)]
     from: u64,
+    /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
+    /// `blkpatch --state` recorded (see `blkpatch --print-state`).
+    #[arg(long, value_name = "HEX", value_parser = parse_stream_id)]
+    stream_id: Option<[u8; 16]>,
     /// Accept a range list whose header names a different device size.
     #[arg(long)]
     ignore_size: bool,
@@ -69,6 +73,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         lz4: args.lz4,
         from_offset: args.from,
         ignore_size: args.ignore_size,
+        stream_id: args.stream_id,
         ..ChunkOptions::default()
     };
     let progress = common::progress("blkread-chunks", args.progress);
@@ -77,6 +82,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         eprint!("{}", stats.human("blkread-chunks"));
     }
     Ok(())
+}
+
+fn parse_stream_id(s: &str) -> Result<[u8; 16], String> {
+    blkpipe_ops::state::parse_id(s).ok_or_else(|| "expected 32 hex digits".into())
 }
 
 fn main() {
