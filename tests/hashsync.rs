@@ -674,8 +674,18 @@ fn contract_bad_input_and_broken_pipe() {
         assert_eq!(run(tool, &["--bogus", f], b"").status.code(), Some(2));
         let missing = run(tool, &["/nonexistent/disk"], b"");
         assert_eq!(missing.status.code(), Some(4), "{tool}");
+        let err = String::from_utf8_lossy(&missing.stderr);
+        assert!(
+            err.starts_with(&format!("{tool}: ")) && err.lines().count() == 1,
+            "{tool}: {err}"
+        );
         let d = run(tool, &[dir.path().to_str().unwrap()], b"");
         assert_ne!(d.status.code(), Some(0), "{tool}: directory accepted");
+        let err = String::from_utf8_lossy(&d.stderr);
+        assert!(
+            err.contains("not a regular file or block device"),
+            "{tool}: {err}"
+        );
     }
     for bs in ["2048", "5000", "32M"] {
         let out = run("blkhash", &["--block-size", bs, f], b"");
