@@ -464,3 +464,61 @@ fn every_tool_keeps_the_contract() {
         );
     }
 }
+
+#[test]
+fn stats_json_and_progress_feed() {
+    let f = fixture();
+    let whole = format!("0 {}\n", f.src_bytes.len());
+    let stream = read_chunks(&f.src, &whole, &[]);
+    let dst = f.path("dst.img");
+    // fd 3 is the write end of a pipe whose read end the test keeps.
+    let (mut rd, wr) = std::io::pipe().unwrap();
+    let mut cmd = Command::new(bin("blkpatch"));
+    cmd.args(["--stats=json", "--progress-fd", "3"]).arg(&dst);
+    let wr_fd = std::os::fd::OwnedFd::from(wr);
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&wr_fd);
+        cmd.pre_exec(move || {
+            if libc_dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(wr_fd);
+    child.stdin.take().unwrap().write_all(&stream).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stderr(&out);
+    let total = f.src_bytes.len();
+    assert!(
+        json.starts_with("{\"tool\":\"blkpatch\",\"records\":"),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("\"bytes_written\":{total}")),
+        "{json}"
+    );
+    let mut feed = String::new();
+    std::io::Read::read_to_string(&mut rd, &mut feed).unwrap();
+    assert_eq!(
+        feed.lines().last(),
+        Some(format!("{total} {total}").as_str()),
+        "{feed}"
+    );
+}
+
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    extern "C" {
+        fn dup2(oldfd: i32, newfd: i32) -> i32;
+    }
+    // SAFETY: dup2 on descriptors owned by this (forked) process.
+    unsafe { dup2(from, to) }
+}

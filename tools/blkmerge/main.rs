@@ -37,9 +37,8 @@ struct Args {
     /// Write the binary stream even when stdout is a terminal.
     #[arg(long)]
     force_tty: bool,
-    /// Print a summary on stderr at the end.
-    #[arg(long)]
-    stats: bool,
+    #[command(flatten)]
+    report: common::Reporting,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -55,9 +54,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let opts = MergeOptions { lz4: args.lz4 };
     let stats = merge_patches(inputs, common::stdout_buffered(), &opts)?;
-    if args.stats {
-        eprint!("{}", stats.human("blkmerge"));
-    }
+    args.report.print_stats("blkmerge", &stats);
     Ok(())
 }
 

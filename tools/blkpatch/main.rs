@@ -65,12 +65,8 @@ struct Args {
     /// After applying, check the target's digest against the source digest in the stream.
     #[arg(long)]
     verify: bool,
-    /// Show progress on stderr.
-    #[arg(long)]
-    progress: bool,
-    /// Print a summary on stderr at the end.
-    #[arg(long)]
-    stats: bool,
+    #[command(flatten)]
+    report: common::Reporting,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -104,7 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         dry_run: !write,
         state: args.state.clone(),
     };
-    let progress = common::progress("blkpatch", args.progress);
+    let progress = args.report.progress("blkpatch")?;
     let mut stdout = common::stdout_buffered();
     let list: Option<&mut dyn std::io::Write> = if args.list { Some(&mut stdout) } else { None };
     let applied = apply_patch(target.as_mut(), input, &opts, &progress, list)?;
@@ -115,9 +111,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             applied.end.record_count, applied.end.data_bytes, applied.end.zero_bytes, applied.header.source_size
         );
     }
-    if args.stats {
-        eprint!("{}", applied.stats.human("blkpatch"));
-    }
+    args.report.print_stats("blkpatch", &applied.stats);
     Ok(())
 }
 

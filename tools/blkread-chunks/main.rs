@@ -52,12 +52,8 @@ struct Args {
     /// Write the binary stream even when stdout is a terminal.
     #[arg(long)]
     force_tty: bool,
-    /// Show progress on stderr.
-    #[arg(long)]
-    progress: bool,
-    /// Print a summary on stderr at the end.
-    #[arg(long)]
-    stats: bool,
+    #[command(flatten)]
+    report: common::Reporting,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -76,11 +72,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         stream_id: args.stream_id,
         ..ChunkOptions::default()
     };
-    let progress = common::progress("blkread-chunks", args.progress);
+    let progress = args.report.progress("blkread-chunks")?;
     let stats = read_chunks(&dev, ranges, common::stdout_buffered(), &opts, &progress)?;
-    if args.stats {
-        eprint!("{}", stats.human("blkread-chunks"));
-    }
+    args.report.print_stats("blkread-chunks", &stats);
     Ok(())
 }
 
