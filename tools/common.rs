@@ -26,6 +26,12 @@ pub fn code_of(e: &anyhow::Error) -> i32 {
         if let Some(op) = cause.downcast_ref::<OpError>() {
             return op.exit_code();
         }
+        if let Some(dev) = cause.downcast_ref::<blkpipe_dev::DevError>() {
+            return blkpipe_ops::dev_exit_code(dev);
+        }
+        if let Some(fmt) = cause.downcast_ref::<blkpipe_format::FormatError>() {
+            return blkpipe_ops::format_exit_code(fmt);
+        }
         if let Some(io) = cause.downcast_ref::<io::Error>() {
             return if io.kind() == io::ErrorKind::BrokenPipe {
                 exit::BROKEN_PIPE

@@ -68,7 +68,7 @@ impl Undo {
         })
     }
 
-    /// Save `offset..offset+len` of `target` and make it durable.
+    /// Save `offset..offset+len` of `target` (durable after the next [`Undo::sync`]).
     fn save(&mut self, target: &Device, offset: u64, len: u64) -> Result<(), OpError> {
         let end = (offset + len).min(self.old_size);
         if offset >= end {
@@ -77,8 +77,7 @@ impl Undo {
         self.buf.resize((end - offset) as usize, 0);
         let got = target.read_at(&mut self.buf, offset)?;
         self.buf.truncate(got);
-        emit_piece(&mut self.writer, offset, &self.buf).map_err(io_undo)?;
-        self.sync()
+        emit_piece(&mut self.writer, offset, &self.buf).map_err(io_undo)
     }
 
     fn sync(&mut self) -> Result<(), OpError> {
@@ -121,8 +120,77 @@ pub fn check_fits(header: &PatchHeader, target: &Device) -> Result<(), OpError> 
     Ok(())
 }
 
+/// With `--undo`, verified records are gathered into batches of at most this many bytes, so
+/// the undo file is synced once per batch rather than once per record.
+const UNDO_BATCH_BYTES: usize = 16 << 20;
+/// ... or this many records.
+const UNDO_BATCH_RECORDS: usize = 4096;
+
+/// Writes verified records to the target; with an undo file, in batches whose old contents
+/// are saved and synced before the batch touches the target.
+struct Applier<'a> {
+    target: &'a Device,
+    undo: Option<Undo>,
+    discard: bool,
+    zeros: Vec<u8>,
+    /// Pending records: (offset, length, payload range in `batch`, or None for zeros).
+    pending: Vec<(u64, u64, Option<std::ops::Range<usize>>)>,
+    batch: Vec<u8>,
+}
+
+impl Applier<'_> {
+    fn push(&mut self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
+        if self.undo.is_none() {
+            return self.write(offset, length, data);
+        }
+        let range = data.map(|d| {
+            self.batch.extend_from_slice(d);
+            self.batch.len() - d.len()..self.batch.len()
+        });
+        self.pending.push((offset, length, range));
+        if self.batch.len() >= UNDO_BATCH_BYTES || self.pending.len() >= UNDO_BATCH_RECORDS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
+        match data {
+            Some(bytes) => self.target.write_at(bytes, offset)?,
+            None => self
+                .target
+                .zero_range(offset, length, self.discard, &self.zeros)?,
+        }
+        Ok(())
+    }
+
+    /// Save the old contents of the pending records, make that durable, then write them.
+    fn flush(&mut self) -> Result<(), OpError> {
+        let Some(undo) = self.undo.as_mut() else {
+            return Ok(());
+        };
+        for &(offset, length, _) in &self.pending {
+            undo.save(self.target, offset, length)?;
+        }
+        undo.sync()?;
+        for (offset, length, range) in std::mem::take(&mut self.pending) {
+            self.write(offset, length, range.map(|r| &self.batch[r]))?;
+        }
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Write what is pending and complete the undo stream.
+    fn finish(mut self) -> Result<(), OpError> {
+        let flushed = self.flush();
+        let finished = self.undo.take().map_or(Ok(()), Undo::finish);
+        flushed.and(finished)
+    }
+}
+
 /// Apply the patch stream on `input` to `target` (or, with `target = None` or
-/// `opts.dry_run`, only validate it). With `list`, one line per record is written there (`data|zero OFFSET LENGTH`).
+/// `opts.dry_run`, only validate it). With `list`, one line per record is written there
+/// (`data|zero OFFSET LENGTH`).
 pub fn apply_patch<R: Read>(
     mut target: Option<&mut Device>,
     input: R,
@@ -142,11 +210,20 @@ pub fn apply_patch<R: Read>(
     if opts.dry_run {
         target = None;
     }
-    let mut undo = match (&opts.undo, target.as_deref()) {
-        (Some(path), Some(t)) => Some(Undo::create(path, t)?),
-        _ => None,
+    let mut applier = match target.as_deref() {
+        Some(t) => Some(Applier {
+            target: t,
+            undo: match &opts.undo {
+                Some(path) => Some(Undo::create(path, t)?),
+                None => None,
+            },
+            discard: opts.discard,
+            zeros: vec![0u8; MAX_RECORD_LEN as usize],
+            pending: Vec::new(),
+            batch: Vec::new(),
+        }),
+        None => None,
     };
-    let zeros = vec![0u8; MAX_RECORD_LEN as usize];
     let mut stats = Stats::default();
     let result = loop {
         let rec = match reader.next_record() {
@@ -154,42 +231,34 @@ pub fn apply_patch<R: Read>(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e.into()),
         };
+        let data = match rec.data {
+            RecordData::Data(bytes) => Some(bytes),
+            RecordData::Zero => None,
+        };
         if let Some(l) = list.as_deref_mut() {
-            let kind = if matches!(rec.data, RecordData::Zero) {
-                "zero"
-            } else {
-                "data"
-            };
+            let kind = if data.is_some() { "data" } else { "zero" };
             if let Err(e) = writeln!(l, "{kind} {} {}", rec.offset, rec.length) {
                 break Err(OpError::Output(e));
             }
         }
-        if let Some(t) = target.as_deref() {
-            if let Some(u) = undo.as_mut() {
-                if let Err(e) = u.save(t, rec.offset, rec.length) {
-                    break Err(e);
-                }
-            }
-            let written = match rec.data {
-                RecordData::Data(bytes) => t.write_at(bytes, rec.offset),
-                RecordData::Zero => t.zero_range(rec.offset, rec.length, opts.discard, &zeros),
-            };
-            if let Err(e) = written {
-                break Err(e.into());
+        if let Some(a) = applier.as_mut() {
+            if let Err(e) = a.push(rec.offset, rec.length, data) {
+                break Err(e);
             }
             stats.bytes_written += rec.length;
         }
-        match rec.data {
-            RecordData::Data(_) => stats.data_bytes += rec.length,
-            RecordData::Zero => stats.zero_bytes += rec.length,
+        match data {
+            Some(_) => stats.data_bytes += rec.length,
+            None => stats.zero_bytes += rec.length,
         }
         stats.records += 1;
         progress.inc(rec.length);
     };
-    // The undo stream is completed even after a fault: it covers exactly what was written.
-    let undo_done = undo.map_or(Ok(()), Undo::finish);
+    // Records verified before a fault are still applied, and the undo stream is completed
+    // even then: it covers exactly what was written.
+    let applied = applier.map_or(Ok(()), Applier::finish);
     result?;
-    undo_done?;
+    applied?;
     let end = *reader.end().expect("loop ends at the end record");
     if let Some(t) = target.as_deref_mut() {
         if !t.is_block_device() {

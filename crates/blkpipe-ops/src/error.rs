@@ -58,11 +58,11 @@ impl OpError {
     /// The exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            OpError::Format(FormatError::Io(e)) | OpError::Input(e) => io_code(e),
-            OpError::Format(_) | OpError::BadRange(_) => exit::BAD_INPUT,
-            OpError::Dev(DevError::InUse { .. }) | OpError::Refused(_) => exit::REFUSED,
-            OpError::Dev(DevError::NotADevice(_)) => exit::REFUSED,
-            OpError::Dev(e) => e.io_error().map_or(exit::IO, io_code),
+            OpError::Format(e) => format_exit_code(e),
+            OpError::Input(e) => io_code(e),
+            OpError::BadRange(_) => exit::BAD_INPUT,
+            OpError::Refused(_) => exit::REFUSED,
+            OpError::Dev(e) => dev_exit_code(e),
             OpError::VerifyMismatch { .. } => exit::VERIFY,
             OpError::Output(e) => io_code(e),
         }
@@ -71,6 +71,22 @@ impl OpError {
     /// True when the error is only that our reader went away: report it silently.
     pub fn is_broken_pipe(&self) -> bool {
         self.exit_code() == exit::BROKEN_PIPE
+    }
+}
+
+/// The exit code for a device error.
+pub fn dev_exit_code(e: &DevError) -> i32 {
+    match e {
+        DevError::InUse { .. } | DevError::NotADevice(_) => exit::REFUSED,
+        DevError::Io { source, .. } => io_code(source),
+    }
+}
+
+/// The exit code for a stream format error.
+pub fn format_exit_code(e: &FormatError) -> i32 {
+    match e {
+        FormatError::Io(io) => io_code(io),
+        _ => exit::BAD_INPUT,
     }
 }
 

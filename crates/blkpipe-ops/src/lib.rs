@@ -27,7 +27,7 @@ pub mod input;
 pub mod progress;
 mod stats;
 
-pub use error::{exit, OpError};
+pub use error::{dev_exit_code, exit, format_exit_code, OpError};
 pub use stats::Stats;
 
 /// 16 random bytes from the kernel, for stream ids and seeds.

@@ -1,0 +1,56 @@
+//! Prints the example streams quoted in docs/FORMAT.md (run:
+//! `cargo run -p blkpipe-format --example spec_examples`).
+
+use blkpipe_format::digest::{block_hash, DigestBuilder};
+use blkpipe_format::hash::{HashHeader, HashKind, HashWriter};
+use blkpipe_format::patch::{PatchHeader, PatchWriter, SourceDigest};
+
+fn hex(bytes: &[u8]) {
+    for line in bytes.chunks(16) {
+        let h: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        println!("{}", h.join(" "));
+    }
+}
+
+fn main() {
+    // Patch: an 8 KiB source; "blkpipe!" x 8 at 0 ... as one 64-byte data record, a zero record.
+    let mut header = PatchHeader::new(8192, *b"example-stream-1");
+    header.total_payload = 64 + 4096;
+    header.creator = "spec".into();
+    let mut w = PatchWriter::new(Vec::new(), header, false).unwrap();
+    w.write_data(0, &b"blkpipe!".repeat(8)).unwrap();
+    w.write_zero(4096, 4096).unwrap();
+    let mut source = vec![0u8; 8192];
+    source[..64].copy_from_slice(&b"blkpipe!".repeat(8));
+    let digest = blkpipe_format::digest::digest_of(&source, 4096, 42);
+    let out = w
+        .finish(Some(SourceDigest {
+            block_size: 4096,
+            seed: 42,
+            digest,
+        }))
+        .unwrap();
+    println!("== patch ({} bytes)", out.len());
+    hex(&out);
+
+    // Hash: a 10000-byte device of zeros, 4096-byte blocks, seed 42, 64-bit hashes.
+    let device = vec![0u8; 10000];
+    let h = HashHeader {
+        block_size: 4096,
+        kind: HashKind::Xxh3_64,
+        group_blocks: 2,
+        device_size: 10000,
+        seed: 42,
+        start_offset: 0,
+    };
+    let mut w = HashWriter::new(Vec::new(), h).unwrap();
+    let mut d = DigestBuilder::new(4096, 42);
+    for block in device.chunks(4096) {
+        let bh = block_hash(block, 42);
+        w.push(bh).unwrap();
+        d.push(bh, block.len() as u64);
+    }
+    let out = w.finish(d.finish()).unwrap();
+    println!("== hash ({} bytes)", out.len());
+    hex(&out);
+}

@@ -1,0 +1,123 @@
+//! Decodes every example written in docs/FORMAT.md, so the spec and the code cannot drift.
+
+use blkpipe_format::digest::{digest_of, format_digest};
+use blkpipe_format::hash::{hash_at, HashKind, HashReader};
+use blkpipe_format::patch::{PatchReader, RecordData};
+use blkpipe_format::range::{Range, RangeHeader, RangeReader};
+
+const SPEC: &str = include_str!("../../../docs/FORMAT.md");
+
+/// The body of every fenced block whose info string is `tag`.
+fn blocks(tag: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in SPEC.lines() {
+        match &mut cur {
+            None if line.trim() == format!("```{tag}") => cur = Some(String::new()),
+            Some(body) if line.trim() == "```" => {
+                out.push(std::mem::take(body));
+                cur = None;
+            }
+            Some(body) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None => {}
+        }
+    }
+    assert!(!out.is_empty(), "no ```{tag} block in FORMAT.md");
+    out
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    s.split_ascii_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+        .collect()
+}
+
+#[test]
+fn range_list_example() {
+    for body in blocks("ranges") {
+        let mut r = RangeReader::new(body.as_bytes());
+        let mut got = Vec::new();
+        while let Some((_, range)) = r.next_range().unwrap() {
+            got.push(range);
+        }
+        assert_eq!(
+            r.header(),
+            Some(&RangeHeader {
+                size: Some(67108864),
+                chunk: Some(65536)
+            })
+        );
+        let want = [(0, 65536), (1048576, 131072), (33554432, 65536)];
+        let want: Vec<Range> = want
+            .iter()
+            .map(|&(offset, length)| Range { offset, length })
+            .collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn patch_example() {
+    let [body] = &blocks("hex patch")[..] else {
+        panic!("one patch example expected")
+    };
+    let bytes = unhex(body);
+    let mut r = PatchReader::new(&bytes[..]).unwrap();
+    assert_eq!(r.header().source_size, 8192);
+    assert_eq!(r.header().total_payload, 4160);
+    assert_eq!(&r.header().stream_id, b"example-stream-1");
+    assert_eq!(r.header().creator, "spec");
+    let mut source = vec![0xffu8; 8192];
+    while let Some(rec) = r.next_record().unwrap() {
+        let range = rec.offset as usize..(rec.offset + rec.length) as usize;
+        match rec.data {
+            RecordData::Data(d) => source[range].copy_from_slice(d),
+            RecordData::Zero => source[range].fill(0),
+        }
+    }
+    let end = *r.end().unwrap();
+    assert_eq!(
+        (end.record_count, end.data_bytes, end.zero_bytes),
+        (2, 64, 4096)
+    );
+    // Bytes 64..4096 are not covered by the stream; in the example source they are zero.
+    source[64..4096].fill(0);
+    assert_eq!(&source[..64], &b"blkpipe!".repeat(8)[..]);
+    let sd = end.source_digest.unwrap();
+    assert_eq!((sd.block_size, sd.seed), (4096, 42));
+    assert_eq!(sd.digest, digest_of(&source, 4096, 42));
+}
+
+#[test]
+fn hash_example() {
+    let [body] = &blocks("hex hash")[..] else {
+        panic!("one hash example expected")
+    };
+    let bytes = unhex(body);
+    let mut r = HashReader::new(&bytes[..]).unwrap();
+    let h = r.header().clone();
+    assert_eq!(
+        (h.block_size, h.device_size, h.seed, h.group_blocks),
+        (4096, 10000, 42, 2)
+    );
+    assert_eq!(h.kind, HashKind::Xxh3_64);
+    let device = vec![0u8; 10000];
+    let mut n = 0;
+    while let Some((first, group)) = r.next_group().unwrap() {
+        for i in 0..group.len() / 8 {
+            let (off, len) = h.block_range(first + i as u64);
+            let want =
+                blkpipe_format::digest::block_hash(&device[off as usize..(off + len) as usize], 42);
+            assert_eq!(hash_at(group, h.kind, i), HashKind::Xxh3_64.reduce(want));
+            n += 1;
+        }
+    }
+    assert_eq!(n, 3);
+    let end = r.end().unwrap();
+    assert_eq!(end.block_count, 3);
+    assert_eq!(end.device_digest, digest_of(&device, 4096, 42));
+    assert!(format_digest(end.device_digest).starts_with("xxh3-128:"));
+}

@@ -1,0 +1,550 @@
+//! End-to-end tests of the offline path: `blkread-chunks | blkpatch`, run as real processes
+//! joined by real pipes, on image files and loop devices.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use blkpipe_format::patch::{PatchReader, RecordData};
+
+/// Tools held to the common command-line contract (all five once they exist).
+const TOOLS: &[&str] = &["blkread-chunks", "blkpatch"];
+
+fn bin(name: &str) -> PathBuf {
+    match name {
+        "blkread-chunks" => env!("CARGO_BIN_EXE_blkread-chunks").into(),
+        "blkpatch" => env!("CARGO_BIN_EXE_blkpatch").into(),
+        "blkhash" => env!("CARGO_BIN_EXE_blkhash").into(),
+        "blkdiff" => env!("CARGO_BIN_EXE_blkdiff").into(),
+        "cowlist" => env!("CARGO_BIN_EXE_cowlist").into(),
+        _ => unreachable!(),
+    }
+}
+
+/// Deterministic, incompressible-ish content: block `i` is filled from a simple generator.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    feeder.join().unwrap();
+    out
+}
+
+/// `blkread-chunks SRC < ranges` as bytes.
+fn read_chunks(src: &Path, ranges: &str, extra: &[&str]) -> Vec<u8> {
+    let mut args = extra.to_vec();
+    args.push(src.to_str().unwrap());
+    let out = run("blkread-chunks", &args, ranges.as_bytes());
+    assert!(
+        out.status.success(),
+        "blkread-chunks: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn patch(target: &Path, stream: &[u8], extra: &[&str]) -> Output {
+    let mut args = extra.to_vec();
+    args.push(target.to_str().unwrap());
+    run("blkpatch", &args, stream)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Apply `stream`'s verified records to `image` in-process: the reference result.
+fn reference_apply(image: &mut [u8], stream: &[u8], upto_records: usize) {
+    let mut r = PatchReader::new(stream).unwrap();
+    for _ in 0..upto_records {
+        let rec = r.next_record().unwrap().unwrap();
+        let range = rec.offset as usize..(rec.offset + rec.length) as usize;
+        match rec.data {
+            RecordData::Data(d) => image[range].copy_from_slice(d),
+            RecordData::Zero => image[range].fill(0),
+        }
+    }
+}
+
+/// Stream byte position where each record ends (a record counts as verified once the
+/// stream holds all of it).
+fn record_ends(stream: &[u8]) -> Vec<usize> {
+    let mut r = PatchReader::new(stream).unwrap();
+    let mut ends = Vec::new();
+    while r.next_record().unwrap().is_some() {
+        ends.push(r.position() as usize);
+    }
+    ends
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    src: PathBuf,
+    src_bytes: Vec<u8>,
+}
+
+/// A 4 MiB + 1 KiB source with a zero hole, and a `dst` copy that differs everywhere.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let mut src_bytes = pattern((4 << 20) + 1024, 1);
+    src_bytes[65536..131072].fill(0);
+    let src = dir.path().join("src.img");
+    fs::write(&src, &src_bytes).unwrap();
+    Fixture {
+        dir,
+        src,
+        src_bytes,
+    }
+}
+
+impl Fixture {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn fresh_dst(&self, name: &str) -> (PathBuf, Vec<u8>) {
+        let bytes = pattern(self.src_bytes.len(), 2);
+        let p = self.path(name);
+        fs::write(&p, &bytes).unwrap();
+        (p, bytes)
+    }
+}
+
+const RANGES: &str = "# blkranges v1\n0 4096\n1048576 65536\n\n# overlap and adjacency merge:\n1114112 4096\n1050000 100\n61440 131072\n4194304 1024\n";
+
+#[test]
+fn ranges_are_copied_exactly() {
+    let f = fixture();
+    let (dst, mut want) = f.fresh_dst("dst.img");
+    let stream = read_chunks(&f.src, RANGES, &[]);
+    let out = patch(&dst, &stream, &["--stats"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for (off, len) in [
+        (0, 4096),
+        (61440, 131072),
+        (1048576, 65536 + 4096),
+        (4194304, 1024),
+    ] {
+        want[off..off + len].copy_from_slice(&f.src_bytes[off..off + len]);
+    }
+    assert_eq!(fs::read(&dst).unwrap(), want);
+    // Coalesced: the zero hole inside 61440..192512 became a zero record.
+    let list = run("blkpatch", &["--list"], &stream);
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(list.contains("zero 65536 65536"), "{list}");
+    assert!(list.contains("data 1048576 69632"), "{list}");
+}
+
+#[test]
+fn compressed_streams_are_recognised() {
+    let f = fixture();
+    let whole = format!("0 {}\n", f.src_bytes.len());
+    for (tool, args) in [
+        ("zstd", &["-q", "-c"][..]),
+        ("lz4", &["-q", "-c"][..]),
+        ("gzip", &["-c"][..]),
+    ] {
+        for lz4_records in [false, true] {
+            let extra: &[&str] = if lz4_records { &["--lz4"] } else { &[] };
+            let stream = read_chunks(&f.src, &whole, extra);
+            let Ok(mut child) = Command::new(tool)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+            else {
+                panic!("{tool} is needed by this test (apt-get install zstd lz4 gzip)");
+            };
+            let mut input = child.stdin.take().unwrap();
+            let feeder = std::thread::spawn(move || input.write_all(&stream));
+            let packed = child.wait_with_output().unwrap().stdout;
+            feeder.join().unwrap().unwrap();
+            let dst = f.path(&format!("new-{tool}-{lz4_records}.img"));
+            let out = patch(&dst, &packed, &[]);
+            assert!(out.status.success(), "{tool}: {}", stderr(&out));
+            assert_eq!(fs::read(&dst).unwrap(), f.src_bytes, "{tool}");
+        }
+    }
+}
+
+#[test]
+fn every_truncation_leaves_exactly_the_verified_records() {
+    let f = fixture();
+    let stream = read_chunks(&f.src, RANGES, &["--lz4"]);
+    let ends = record_ends(&stream);
+    let (dst, orig) = f.fresh_dst("dst.img");
+    // Every cut in the header and the first record header, and around every record boundary.
+    let mut cuts: Vec<usize> = (0..120).collect();
+    for &e in &ends {
+        cuts.extend([e - 1, e, e + 1, e + 31, e + 33]);
+    }
+    cuts.extend((stream.len() - 90)..stream.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts.retain(|&c| c < stream.len());
+    for cut in cuts {
+        fs::write(&dst, &orig).unwrap();
+        let out = patch(&dst, &stream[..cut], &[]);
+        assert_eq!(out.status.code(), Some(3), "cut at {cut}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains("truncated") || err.contains("bad magic"),
+            "cut at {cut}: {err}"
+        );
+        let verified = ends.iter().filter(|&&e| e <= cut).count();
+        let mut want = orig.clone();
+        reference_apply(&mut want, &stream, verified);
+        assert!(
+            fs::read(&dst).unwrap() == want,
+            "cut at {cut}: target differs from the {verified} verified records"
+        );
+    }
+}
+
+#[test]
+fn flipped_bytes_stop_before_the_damaged_record() {
+    let f = fixture();
+    let stream = read_chunks(&f.src, RANGES, &[]);
+    let ends = record_ends(&stream);
+    let (dst, orig) = f.fresh_dst("dst.img");
+    let header_len = 58 + stream[48] as usize;
+    let places = [
+        ("header magic", 0),
+        ("header size field", 17),
+        ("header checksum", header_len - 1),
+        ("record 0 header", header_len + 9),
+        ("record 0 payload", header_len + 32 + 100),
+        ("record 2 kind", ends[1]),
+        ("record 2 offset", ends[1] + 10),
+        ("record 2 payload", ends[1] + 40),
+        ("end record counts", stream.len() - 70),
+        ("end record digest", stream.len() - 20),
+    ];
+    for (what, at) in places {
+        let mut bad = stream.clone();
+        bad[at] ^= 0x40;
+        fs::write(&dst, &orig).unwrap();
+        let out = patch(&dst, &bad, &[]);
+        assert_eq!(out.status.code(), Some(3), "{what}: {}", stderr(&out));
+        let verified = ends.iter().filter(|&&e| e <= at).count();
+        let mut want = orig.clone();
+        reference_apply(&mut want, &stream, verified);
+        assert!(
+            fs::read(&dst).unwrap() == want,
+            "{what}: target holds more than the verified records"
+        );
+        let err = stderr(&out);
+        if at >= header_len && at < stream.len() - 80 {
+            assert!(err.contains(&format!("record {verified}")), "{what}: {err}");
+        }
+    }
+}
+
+#[test]
+fn undo_restores_byte_for_byte_including_size() {
+    let f = fixture();
+    let whole = format!("0 {}\n", f.src_bytes.len());
+    let stream = read_chunks(&f.src, &whole, &[]);
+    // A smaller target: the patch grows it, the undo shrinks it back.
+    let dst = f.path("small.img");
+    let orig = pattern(1 << 20, 5);
+    fs::write(&dst, &orig).unwrap();
+    let undo = f.path("undo.patch");
+    let out = patch(&dst, &stream, &["--undo", undo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&dst).unwrap(), f.src_bytes);
+    let out = Command::new(bin("blkpatch"))
+        .args(["--input", undo.to_str().unwrap(), dst.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&dst).unwrap(), orig);
+
+    // A stream cut short: what was applied is in the undo file, which puts it all back.
+    let (dst, orig) = f.fresh_dst("dst.img");
+    let cut = record_ends(&stream)[0] + 1000;
+    let out = patch(&dst, &stream[..cut], &["--undo", undo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_ne!(
+        fs::read(&dst).unwrap(),
+        orig,
+        "the first record was applied"
+    );
+    let out = patch(&dst, &fs::read(&undo).unwrap(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&dst).unwrap(), orig);
+}
+
+#[test]
+fn dry_run_and_list_write_nothing() {
+    let f = fixture();
+    let (dst, orig) = f.fresh_dst("dst.img");
+    let stream = read_chunks(&f.src, RANGES, &[]);
+    for args in [&["--dry-run"][..], &["--list"][..]] {
+        let out = patch(&dst, &stream, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert_eq!(fs::read(&dst).unwrap(), orig, "{args:?} wrote");
+    }
+    let out = run("blkpatch", &["--dry-run"], &stream[..stream.len() - 1]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn discard_punches_holes_in_files() {
+    let f = fixture();
+    let dst = f.path("dst.img");
+    fs::write(&dst, pattern(f.src_bytes.len(), 9)).unwrap();
+    let before = fs::metadata(&dst).unwrap().blocks();
+    let stream = read_chunks(&f.src, "65536 65536\n", &[]);
+    let out = patch(&dst, &stream, &["--discard"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = fs::read(&dst).unwrap();
+    assert!(got[65536..131072].iter().all(|&b| b == 0));
+    assert!(
+        fs::metadata(&dst).unwrap().blocks() < before,
+        "no hole punched"
+    );
+}
+
+#[test]
+fn bad_range_lists_name_the_line() {
+    let f = fixture();
+    let size = f.src_bytes.len();
+    for (list, want) in [
+        (format!("0 4096\n{size} 1\n"), "line 2"),
+        ("0 4096\n# x\nabc 5\n".to_string(), "line 3"),
+        (
+            format!("# blkranges v1 size={}\n0 1\n", size + 1),
+            "this one has",
+        ),
+    ] {
+        let out = run(
+            "blkread-chunks",
+            &[f.src.to_str().unwrap()],
+            list.as_bytes(),
+        );
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(want), "{want}: {}", stderr(&out));
+        assert!(
+            out.stdout.is_empty(),
+            "nothing on stdout after a bad range list"
+        );
+    }
+}
+
+#[test]
+fn broken_pipes_exit_non_zero_quietly() {
+    let f = fixture();
+    let whole = format!("0 {}\n", f.src_bytes.len());
+    // Consumer goes away: the producer must not report success.
+    let mut producer = Command::new(bin("blkread-chunks"))
+        .arg(&f.src)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    producer
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(whole.as_bytes())
+        .unwrap();
+    drop(producer.stdout.take());
+    let out = producer.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));
+    assert!(out.stderr.is_empty(), "noise: {}", stderr(&out));
+    // Producer goes away: the consumer sees a truncated stream.
+    let stream = read_chunks(&f.src, &whole, &[]);
+    let out = patch(&f.path("x.img"), &stream[..stream.len() / 2], &[]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Loop {
+    fn attach(file: &Path) -> Option<Loop> {
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "losetup unavailable: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Some(Loop(
+            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        ))
+    }
+    fn path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+fn require_loop(l: Option<Loop>) -> Loop {
+    // CI runs as root with loop devices; a developer box without them says so loudly.
+    l.expect("loop devices are required (run as root with losetup)")
+}
+
+#[test]
+fn loop_device_targets() {
+    let f = fixture();
+    let whole = format!("0 {}\n", f.src_bytes.len());
+    let stream = read_chunks(&f.src, &whole, &["--lz4"]);
+    // Same size as the source (rounded to 512 by the loop driver: use an aligned size).
+    let size = f.src_bytes.len().div_ceil(512) * 512;
+    let backing = f.path("loop.img");
+    fs::write(&backing, pattern(size, 7)).unwrap();
+    let dev = require_loop(Loop::attach(&backing));
+
+    // A device that is open exclusively elsewhere is refused and left untouched.
+    let holder = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_excl())
+        .open(dev.path())
+        .unwrap();
+    let before = fs::read(&backing).unwrap();
+    let out = patch(dev.path(), &stream, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    drop(holder);
+    assert_eq!(fs::read(&backing).unwrap(), before);
+
+    // The backing file of a loop device is refused too.
+    let out = patch(&backing, &stream, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+
+    let out = patch(dev.path(), &stream, &["--stats"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = fs::read(dev.path()).unwrap();
+    assert_eq!(&got[..f.src_bytes.len()], &f.src_bytes[..]);
+
+    // A device smaller than the source is refused before anything is written.
+    let small = f.path("small.img");
+    fs::write(&small, pattern(1 << 20, 8)).unwrap();
+    let small_dev = require_loop(Loop::attach(&small));
+    let before = fs::read(&small).unwrap();
+    let out = patch(small_dev.path(), &stream, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("smaller than the source"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(&small).unwrap(), before);
+}
+
+#[test]
+fn mounted_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("fs.img");
+    fs::write(&img, vec![0u8; 8 << 20]).unwrap();
+    let dev = require_loop(Loop::attach(&img));
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(dev.path())
+        .status();
+    assert!(
+        mkfs.is_ok_and(|s| s.success()),
+        "mkfs.ext4 is needed (e2fsprogs)"
+    );
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .arg(dev.path())
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let src = dir.path().join("src.img");
+    fs::write(&src, pattern(1 << 20, 3)).unwrap();
+    let stream = read_chunks(&src, "0 4096\n", &[]);
+    let out = patch(dev.path(), &stream, &[]);
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("mounted on"), "{}", stderr(&out));
+}
+
+fn libc_o_excl() -> i32 {
+    0o200 // O_EXCL on Linux
+}
+
+#[test]
+fn every_tool_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    for &tool in TOOLS {
+        let help = Command::new(bin(tool)).arg("--help").output().unwrap();
+        assert!(help.status.success(), "{tool} --help");
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            text.contains("Exit codes"),
+            "{tool} --help lacks exit codes"
+        );
+        let bad = Command::new(bin(tool))
+            .arg("--no-such-option")
+            .output()
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{tool} bad option");
+        let missing = Command::new(bin(tool))
+            .arg(dir.path().join("missing"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!missing.status.success(), "{tool} missing input");
+        let err = String::from_utf8_lossy(&missing.stderr);
+        assert!(
+            err.starts_with(&format!("{tool}: ")) && err.lines().count() == 1,
+            "{tool}: {err}"
+        );
+    }
+    // A directory is neither a file nor a device.
+    for tool in ["blkread-chunks", "blkpatch"] {
+        let out = run(tool, &[dir.path().to_str().unwrap()], b"0 1\n");
+        assert!(!out.status.success(), "{tool} accepted a directory");
+        assert!(
+            stderr(&out).contains("not a regular file or block device")
+                || stderr(&out).contains("directory"),
+            "{tool}: {}",
+            stderr(&out)
+        );
+    }
+}
