@@ -68,3 +68,28 @@ pub fn progress(tool: &str, wanted: bool) -> blkpipe_ops::progress::Progress {
 pub fn stdout_buffered() -> io::BufWriter<io::StdoutLock<'static>> {
     io::BufWriter::with_capacity(1 << 20, io::stdout().lock())
 }
+
+/// Parse a byte count: decimal, or with a binary suffix `K`, `M`, `G` (`64K` = 65536).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (e.g. 4096, 64K, 1M)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Parse an integer in decimal or `0x` hexadecimal.
+pub fn parse_u64(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("`{s}` is not a number (decimal or 0x hex)"))
+}

@@ -1,34 +1,65 @@
-//! The whole-device digest of a range of a device (see `blkpipe_format::digest`).
+//! The whole-device digest of a range of a device (see `blkpipe_format::digest`), computed by
+//! the parallel [`scan`](crate::scan) engine that `blkhash` and `blkdiff` also use.
 
 use blkpipe_dev::Device;
-use blkpipe_format::digest::{block_hash, DigestBuilder};
+use blkpipe_format::digest::DigestBuilder;
 
+use crate::scan::{scan, ScanOptions};
 use crate::OpError;
 
-/// Bytes read per request while digesting.
-const READ_SIZE: usize = 4 << 20;
-
-/// Digest the first `len` bytes of `dev` in blocks of `block_size`, hashed with `seed`.
+/// Digest the first `len` bytes of `dev` in blocks of `block_size`, hashed with `seed`, using
+/// every core.
 pub fn device_digest(dev: &Device, len: u64, block_size: u32, seed: u64) -> Result<u128, OpError> {
-    let bs = block_size as usize;
-    let per_read = (READ_SIZE / bs).max(1) * bs;
-    let mut buf = vec![0u8; per_read];
+    range_digest(dev, 0, len, block_size, seed, &ScanOptions::default())
+}
+
+/// Digest `start..end` of `dev` (`start` a multiple of `block_size`).
+pub fn range_digest(
+    dev: &Device,
+    start: u64,
+    end: u64,
+    block_size: u32,
+    seed: u64,
+    opts: &ScanOptions,
+) -> Result<u128, OpError> {
     let mut builder = DigestBuilder::new(block_size as u64, seed);
-    let mut offset = 0u64;
-    while offset < len {
-        let want = (len - offset).min(per_read as u64) as usize;
-        let got = dev.read_at(&mut buf[..want], offset)?;
-        if got < want {
-            return Err(OpError::Refused(format!(
-                "{}: ends at {} while digesting {len} bytes",
-                dev.path().display(),
-                offset + got as u64
-            )));
-        }
-        for block in buf[..want].chunks(bs) {
-            builder.push(block_hash(block, seed), block.len() as u64);
-        }
-        offset += want as u64;
-    }
+    let bs = block_size as usize;
+    scan(dev, start, end, block_size, seed, opts, |chunk| {
+        push_chunk(&mut builder, chunk.hashes, chunk.data.len(), bs);
+        Ok(())
+    })?;
     Ok(builder.finish())
+}
+
+/// Feed a chunk's block hashes (of `data_len` bytes in blocks of `bs`) to a digest.
+pub(crate) fn push_chunk(builder: &mut DigestBuilder, hashes: &[u128], data_len: usize, bs: usize) {
+    let last = hashes.len().saturating_sub(1);
+    for (i, h) in hashes.iter().enumerate() {
+        let len = if i == last { data_len - i * bs } else { bs };
+        builder.push(*h, len as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blkpipe_format::digest::digest_of;
+    use std::io::Write;
+
+    #[test]
+    fn parallel_digest_equals_the_definition() {
+        for len in [0usize, 1, 4095, 4096, 4097, (4 << 20) + 12345, 9 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect();
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(&data).unwrap();
+            let dev = Device::open_source(f.path(), false).unwrap();
+            for bs in [4096u32, 65536, 8 << 20] {
+                assert_eq!(
+                    device_digest(&dev, len as u64, bs, 42).unwrap(),
+                    digest_of(&data, bs as usize, 42),
+                    "len {len} bs {bs}"
+                );
+            }
+        }
+    }
 }

@@ -3,6 +3,14 @@
 //! - [`chunks::read_chunks`]: read a range list's ranges from a device into a patch stream
 //!   (`blkread-chunks`).
 //! - [`apply::apply_patch`]: apply a patch stream to a target, safely (`blkpatch`).
+//! - [`hash::hash_device`]: hash every block of a device into a hash stream, a text list or a
+//!   whole-device digest (`blkhash`).
+//! - [`diff::diff_device`]: compare a device with a remote hash stream and write a patch stream
+//!   of the blocks that differ (`blkdiff`).
+//! - [`digest::device_digest`]: the whole-device digest (`blkpatch --verify`, `blkhash --digest`).
+//!
+//! The last three read through one engine, [`scan::scan`]: large reads by parallel workers,
+//! block hashes delivered in device order, bounded memory, page cache left alone.
 //!
 //! Shared pieces: [`OpError`] (with the exit code contract in [`exit`]), [`input::open_input`]
 //! (transparent zstd / lz4 / gzip input), [`progress::Progress`] and [`Stats`].
@@ -21,10 +29,13 @@
 
 pub mod apply;
 pub mod chunks;
+pub mod diff;
 pub mod digest;
 mod error;
+pub mod hash;
 pub mod input;
 pub mod progress;
+pub mod scan;
 mod stats;
 
 pub use error::{dev_exit_code, exit, format_exit_code, OpError};
@@ -46,4 +57,35 @@ pub fn random_bytes() -> [u8; 16] {
         .unwrap_or(0);
     let mixed = xxhash_rust::xxh3::xxh3_128_with_seed(&t.to_le_bytes(), std::process::id() as u64);
     mixed.to_le_bytes()
+}
+
+/// A writer that counts the bytes written through it.
+#[derive(Debug)]
+pub struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: std::io::Write> CountingWriter<W> {
+    /// Wrap `inner`.
+    pub fn new(inner: W) -> Self {
+        CountingWriter { inner, count: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

@@ -28,7 +28,7 @@ impl Stats {
         let secs = self.elapsed.as_secs_f64();
         let mut s = String::new();
         let mut line = |k: &str, v: String| {
-            let _ = writeln!(s, "{tool}: {k:<17}{v}");
+            let _ = writeln!(s, "{tool}: {k:<18}{v}");
         };
         line("records:", self.records.to_string());
         line("bytes read:", self.bytes_read.to_string());

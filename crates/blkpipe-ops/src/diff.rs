@@ -1,0 +1,431 @@
+//! `blkdiff`: compare a local device with a remote hash stream and write a patch stream of
+//! the blocks that differ.
+//!
+//! The local device is read and hashed by [`crate::scan`] (parallel workers, large reads)
+//! while this thread reads the remote hash stream one verified group at a time and compares.
+//! A block's record is written only after the group holding its remote hash passed its
+//! checksum, and blocks past the remote's end only after the remote's end record has been
+//! verified. Adjacent differing blocks become one record (split at [`MAX_RECORD_LEN`]
+//! boundaries of the device); all-zero 4 KiB blocks become zero records.
+//!
+//! The end record carries the local device's whole-device digest, built from the same block
+//! hashes, so `blkpatch --verify` can prove the target equals the source. On any fault in the
+//! hash stream no end record is written, so the `blkpatch` downstream fails as well.
+//!
+//! The whole local device is read even with a start offset: blocks below it are hashed for
+//! the digest only.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use blkpipe_dev::Device;
+use blkpipe_format::digest::DigestBuilder;
+use blkpipe_format::hash::{hash_at, HashHeader, HashKind, HashReader};
+use blkpipe_format::patch::{PatchHeader, PatchWriter, SourceDigest, UNKNOWN_TOTAL};
+use blkpipe_format::MAX_RECORD_LEN;
+
+use crate::chunks::emit_piece;
+use crate::digest::push_chunk;
+use crate::progress::Progress;
+use crate::scan::{scan, Chunk, ScanOptions};
+use crate::{CountingWriter, OpError, Stats};
+
+/// Options of [`diff_device`].
+#[derive(Debug, Clone)]
+pub struct DiffOptions {
+    /// Compress data payloads with lz4.
+    pub lz4: bool,
+    /// Write no records below this offset (a multiple of the block size); the hash stream's own
+    /// start offset applies too.
+    pub from_offset: u64,
+    /// Creator string for the patch header.
+    pub creator: String,
+    /// Stream id; random when `None`.
+    pub stream_id: Option<[u8; 16]>,
+    /// How to read the local device.
+    pub scan: ScanOptions,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions {
+            lz4: false,
+            from_offset: 0,
+            creator: format!("blkdiff {}", env!("CARGO_PKG_VERSION")),
+            stream_id: None,
+            scan: ScanOptions::default(),
+        }
+    }
+}
+
+/// The remote hash stream, read one verified group at a time as the comparison needs it.
+struct Remote<R: Read> {
+    reader: HashReader<R>,
+    header: HashHeader,
+    group_first: u64,
+    group: Vec<u8>,
+    group_blocks: u64,
+    ended: bool,
+}
+
+impl<R: Read> Remote<R> {
+    /// The stored hash of remote block `idx`; groups before it are read and verified.
+    fn hash(&mut self, idx: u64) -> Result<u128, OpError> {
+        while idx >= self.group_first + self.group_blocks {
+            match self.reader.next_group()? {
+                Some((first, g)) => {
+                    self.group_first = first;
+                    self.group.clear();
+                    self.group.extend_from_slice(g);
+                    self.group_blocks = (g.len() / self.header.kind.len()) as u64;
+                }
+                None => {
+                    return Err(OpError::Refused(format!(
+                        "internal error: hash stream ended before block {idx}"
+                    )))
+                }
+            }
+        }
+        Ok(hash_at(
+            &self.group,
+            self.header.kind,
+            (idx - self.group_first) as usize,
+        ))
+    }
+
+    /// Read and verify the rest of the stream, end record included.
+    fn finish(&mut self) -> Result<(), OpError> {
+        if !self.ended {
+            while self.reader.next_group()?.is_some() {}
+            self.ended = true;
+        }
+        Ok(())
+    }
+}
+
+/// Compare `dev` with the hash stream on `hashes` and write a patch stream to `out` that makes
+/// the remote device equal to `dev`.
+pub fn diff_device<R: Read, W: Write>(
+    dev: &Device,
+    hashes: R,
+    out: W,
+    opts: &DiffOptions,
+    progress: &Progress,
+) -> Result<Stats, OpError> {
+    let started = Instant::now();
+    let reader = HashReader::new(hashes)?;
+    let header = reader.header().clone();
+    let bs = header.block_size as u64;
+    if opts.from_offset % bs != 0 {
+        return Err(OpError::BadRange(format!(
+            "--from {} is not a multiple of the hash stream's block size {bs}",
+            opts.from_offset
+        )));
+    }
+    let compare_from = opts.from_offset.max(header.start_offset);
+    let mut remote = Remote {
+        reader,
+        header: header.clone(),
+        group_first: 0,
+        group: Vec::new(),
+        group_blocks: 0,
+        ended: false,
+    };
+    let patch_header = PatchHeader {
+        source_size: dev.size(),
+        total_payload: UNKNOWN_TOTAL,
+        stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
+        creator: opts.creator.clone(),
+    };
+    let mut writer = PatchWriter::new(CountingWriter::new(out), patch_header, opts.lz4)
+        .map_err(OpError::Output)?;
+    progress.set_total(dev.size());
+    let mut digest = DigestBuilder::new(bs, header.seed);
+    let mut stats = Stats::default();
+    scan(
+        dev,
+        0,
+        dev.size(),
+        header.block_size,
+        header.seed,
+        &opts.scan,
+        |chunk| {
+            push_chunk(&mut digest, chunk.hashes, chunk.data.len(), bs as usize);
+            compare_chunk(chunk, &mut remote, compare_from, &mut writer, &mut stats)?;
+            stats.bytes_read += chunk.data.len() as u64;
+            progress.inc(chunk.data.len() as u64);
+            Ok(())
+        },
+    )?;
+    // The remote may hold more blocks than we do: they must verify too before the end record.
+    remote.finish()?;
+    stats.records = writer.record_count();
+    stats.data_bytes = writer.data_bytes();
+    stats.zero_bytes = writer.zero_bytes();
+    let source_digest = SourceDigest {
+        block_size: header.block_size,
+        seed: header.seed,
+        digest: digest.finish(),
+    };
+    let out = writer
+        .finish(Some(source_digest))
+        .map_err(OpError::Output)?;
+    stats.bytes_written = out.count();
+    progress.finish();
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+/// Compare one chunk's blocks with the remote's and write records for the runs that differ.
+fn compare_chunk<R: Read, W: Write>(
+    chunk: &Chunk<'_>,
+    remote: &mut Remote<R>,
+    compare_from: u64,
+    writer: &mut PatchWriter<W>,
+    stats: &mut Stats,
+) -> Result<(), OpError> {
+    let bs = remote.header.block_size as u64;
+    let (start, remote_size) = (remote.header.start_offset, remote.header.device_size);
+    let kind: HashKind = remote.header.kind;
+    let chunk_end = chunk.offset + chunk.data.len() as u64;
+    let mut run: Option<u64> = None;
+    for (i, h) in chunk.hashes.iter().enumerate() {
+        let off = chunk.offset + i as u64 * bs;
+        let differs = if off < compare_from {
+            None
+        } else if off < remote_size {
+            Some(kind.reduce(*h) != remote.hash((off - start) / bs)?)
+        } else {
+            remote.finish()?;
+            Some(true)
+        };
+        match differs {
+            Some(true) => {
+                stats.blocks_different += 1;
+                run.get_or_insert(off);
+            }
+            Some(false) | None => {
+                if differs.is_some() {
+                    stats.blocks_same += 1;
+                }
+                if let Some(s) = run.take() {
+                    emit_run(writer, chunk, s, off)?;
+                }
+            }
+        }
+    }
+    if let Some(s) = run {
+        emit_run(writer, chunk, s, chunk_end)?;
+    }
+    Ok(())
+}
+
+/// Write `start..end` of `chunk` as records no longer than [`MAX_RECORD_LEN`], cut at its
+/// multiples so records line up with the ones `blkread-chunks` writes.
+fn emit_run<W: Write>(
+    writer: &mut PatchWriter<W>,
+    chunk: &Chunk<'_>,
+    start: u64,
+    end: u64,
+) -> Result<(), OpError> {
+    let mut at = start;
+    while at < end {
+        let piece_end = ((at / MAX_RECORD_LEN + 1) * MAX_RECORD_LEN).min(end);
+        let data = &chunk.data[(at - chunk.offset) as usize..(piece_end - chunk.offset) as usize];
+        emit_piece(writer, at, data).map_err(OpError::Output)?;
+        at = piece_end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{hash_device, HashOptions, HashOutput};
+    use blkpipe_format::patch::{PatchReader, RecordData};
+    use std::io::Write as _;
+
+    fn file(data: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(data).unwrap();
+        f
+    }
+
+    fn hashes_of(data: &[u8], bs: u32, kind: HashKind, from: u64) -> Vec<u8> {
+        let f = file(data);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        let mut out = Vec::new();
+        let opts = HashOptions {
+            block_size: bs,
+            seed: 11,
+            kind,
+            from_offset: from,
+            output: HashOutput::Stream,
+            scan: ScanOptions::default(),
+        };
+        hash_device(&dev, &mut out, &opts, &Progress::hidden()).unwrap();
+        out
+    }
+
+    /// Diff `src` against hashes of `dst`, apply the patch in memory, return the result and
+    /// the records.
+    fn sync(src: &[u8], dst: &[u8], bs: u32, kind: HashKind) -> (Vec<u8>, Vec<(u64, u64, bool)>) {
+        let hashes = hashes_of(dst, bs, kind, 0);
+        let f = file(src);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        let mut patch = Vec::new();
+        diff_device(&dev, &hashes[..], &mut patch, &DiffOptions::default(), &Progress::hidden())
+            .unwrap();
+        let mut r = PatchReader::new(&patch[..]).unwrap();
+        let mut out = dst.to_vec();
+        out.resize(r.header().source_size as usize, 0);
+        let mut recs = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            let (o, l) = (rec.offset as usize, rec.length as usize);
+            match rec.data {
+                RecordData::Data(d) => {
+                    out[o..o + l].copy_from_slice(d);
+                    recs.push((rec.offset, rec.length, false));
+                }
+                RecordData::Zero => {
+                    out[o..o + l].fill(0);
+                    recs.push((rec.offset, rec.length, true));
+                }
+            }
+        }
+        let sd = r.end().unwrap().source_digest.unwrap();
+        assert_eq!(
+            sd.digest,
+            blkpipe_format::digest::digest_of(src, bs as usize, sd.seed)
+        );
+        (out, recs)
+    }
+
+    fn pattern(len: usize, salt: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i / 4096) as u8).wrapping_mul(13) ^ (i as u8) ^ salt)
+            .collect()
+    }
+
+    #[test]
+    fn only_differing_blocks_are_sent_and_runs_merge() {
+        let len = 10 << 20;
+        let dst = pattern(len, 0);
+        let mut src = dst.clone();
+        // Two isolated blocks, a run crossing a 4 MiB boundary, a zeroed block.
+        src[4096 * 3] ^= 1;
+        src[4096 * 100 + 5] ^= 1;
+        for b in 1020..1030 {
+            src[b * 4096 + 7] ^= 0xff;
+        }
+        src[4096 * 2000..4096 * 2001].fill(0);
+        for kind in [HashKind::Xxh3_64, HashKind::Xxh3_128] {
+            let (out, recs) = sync(&src, &dst, 4096, kind);
+            assert_eq!(out, src);
+            assert_eq!(
+                recs,
+                vec![
+                    (4096 * 3, 4096, false),
+                    (4096 * 100, 4096, false),
+                    (4096 * 1020, 4096 * 4, false),
+                    (4096 * 1024, 4096 * 6, false),
+                    (4096 * 2000, 4096, true),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_differ_and_are_not_block_multiples() {
+        for (sl, dl) in [(50_000usize, 30_000usize), (30_000, 50_000), (12_289, 12_288), (0, 9000), (9000, 0)] {
+            let src = pattern(sl, 1);
+            let mut dst = pattern(dl, 1);
+            if let Some(b) = dst.get_mut(5) {
+                *b ^= 1;
+            }
+            for bs in [4096u32, 65536] {
+                let (out, _) = sync(&src, &dst, bs, HashKind::Xxh3_64);
+                assert_eq!(out, src, "src {sl} dst {dl} bs {bs}");
+            }
+        }
+    }
+
+    #[test]
+    fn large_blocks_split_into_records_of_at_most_the_cap() {
+        let dst = pattern(20 << 20, 0);
+        let src = pattern(20 << 20, 9);
+        let (out, recs) = sync(&src, &dst, 16 << 20, HashKind::Xxh3_64);
+        assert_eq!(out, src);
+        assert!(recs.iter().all(|r| r.1 <= MAX_RECORD_LEN));
+        assert_eq!(recs.len(), 5);
+    }
+
+    #[test]
+    fn from_offset_skips_blocks_below_it_but_digests_everything() {
+        let dst = pattern(64 << 10, 0);
+        let src = pattern(64 << 10, 3);
+        let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+        let f = file(&src);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        let mut patch = Vec::new();
+        let opts = DiffOptions {
+            from_offset: 32 << 10,
+            ..DiffOptions::default()
+        };
+        diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
+        let mut r = PatchReader::new(&patch[..]).unwrap();
+        let rec = r.next_record().unwrap().unwrap();
+        assert_eq!((rec.offset, rec.length), (32 << 10, 32 << 10));
+        assert!(r.next_record().unwrap().is_none());
+        let sd = r.end().unwrap().source_digest.unwrap();
+        assert_eq!(sd.digest, blkpipe_format::digest::digest_of(&src, 4096, 11));
+        // A stream that itself starts later is honoured the same way.
+        let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 48 << 10);
+        let mut patch = Vec::new();
+        diff_device(&dev, &hashes[..], &mut patch, &DiffOptions::default(), &Progress::hidden())
+            .unwrap();
+        let mut r = PatchReader::new(&patch[..]).unwrap();
+        let rec = r.next_record().unwrap().unwrap();
+        assert_eq!((rec.offset, rec.length), (48 << 10, 16 << 10));
+    }
+
+    #[test]
+    fn a_bad_hash_stream_never_gets_an_end_record() {
+        let len = 3 << 20;
+        let dst = pattern(len, 0);
+        let src = pattern(len, 1);
+        let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+        let f = file(&src);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        let cuts = [0, 10, 56, 57, 56 + 8200, hashes.len() - 56, hashes.len() - 1];
+        for cut in cuts {
+            let mut patch = Vec::new();
+            let r = diff_device(&dev, &hashes[..cut], &mut patch, &DiffOptions::default(), &Progress::hidden());
+            let e = r.expect_err("truncated stream accepted");
+            assert_eq!(e.exit_code(), crate::exit::BAD_INPUT, "cut {cut}: {e}");
+            assert_no_end(&patch);
+        }
+        for flip in [20, 60, 56 + 8192 + 3, hashes.len() - 30] {
+            let mut bad = hashes.clone();
+            bad[flip] ^= 0x10;
+            let mut patch = Vec::new();
+            let r = diff_device(&dev, &bad[..], &mut patch, &DiffOptions::default(), &Progress::hidden());
+            assert_eq!(r.expect_err("corrupt stream accepted").exit_code(), crate::exit::BAD_INPUT);
+            assert_no_end(&patch);
+        }
+    }
+
+    fn assert_no_end(patch: &[u8]) {
+        if patch.is_empty() {
+            return;
+        }
+        let mut r = PatchReader::new(patch).unwrap();
+        loop {
+            match r.next_record() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("patch has an end record"),
+                Err(_) => return,
+            }
+        }
+    }
+}

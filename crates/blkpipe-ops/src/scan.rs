@@ -1,0 +1,439 @@
+//! Read and hash a range of a device in parallel: the one engine behind `blkhash`, `blkdiff`'s
+//! local side and `blkpatch --verify`.
+//!
+//! The range is cut into chunks of [`CHUNK_BYTES`] (or one block, if blocks are larger), aligned
+//! to multiples of the chunk size on the device. Worker threads each take a free buffer from a
+//! fixed pool, claim the next chunk, read it with one large positional read, drop it from the
+//! page cache (`posix_fadvise(DONTNEED)`, unless reading with `O_DIRECT`), and hash its blocks.
+//! So reads of one worker overlap the hashing of the others, and the device always has requests
+//! queued. The calling thread receives the chunks back in device order, with their data and
+//! block hashes, and then returns the buffer to the pool. Memory is the pool and nothing else:
+//! at most [`POOL_BYTES`] (a little more for blocks over 8 MiB), whatever the device size.
+//!
+//! ```no_run
+//! use blkpipe_dev::Device;
+//! use blkpipe_ops::scan::{scan, ScanOptions};
+//! let dev = Device::open_source("disk.img".as_ref(), false).unwrap();
+//! let mut blocks = 0;
+//! scan(&dev, 0, dev.size(), 4096, 7, &ScanOptions::default(), |chunk| {
+//!     blocks += chunk.hashes.len();
+//!     Ok(())
+//! })
+//! .unwrap();
+//! ```
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Condvar, Mutex};
+
+use blkpipe_dev::{AlignedBuf, DevError, Device};
+use blkpipe_format::digest::block_hash;
+
+use crate::OpError;
+
+/// Bytes per read request (and per chunk handed to the consumer), unless a block is larger.
+pub const CHUNK_BYTES: u64 = 4 << 20;
+/// Upper bound of the buffer pool, in bytes (at least three chunks are always allocated).
+pub const POOL_BYTES: u64 = 40 << 20;
+
+/// How to read.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
+    /// The device was opened with `O_DIRECT`: read whole aligned blocks, skip fadvise.
+    pub direct: bool,
+    /// Drop each chunk from the page cache after reading it.
+    pub drop_cache: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions {
+            threads: 0,
+            direct: false,
+            drop_cache: true,
+        }
+    }
+}
+
+impl ScanOptions {
+    /// The number of worker threads to use.
+    pub fn worker_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// One chunk of the device, handed to the consumer in device order.
+#[derive(Debug)]
+pub struct Chunk<'a> {
+    /// Device offset of the first byte.
+    pub offset: u64,
+    /// The bytes read.
+    pub data: &'a [u8],
+    /// The 128-bit hash of each block in `data` (the last block may be short).
+    pub hashes: &'a [u128],
+}
+
+struct Slot {
+    buf: AlignedBuf,
+    hashes: Vec<u128>,
+}
+
+/// Free buffers, shared by the workers and the consumer.
+struct Pool {
+    state: Mutex<(Vec<Slot>, bool)>,
+    ready: Condvar,
+}
+
+impl Pool {
+    /// A free slot, or `None` once the scan is stopping.
+    fn take(&self) -> Option<Slot> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.1 {
+                return None;
+            }
+            if let Some(s) = st.0.pop() {
+                return Some(s);
+            }
+            st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn put(&self, slot: Slot) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.push(slot);
+        self.ready.notify_one();
+    }
+
+    fn stop(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.ready.notify_all();
+    }
+}
+
+/// The chunk layout of `start..end`: chunk `k` covers `range(k)`.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    start: u64,
+    end: u64,
+    chunk: u64,
+}
+
+impl Layout {
+    fn count(&self) -> u64 {
+        if self.start >= self.end {
+            0
+        } else {
+            (self.end - 1) / self.chunk - self.start / self.chunk + 1
+        }
+    }
+
+    fn range(&self, k: u64) -> (u64, u64) {
+        let first = self.start / self.chunk;
+        let off = if k == 0 {
+            self.start
+        } else {
+            (first + k) * self.chunk
+        };
+        let end = ((first + k + 1) * self.chunk).min(self.end);
+        (off, end - off)
+    }
+}
+
+/// Read `dev` from `start` to `end` in blocks of `block_size` (`start` a multiple of it),
+/// hash every block with `seed`, and call `consume` with each chunk in device order.
+///
+/// An error from `consume` stops the scan and is returned; so is a read error or a device
+/// that ends before `end`.
+pub fn scan<F>(
+    dev: &Device,
+    start: u64,
+    end: u64,
+    block_size: u32,
+    seed: u64,
+    opts: &ScanOptions,
+    mut consume: F,
+) -> Result<(), OpError>
+where
+    F: FnMut(&Chunk<'_>) -> Result<(), OpError>,
+{
+    let bs = block_size as u64;
+    debug_assert!(bs.is_power_of_two() && start % bs == 0);
+    let layout = Layout {
+        start,
+        end,
+        chunk: CHUNK_BYTES.max(bs),
+    };
+    let count = layout.count();
+    if count == 0 {
+        return Ok(());
+    }
+    let slots = ((POOL_BYTES / layout.chunk).max(3) as usize)
+        .min(opts.worker_count() + 2)
+        .max(3);
+    let workers = opts.worker_count().min(slots - 1).min(count as usize).max(1);
+    let pool = Pool {
+        state: Mutex::new((
+            (0..slots)
+                .map(|_| Slot {
+                    buf: AlignedBuf::new(layout.chunk as usize),
+                    hashes: Vec::with_capacity((layout.chunk / bs) as usize),
+                })
+                .collect(),
+            false,
+        )),
+        ready: Condvar::new(),
+    };
+    let next = AtomicU64::new(0);
+    let (tx, rx) = mpsc::channel::<(u64, Result<Slot, OpError>)>();
+
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (pool, next) = (&pool, &next);
+            s.spawn(move || {
+                // Take the buffer before claiming a chunk, so every claimed chunk can finish
+                // and the consumer never waits on a chunk that waits for a buffer.
+                while let Some(mut slot) = pool.take() {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= count {
+                        pool.put(slot);
+                        return;
+                    }
+                    let (off, len) = layout.range(k);
+                    let res = read_chunk(dev, &mut slot.buf, off, len as usize, opts.direct);
+                    let msg = res.map(|()| {
+                        if opts.drop_cache && !opts.direct {
+                            dev.fadvise_dontneed(off, len);
+                        }
+                        slot.hashes.clear();
+                        slot.hashes.extend(
+                            slot.buf[..len as usize]
+                                .chunks(bs as usize)
+                                .map(|b| block_hash(b, seed)),
+                        );
+                        slot
+                    });
+                    let failed = msg.is_err();
+                    if tx.send((k, msg)).is_err() || failed {
+                        pool.stop();
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+
+        let mut pending: BTreeMap<u64, Slot> = BTreeMap::new();
+        let mut want = 0u64;
+        let result = (|| {
+            while want < count {
+                if let Some(slot) = pending.remove(&want) {
+                    let (off, len) = layout.range(want);
+                    let chunk = Chunk {
+                        offset: off,
+                        data: &slot.buf[..len as usize],
+                        hashes: &slot.hashes,
+                    };
+                    consume(&chunk)?;
+                    pool.put(slot);
+                    want += 1;
+                    continue;
+                }
+                match rx.recv() {
+                    Ok((k, Ok(slot))) => {
+                        pending.insert(k, slot);
+                    }
+                    Ok((_, Err(e))) => return Err(e),
+                    Err(_) => {
+                        return Err(OpError::Refused(
+                            "internal error: device readers stopped early".into(),
+                        ))
+                    }
+                }
+            }
+            Ok(())
+        })();
+        pool.stop();
+        result
+    })
+}
+
+/// Read `len` bytes at `off` into `buf`. With `direct`, the request is rounded up to whole
+/// 4 KiB blocks (the buffer has room), and a short read at the device's end is accepted as
+/// long as it covers `len`.
+fn read_chunk(
+    dev: &Device,
+    buf: &mut [u8],
+    off: u64,
+    len: usize,
+    direct: bool,
+) -> Result<(), OpError> {
+    let got = if direct {
+        let request = len.div_ceil(4096) * 4096;
+        let mut done = 0;
+        while done < len {
+            match std::os::unix::fs::FileExt::read_at(
+                dev.file(),
+                &mut buf[done..request],
+                off + done as u64,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(DevError::Io {
+                        path: dev.path().to_owned(),
+                        op: format!("read at offset {}", off + done as u64),
+                        source: e,
+                    }
+                    .into())
+                }
+            }
+            // O_DIRECT cannot continue from an unaligned position: a short read that is not
+            // block-aligned is the end of the device.
+            if done % 512 != 0 {
+                break;
+            }
+        }
+        done
+    } else {
+        dev.read_at(&mut buf[..len], off)?
+    };
+    if got < len {
+        return Err(OpError::Refused(format!(
+            "{}: device ended at {} while reading {len} bytes at offset {off} (did it shrink?)",
+            dev.path().display(),
+            off + got as u64
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blkpipe_format::digest::digest_of;
+    use std::io::Write;
+
+    fn image(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data).unwrap();
+        (f, data)
+    }
+
+    #[test]
+    fn layout_covers_range_in_aligned_chunks() {
+        let l = Layout {
+            start: 4096 * 3,
+            end: 3 * CHUNK_BYTES + 100,
+            chunk: CHUNK_BYTES,
+        };
+        let mut at = l.start;
+        for k in 0..l.count() {
+            let (off, len) = l.range(k);
+            assert_eq!(off, at);
+            assert!(len > 0 && len <= CHUNK_BYTES);
+            at = off + len;
+            if at != l.end {
+                assert_eq!(at % CHUNK_BYTES, 0);
+            }
+        }
+        assert_eq!(at, l.end);
+        assert_eq!(l.count(), 4);
+    }
+
+    #[test]
+    fn chunks_come_in_order_with_hashes_for_every_thread_count() {
+        let len = 3 * CHUNK_BYTES as usize + 5000;
+        let (f, data) = image(len);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        for threads in [1, 2, 5] {
+            let mut got = Vec::new();
+            let mut hashes = Vec::new();
+            let opts = ScanOptions {
+                threads,
+                ..ScanOptions::default()
+            };
+            scan(&dev, 8192, len as u64, 4096, 99, &opts, |c| {
+                assert_eq!(c.offset, 8192 + got.len() as u64);
+                got.extend_from_slice(c.data);
+                hashes.extend_from_slice(c.hashes);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, &data[8192..]);
+            let want: Vec<u128> = data[8192..]
+                .chunks(4096)
+                .map(|b| block_hash(b, 99))
+                .collect();
+            assert_eq!(hashes, want);
+        }
+        let mut b = blkpipe_format::digest::DigestBuilder::new(4096, 3);
+        scan(&dev, 0, len as u64, 4096, 3, &ScanOptions::default(), |c| {
+            for (h, blk) in c.hashes.iter().zip(c.data.chunks(4096)) {
+                b.push(*h, blk.len() as u64);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(b.finish(), digest_of(&data, 4096, 3));
+    }
+
+    #[test]
+    fn direct_reads_handle_an_unaligned_tail() {
+        let len = CHUNK_BYTES as usize + 4096 * 3 + 333;
+        let (f, data) = image(len);
+        let Ok(dev) = Device::open_source(f.path(), true) else {
+            return; // the file system does not support O_DIRECT
+        };
+        let opts = ScanOptions {
+            direct: true,
+            ..ScanOptions::default()
+        };
+        let mut got = Vec::new();
+        match scan(&dev, 0, len as u64, 4096, 0, &opts, |c| {
+            got.extend_from_slice(c.data);
+            Ok(())
+        }) {
+            Ok(()) => assert_eq!(got, data),
+            // tmpfs refuses O_DIRECT reads with EINVAL.
+            Err(OpError::Dev(e)) if e.io_error().and_then(|e| e.raw_os_error()) == Some(22) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn consumer_error_stops_the_scan() {
+        let len = 6 * CHUNK_BYTES as usize;
+        let (f, _) = image(len);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        let mut seen = 0;
+        let r = scan(&dev, 0, len as u64, 4096, 0, &ScanOptions::default(), |_| {
+            seen += 1;
+            if seen == 2 {
+                Err(OpError::Refused("stop".into()))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(matches!(r, Err(OpError::Refused(m)) if m == "stop"));
+        assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn device_shorter_than_range_is_an_error() {
+        let (f, _) = image(10_000);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        let r = scan(&dev, 0, 20_000, 4096, 0, &ScanOptions::default(), |_| Ok(()));
+        assert!(matches!(r, Err(OpError::Refused(m)) if m.contains("device ended")));
+    }
+}
