@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+#!/bin/bash
 # Shared settings and helpers of the blkpipe network test harness (tests/net).
 # Sourced, not executed.
 
