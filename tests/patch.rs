@@ -9,50 +9,11 @@ use std::process::{Command, Output, Stdio};
 
 use blkpipe_format::patch::{PatchReader, RecordData};
 
+mod common;
+use common::{bin, pattern, require_loop, run, stderr, Loop};
+
 /// Tools held to the common command-line contract (all five once they exist).
-const TOOLS: &[&str] = &["blkread-chunks", "blkpatch"];
-
-fn bin(name: &str) -> PathBuf {
-    match name {
-        "blkread-chunks" => env!("CARGO_BIN_EXE_blkread-chunks").into(),
-        "blkpatch" => env!("CARGO_BIN_EXE_blkpatch").into(),
-        "blkhash" => env!("CARGO_BIN_EXE_blkhash").into(),
-        "blkdiff" => env!("CARGO_BIN_EXE_blkdiff").into(),
-        "cowlist" => env!("CARGO_BIN_EXE_cowlist").into(),
-        _ => unreachable!(),
-    }
-}
-
-/// Deterministic, incompressible-ish content: block `i` is filled from a simple generator.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin(name))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().expect("wait");
-    feeder.join().unwrap();
-    out
-}
+const TOOLS: &[&str] = &["blkread-chunks", "blkpatch", "blkmerge"];
 
 /// `blkread-chunks SRC < ranges` as bytes.
 fn read_chunks(src: &Path, ranges: &str, extra: &[&str]) -> Vec<u8> {
@@ -71,10 +32,6 @@ fn patch(target: &Path, stream: &[u8], extra: &[&str]) -> Output {
     let mut args = extra.to_vec();
     args.push(target.to_str().unwrap());
     run("blkpatch", &args, stream)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Apply `stream`'s verified records to `image` in-process: the reference result.
@@ -384,47 +341,6 @@ fn broken_pipes_exit_non_zero_quietly() {
     assert_eq!(out.status.code(), Some(3));
 }
 
-/// A loop device over a file, detached on drop.
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Option<Loop> {
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "losetup unavailable: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return None;
-        }
-        Some(Loop(
-            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-        ))
-    }
-    fn path(&self) -> &Path {
-        Path::new(&self.0)
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
-fn require_loop(l: Option<Loop>) -> Loop {
-    // CI runs as root with loop devices; a developer box without them says so loudly.
-    l.expect("loop devices are required (run as root with losetup)")
-}
-
 #[test]
 fn loop_device_targets() {
     let f = fixture();
@@ -547,4 +463,62 @@ fn every_tool_keeps_the_contract() {
             stderr(&out)
         );
     }
+}
+
+#[test]
+fn stats_json_and_progress_feed() {
+    let f = fixture();
+    let whole = format!("0 {}\n", f.src_bytes.len());
+    let stream = read_chunks(&f.src, &whole, &[]);
+    let dst = f.path("dst.img");
+    // fd 3 is the write end of a pipe whose read end the test keeps.
+    let (mut rd, wr) = std::io::pipe().unwrap();
+    let mut cmd = Command::new(bin("blkpatch"));
+    cmd.args(["--stats=json", "--progress-fd", "3"]).arg(&dst);
+    let wr_fd = std::os::fd::OwnedFd::from(wr);
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&wr_fd);
+        cmd.pre_exec(move || {
+            if libc_dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(wr_fd);
+    child.stdin.take().unwrap().write_all(&stream).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = stderr(&out);
+    let total = f.src_bytes.len();
+    assert!(
+        json.starts_with("{\"tool\":\"blkpatch\",\"records\":"),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("\"bytes_written\":{total}")),
+        "{json}"
+    );
+    let mut feed = String::new();
+    std::io::Read::read_to_string(&mut rd, &mut feed).unwrap();
+    assert_eq!(
+        feed.lines().last(),
+        Some(format!("{total} {total}").as_str()),
+        "{feed}"
+    );
+}
+
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    extern "C" {
+        fn dup2(oldfd: i32, newfd: i32) -> i32;
+    }
+    // SAFETY: dup2 on descriptors owned by this (forked) process.
+    unsafe { dup2(from, to) }
 }

@@ -55,12 +55,76 @@ pub fn guard_binary_stdout(force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress reporter for `--progress`.
+/// A progress reporter for a plain `--progress` flag (drawn whenever asked).
 pub fn progress(tool: &str, wanted: bool) -> blkpipe_ops::progress::Progress {
     if wanted {
         blkpipe_ops::progress::Progress::stderr(tool, None)
     } else {
         blkpipe_ops::progress::Progress::hidden()
+    }
+}
+
+/// When to draw the progress line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// Only when stderr is a terminal.
+    Auto,
+    /// Always, even into a file or pipe.
+    Always,
+}
+
+/// The format of `--stats`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsFormat {
+    /// `tool: key: value` lines.
+    Human,
+    /// One JSON object on one line.
+    Json,
+}
+
+/// The reporting options every long-running tool shares.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Reporting")]
+pub struct Reporting {
+    /// Draw a progress line on stderr: bytes, rate, ETA when the total is known
+    /// (`--progress` = auto: only when stderr is a terminal; `--progress=always`).
+    #[arg(long, value_name = "WHEN", num_args = 0..=1, require_equals = true, default_missing_value = "auto", value_enum)]
+    pub progress: Option<When>,
+    /// Write `bytes_done bytes_total` once per second to file descriptor FD, for wrappers.
+    #[arg(long, value_name = "FD")]
+    pub progress_fd: Option<i32>,
+    /// Print a summary on stderr at the end (`--stats` = human, `--stats=json`).
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "human", value_enum)]
+    pub stats: Option<StatsFormat>,
+}
+
+impl Reporting {
+    /// The progress reporter these options ask for.
+    pub fn progress(&self, tool: &str) -> anyhow::Result<blkpipe_ops::progress::Progress> {
+        use blkpipe_ops::progress::Progress;
+        let draw = match self.progress {
+            Some(When::Always) => true,
+            Some(When::Auto) => io::stderr().is_terminal(),
+            None => false,
+        };
+        let p = if draw {
+            Progress::stderr(tool, None)
+        } else {
+            Progress::hidden()
+        };
+        Ok(match self.progress_fd {
+            Some(fd) => p.with_feed(fd)?,
+            None => p,
+        })
+    }
+
+    /// Print the summary if `--stats` was given.
+    pub fn print_stats(&self, tool: &str, stats: &blkpipe_ops::Stats) {
+        match self.stats {
+            Some(StatsFormat::Human) => eprint!("{}", stats.human(tool)),
+            Some(StatsFormat::Json) => eprint!("{}", stats.json(tool)),
+            None => {}
+        }
     }
 }
 

@@ -39,6 +39,10 @@ struct Args {
     /// Skip everything below this byte offset (to resume an interrupted transfer).
     #[arg(long, value_name = "OFFSET", default_value_t = 0)]
     from: u64,
+    /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
+    /// `blkpatch --state` recorded (see `blkpatch --print-state`).
+    #[arg(long, value_name = "HEX", value_parser = parse_stream_id)]
+    stream_id: Option<[u8; 16]>,
     /// Accept a range list whose header names a different device size.
     #[arg(long)]
     ignore_size: bool,
@@ -48,12 +52,8 @@ struct Args {
     /// Write the binary stream even when stdout is a terminal.
     #[arg(long)]
     force_tty: bool,
-    /// Show progress on stderr.
-    #[arg(long)]
-    progress: bool,
-    /// Print a summary on stderr at the end.
-    #[arg(long)]
-    stats: bool,
+    #[command(flatten)]
+    report: common::Reporting,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -69,14 +69,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         lz4: args.lz4,
         from_offset: args.from,
         ignore_size: args.ignore_size,
+        stream_id: args.stream_id,
         ..ChunkOptions::default()
     };
-    let progress = common::progress("blkread-chunks", args.progress);
+    let progress = args.report.progress("blkread-chunks")?;
     let stats = read_chunks(&dev, ranges, common::stdout_buffered(), &opts, &progress)?;
-    if args.stats {
-        eprint!("{}", stats.human("blkread-chunks"));
-    }
+    args.report.print_stats("blkread-chunks", &stats);
     Ok(())
+}
+
+fn parse_stream_id(s: &str) -> Result<[u8; 16], String> {
+    blkpipe_ops::state::parse_id(s).ok_or_else(|| "expected 32 hex digits".into())
 }
 
 fn main() {

@@ -16,6 +16,7 @@ use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::chunks::emit_piece;
 use crate::progress::Progress;
+use crate::state::{hex_id, ResumeState};
 use crate::{OpError, Stats};
 
 /// Options of [`apply_patch`].
@@ -27,6 +28,9 @@ pub struct ApplyOptions {
     pub undo: Option<PathBuf>,
     /// Check and read everything, write nothing.
     pub dry_run: bool,
+    /// Record durable progress in this file and skip what an earlier run of the same stream
+    /// already applied (see [`crate::state`]).
+    pub state: Option<PathBuf>,
     /// After applying, compare the target's digest with the source digest in the end record.
     pub verify: bool,
 }
@@ -131,6 +135,13 @@ const UNDO_BATCH_RECORDS: usize = 4096;
 struct Applier<'a> {
     target: &'a Device,
     undo: Option<Undo>,
+    /// The state file and what it says.
+    state: Option<(PathBuf, ResumeState)>,
+    /// End offset of the last record written to the target (not necessarily synced).
+    written_end: u64,
+    /// Bytes written and time since the last durable checkpoint.
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
     discard: bool,
     zeros: Vec<u8>,
     /// Pending records: (offset, length, payload range in `batch`, or None for zeros).
@@ -138,11 +149,49 @@ struct Applier<'a> {
     batch: Vec<u8>,
 }
 
+/// A state file is brought up to date after this many bytes ...
+const CHECKPOINT_BYTES: u64 = 256 << 20;
+/// ... or this much time, whichever comes first.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Applier<'_> {
     fn push(&mut self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
-        if self.undo.is_none() {
-            return self.write(offset, length, data);
+        if let Some((_, st)) = &self.state {
+            if offset + length <= st.applied {
+                return Ok(()); // applied and synced by an earlier run of this stream
+            }
         }
+        self.since_checkpoint += length;
+        if self.undo.is_none() {
+            self.write(offset, length, data)?;
+            self.written_end = offset + length;
+        } else {
+            self.queue(offset, length, data)?;
+        }
+        if self.state.is_some()
+            && (self.since_checkpoint >= CHECKPOINT_BYTES
+                || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
+        {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Flush, sync the target, and record in the state file how far it is applied.
+    fn checkpoint(&mut self) -> Result<(), OpError> {
+        self.flush()?;
+        let Some((path, st)) = self.state.as_mut() else {
+            return Ok(());
+        };
+        self.target.sync()?;
+        st.applied = st.applied.max(self.written_end);
+        st.store(path)?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    fn queue(&mut self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
         let range = data.map(|d| {
             self.batch.extend_from_slice(d);
             self.batch.len() - d.len()..self.batch.len()
@@ -175,14 +224,15 @@ impl Applier<'_> {
         undo.sync()?;
         for (offset, length, range) in std::mem::take(&mut self.pending) {
             self.write(offset, length, range.map(|r| &self.batch[r]))?;
+            self.written_end = offset + length;
         }
         self.batch.clear();
         Ok(())
     }
 
-    /// Write what is pending and complete the undo stream.
+    /// Write what is pending, record it in the state file, and complete the undo stream.
     fn finish(mut self) -> Result<(), OpError> {
-        let flushed = self.flush();
+        let flushed = self.checkpoint();
         let finished = self.undo.take().map_or(Ok(()), Undo::finish);
         flushed.and(finished)
     }
@@ -210,6 +260,10 @@ pub fn apply_patch<R: Read>(
     if opts.dry_run {
         target = None;
     }
+    let state = match (&opts.state, target.as_deref()) {
+        (Some(path), Some(_)) => Some((path.clone(), resume_state(path, &header)?)),
+        _ => None,
+    };
     let mut applier = match target.as_deref() {
         Some(t) => Some(Applier {
             target: t,
@@ -217,6 +271,10 @@ pub fn apply_patch<R: Read>(
                 Some(path) => Some(Undo::create(path, t)?),
                 None => None,
             },
+            state,
+            written_end: 0,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
             discard: opts.discard,
             zeros: vec![0u8; MAX_RECORD_LEN as usize],
             pending: Vec::new(),
@@ -256,6 +314,7 @@ pub fn apply_patch<R: Read>(
     };
     // Records verified before a fault are still applied, and the undo stream is completed
     // even then: it covers exactly what was written.
+    let state = applier.as_ref().and_then(|a| a.state.clone());
     let applied = applier.map_or(Ok(()), Applier::finish);
     result?;
     applied?;
@@ -266,12 +325,45 @@ pub fn apply_patch<R: Read>(
         }
         t.sync()?;
     }
+    if let Some((path, mut st)) = state {
+        st.applied = header.source_size;
+        st.complete = true;
+        st.store(&path)?;
+    }
     progress.finish();
     if opts.verify {
         verify(target.as_deref(), &header, &end, &mut stats)?;
     }
     stats.elapsed = started.elapsed();
     Ok(Applied { stats, header, end })
+}
+
+/// The state for this stream: a fresh one (recorded at once, so the identity is durable
+/// before any write), or the one an earlier run left, if it is for this very stream.
+fn resume_state(path: &std::path::Path, header: &PatchHeader) -> Result<ResumeState, OpError> {
+    match ResumeState::load(path)? {
+        Some(st) if st.stream_id == header.stream_id && st.source_size == header.source_size => {
+            Ok(st)
+        }
+        Some(st) => Err(OpError::Refused(format!(
+            "state file {} is for stream {} of a {}-byte source, not this stream {} of a {}-byte source; remove it to start over",
+            path.display(),
+            hex_id(&st.stream_id),
+            st.source_size,
+            hex_id(&header.stream_id),
+            header.source_size
+        ))),
+        None => {
+            let st = ResumeState {
+                stream_id: header.stream_id,
+                source_size: header.source_size,
+                applied: 0,
+                complete: false,
+            };
+            st.store(path)?;
+            Ok(st)
+        }
+    }
 }
 
 fn verify(

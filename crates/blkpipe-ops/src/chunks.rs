@@ -125,17 +125,10 @@ pub fn read_chunks<R: Read, W: Write>(
         empty_tx.send(Vec::new()).expect("channel has room");
     }
     let mut stats = Stats::default();
-    std::thread::scope(|s| -> Result<(), OpError> {
+    std::thread::scope(|s| {
         s.spawn(|| read_pieces(dev, &ranges, full_tx, empty_rx));
-        for piece in full_rx.iter() {
-            let piece = piece?;
-            emit_piece(&mut writer, piece.offset, &piece.buf).map_err(OpError::Output)?;
-            stats.bytes_read += piece.buf.len() as u64;
-            progress.inc(piece.buf.len() as u64);
-            // The reader may have quit after an error; then this buffer is not needed.
-            let _ = empty_tx.send(piece.buf);
-        }
-        Ok(())
+        // The channels are moved in, so an early return closes them and the reader stops.
+        write_pieces(full_rx, empty_tx, &mut writer, &mut stats, progress)
     })?;
     stats.records = writer.record_count();
     stats.data_bytes = writer.data_bytes();
@@ -144,6 +137,24 @@ pub fn read_chunks<R: Read, W: Write>(
     progress.finish();
     stats.elapsed = started.elapsed();
     Ok(stats)
+}
+
+fn write_pieces<W: Write>(
+    full: Receiver<Result<Piece, OpError>>,
+    empty: SyncSender<Vec<u8>>,
+    writer: &mut PatchWriter<W>,
+    stats: &mut Stats,
+    progress: &Progress,
+) -> Result<(), OpError> {
+    for piece in full.iter() {
+        let piece = piece?;
+        emit_piece(writer, piece.offset, &piece.buf).map_err(OpError::Output)?;
+        stats.bytes_read += piece.buf.len() as u64;
+        progress.inc(piece.buf.len() as u64);
+        // The reader may have quit after an error; then this buffer is not needed.
+        let _ = empty.send(piece.buf);
+    }
+    Ok(())
 }
 
 fn read_pieces(

@@ -34,8 +34,10 @@ pub mod digest;
 mod error;
 pub mod hash;
 pub mod input;
+pub mod merge;
 pub mod progress;
 pub mod scan;
+pub mod state;
 mod stats;
 
 pub use error::{dev_exit_code, exit, format_exit_code, OpError};

@@ -1,5 +1,11 @@
-//! Progress on stderr: a pv-like line (bytes, rate, ETA when the total is known), drawn only
-//! when asked for.
+//! Progress: a pv-like line on stderr (bytes, rate, ETA when the total is known), and a
+//! machine-readable feed for wrappers: one `bytes_done bytes_total` line per second on a file
+//! descriptor (`bytes_total` is `-` while unknown), and a last line when the work ends.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -7,12 +13,79 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Clone)]
 pub struct Progress {
     bar: Option<ProgressBar>,
+    feed: Option<Arc<Feed>>,
+}
+
+/// The state behind a `--progress-fd` feed.
+struct Feed {
+    fd: i32,
+    done: AtomicU64,
+    total: AtomicU64,
+    stop: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+const UNKNOWN: u64 = u64::MAX;
+
+impl Feed {
+    fn line(&self) -> String {
+        let done = self.done.load(Ordering::Relaxed);
+        match self.total.load(Ordering::Relaxed) {
+            UNKNOWN => format!("{done} -\n"),
+            total => format!("{done} {total}\n"),
+        }
+    }
+
+    fn write_line(&self) {
+        let line = self.line();
+        // SAFETY: writing a valid buffer to a file descriptor; a closed or broken fd only
+        // makes write fail, which a progress feed ignores.
+        let _ = unsafe { libc::write(self.fd, line.as_ptr().cast(), line.len()) };
+    }
 }
 
 impl Progress {
     /// No progress output.
     pub fn hidden() -> Self {
-        Progress { bar: None }
+        Progress {
+            bar: None,
+            feed: None,
+        }
+    }
+
+    /// Add a feed of `bytes_done bytes_total` lines, once per second, to file descriptor `fd`.
+    /// Fails if `fd` is not open.
+    pub fn with_feed(mut self, fd: i32) -> std::io::Result<Self> {
+        // SAFETY: F_GETFD only queries the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("progress file descriptor {fd} is not open"),
+            ));
+        }
+        let feed = Arc::new(Feed {
+            fd,
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(UNKNOWN),
+            stop: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        });
+        let ticker = Arc::clone(&feed);
+        let handle = std::thread::spawn(move || {
+            let tick = Duration::from_millis(100);
+            let mut waited = Duration::ZERO;
+            while !ticker.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                waited += tick;
+                if waited >= Duration::from_secs(1) {
+                    ticker.write_line();
+                    waited = Duration::ZERO;
+                }
+            }
+        });
+        *feed.thread.lock().expect("feed lock") = Some(handle);
+        self.feed = Some(feed);
+        Ok(self)
     }
 
     /// A progress line on stderr, `total` bytes if known. `prefix` names the tool.
@@ -32,7 +105,10 @@ impl Progress {
                 .progress_chars("=> "),
         );
         bar.set_prefix(prefix.to_owned());
-        Progress { bar: Some(bar) }
+        Progress {
+            bar: Some(bar),
+            feed: None,
+        }
     }
 
     /// Count `n` more bytes done.
@@ -41,6 +117,9 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.inc(n);
         }
+        if let Some(f) = &self.feed {
+            f.done.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Set the total once it becomes known.
@@ -48,12 +127,23 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.set_length(total);
         }
+        if let Some(f) = &self.feed {
+            f.total.store(total, Ordering::Relaxed);
+        }
     }
 
-    /// Remove the line.
+    /// Remove the line; stop the feed after writing its last line.
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
+        }
+        if let Some(f) = &self.feed {
+            f.stop.store(true, Ordering::Relaxed);
+            let handle = f.thread.lock().expect("feed lock").take();
+            if let Some(h) = handle {
+                let _ = h.join();
+                f.write_line();
+            }
         }
     }
 }

@@ -23,6 +23,21 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// One JSON object on one line, for scripts.
+    pub fn json(&self, tool: &str) -> String {
+        format!(
+            "{{\"tool\":\"{tool}\",\"records\":{},\"bytes_read\":{},\"bytes_written\":{},\"data_bytes\":{},\"zero_bytes\":{},\"blocks_same\":{},\"blocks_different\":{},\"seconds\":{:.6}}}\n",
+            self.records,
+            self.bytes_read,
+            self.bytes_written,
+            self.data_bytes,
+            self.zero_bytes,
+            self.blocks_same,
+            self.blocks_different,
+            self.elapsed.as_secs_f64()
+        )
+    }
+
     /// A human summary, one `key: value` per line, prefixed by the tool name.
     pub fn human(&self, tool: &str) -> String {
         let secs = self.elapsed.as_secs_f64();

@@ -1,0 +1,11 @@
+//! Patch stream reader on arbitrary input.
+#![no_main]
+
+use blkpipe_format::patch::PatchReader;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(mut r) = PatchReader::new(data) {
+        while let Ok(Some(_)) = r.next_record() {}
+    }
+});
