@@ -13,7 +13,14 @@ mod common;
 use common::{bin, pattern, require_loop, run, stderr, Loop};
 
 /// Tools held to the common command-line contract (all five once they exist).
-const TOOLS: &[&str] = &["blkread-chunks", "blkpatch", "blkmerge"];
+const TOOLS: &[&str] = &[
+    "blkread-chunks",
+    "blkpatch",
+    "blkmerge",
+    "cowlist",
+    "blkhash",
+    "blkdiff",
+];
 
 /// `blkread-chunks SRC < ranges` as bytes.
 fn read_chunks(src: &Path, ranges: &str, extra: &[&str]) -> Vec<u8> {

@@ -53,12 +53,8 @@ struct Args {
     /// Write the binary stream even when stdout is a terminal.
     #[arg(long)]
     force_tty: bool,
-    /// Show progress on stderr.
-    #[arg(long)]
-    progress: bool,
-    /// Print a summary on stderr at the end.
-    #[arg(long)]
-    stats: bool,
+    #[command(flatten)]
+    report: common::Reporting,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -78,11 +74,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         ..DiffOptions::default()
     };
-    let progress = common::progress("blkdiff", args.progress);
+    let progress = args.report.progress("blkdiff")?;
     let stats = diff_device(&dev, input, common::stdout_buffered(), &opts, &progress)?;
-    if args.stats {
-        eprint!("{}", stats.human("blkdiff"));
-    }
+    args.report.print_stats("blkdiff", &stats);
     Ok(())
 }
 

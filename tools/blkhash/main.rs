@@ -68,12 +68,8 @@ struct Args {
     /// Write the binary stream even when stdout is a terminal.
     #[arg(long)]
     force_tty: bool,
-    /// Show progress on stderr.
-    #[arg(long)]
-    progress: bool,
-    /// Print a summary on stderr at the end.
-    #[arg(long)]
-    stats: bool,
+    #[command(flatten)]
+    report: common::Reporting,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -107,17 +103,20 @@ fn run(args: Args) -> anyhow::Result<()> {
             drop_cache: true,
         },
     };
-    let progress = common::progress("blkhash", args.progress);
+    let progress = args.report.progress("blkhash")?;
     let mut stdout = common::stdout_buffered();
     let hashed = hash_device(&dev, &mut stdout, &opts, &progress)?;
     if output == HashOutput::Digest {
-        writeln!(stdout, "{}  {}", format_digest(hashed.digest), args.dev.display())
-            .context("stdout")?;
+        writeln!(
+            stdout,
+            "{}  {}",
+            format_digest(hashed.digest),
+            args.dev.display()
+        )
+        .context("stdout")?;
     }
     stdout.flush().context("stdout")?;
-    if args.stats {
-        eprint!("{}", hashed.stats.human("blkhash"));
-    }
+    args.report.print_stats("blkhash", &hashed.stats);
     Ok(())
 }
 

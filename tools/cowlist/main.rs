@@ -83,12 +83,25 @@ struct Args {
     /// Block size of the XML's blocks (bytes; s, K, M, G suffixes).
     #[arg(long, value_name = "SIZE", value_parser = size)]
     block_size: Option<u64>,
-    /// Print a summary on stderr at the end.
-    #[arg(long)]
-    stats: bool,
-    /// Show progress on stderr.
-    #[arg(long)]
-    progress: bool,
+    #[command(flatten)]
+    report: common::Reporting,
+}
+
+/// `--stats=json`: the shared summary object (records = ranges listed, data bytes = bytes to
+/// send, bytes read = metadata bytes read).
+fn json_stats(ranges: u64, bytes: u64, metadata_read: u64, started: Instant) {
+    let stats = blkpipe_ops::Stats {
+        records: ranges,
+        data_bytes: bytes,
+        bytes_read: metadata_read,
+        elapsed: started.elapsed(),
+        ..Default::default()
+    };
+    eprint!("{}", stats.json("cowlist"));
+}
+
+fn json_wanted(args: &Args) -> bool {
+    args.report.stats == Some(common::StatsFormat::Json)
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -127,7 +140,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires a source"),
     };
     let (cow, _direct) = snapshot::open_cow(&cow_path)?;
-    let progress = common::progress("cowlist", args.progress);
+    let progress = args.report.progress("cowlist")?;
     let mut opts = ReadOptions::device(origin_size);
     let mut out = common::stdout_buffered();
     if args.data {
@@ -139,7 +152,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         let st =
             snapshot::write_view_patch(&cow, &view, origin_size, &mut out, &creator, &progress)?;
         out.flush().context("stdout")?;
-        if args.stats {
+        if json_wanted(&args) {
+            json_stats(
+                st.records,
+                st.data_bytes,
+                view.summary.metadata_bytes_read,
+                started,
+            );
+        } else if args.report.stats.is_some() {
             summary(&cow, &view.summary, &what, view.bytes(), None, started);
             eprintln!("cowlist: records:          {}", st.records);
             eprintln!("cowlist: data bytes:       {}", st.data_bytes);
@@ -151,7 +171,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     let list = ChangeList::read(&cow, &opts)?;
     progress.finish();
     list.write_range_list(&mut out).context("stdout")?;
-    if args.stats {
+    if json_wanted(&args) {
+        let ranges = list.ranges().count() as u64;
+        json_stats(
+            ranges,
+            list.bytes(),
+            list.summary.metadata_bytes_read,
+            started,
+        );
+    } else if args.report.stats.is_some() {
         let ranges = list.ranges().count() as u64;
         summary(
             &cow,
@@ -195,7 +223,9 @@ fn write_blocks(args: &Args, r: &BlockRanges, started: Instant) -> anyhow::Resul
     });
     let mut out = common::stdout_buffered();
     snapshot::write_ranges(&mut out, size, r.block_bytes, ranges).context("stdout")?;
-    if args.stats {
+    if json_wanted(args) {
+        json_stats(r.ranges.len() as u64, r.bytes(), 0, started);
+    } else if args.report.stats.is_some() {
         eprintln!("cowlist: block size:       {} bytes", r.block_bytes);
         eprintln!("cowlist: blocks listed:    {}", r.blocks);
         eprintln!("cowlist: ranges:           {}", r.ranges.len());

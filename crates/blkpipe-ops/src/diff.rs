@@ -243,7 +243,6 @@ mod tests {
     use super::*;
     use crate::hash::{hash_device, HashOptions, HashOutput};
     use blkpipe_format::patch::{PatchReader, RecordData};
-    use std::io::Write as _;
 
     fn file(data: &[u8]) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -274,8 +273,14 @@ mod tests {
         let f = file(src);
         let dev = Device::open_source(f.path(), false).unwrap();
         let mut patch = Vec::new();
-        diff_device(&dev, &hashes[..], &mut patch, &DiffOptions::default(), &Progress::hidden())
-            .unwrap();
+        diff_device(
+            &dev,
+            &hashes[..],
+            &mut patch,
+            &DiffOptions::default(),
+            &Progress::hidden(),
+        )
+        .unwrap();
         let mut r = PatchReader::new(&patch[..]).unwrap();
         let mut out = dst.to_vec();
         out.resize(r.header().source_size as usize, 0);
@@ -337,7 +342,13 @@ mod tests {
 
     #[test]
     fn sizes_differ_and_are_not_block_multiples() {
-        for (sl, dl) in [(50_000usize, 30_000usize), (30_000, 50_000), (12_289, 12_288), (0, 9000), (9000, 0)] {
+        for (sl, dl) in [
+            (50_000usize, 30_000usize),
+            (30_000, 50_000),
+            (12_289, 12_288),
+            (0, 9000),
+            (9000, 0),
+        ] {
             let src = pattern(sl, 1);
             let mut dst = pattern(dl, 1);
             if let Some(b) = dst.get_mut(5) {
@@ -382,8 +393,14 @@ mod tests {
         // A stream that itself starts later is honoured the same way.
         let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 48 << 10);
         let mut patch = Vec::new();
-        diff_device(&dev, &hashes[..], &mut patch, &DiffOptions::default(), &Progress::hidden())
-            .unwrap();
+        diff_device(
+            &dev,
+            &hashes[..],
+            &mut patch,
+            &DiffOptions::default(),
+            &Progress::hidden(),
+        )
+        .unwrap();
         let mut r = PatchReader::new(&patch[..]).unwrap();
         let rec = r.next_record().unwrap().unwrap();
         assert_eq!((rec.offset, rec.length), (48 << 10, 16 << 10));
@@ -391,16 +408,30 @@ mod tests {
 
     #[test]
     fn a_bad_hash_stream_never_gets_an_end_record() {
-        let len = 3 << 20;
+        let len = 5 << 20;
         let dst = pattern(len, 0);
         let src = pattern(len, 1);
         let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
         let f = file(&src);
         let dev = Device::open_source(f.path(), false).unwrap();
-        let cuts = [0, 10, 56, 57, 56 + 8200, hashes.len() - 56, hashes.len() - 1];
+        let cuts = [
+            0,
+            10,
+            56,
+            57,
+            56 + 8200,
+            hashes.len() - 56,
+            hashes.len() - 1,
+        ];
         for cut in cuts {
             let mut patch = Vec::new();
-            let r = diff_device(&dev, &hashes[..cut], &mut patch, &DiffOptions::default(), &Progress::hidden());
+            let r = diff_device(
+                &dev,
+                &hashes[..cut],
+                &mut patch,
+                &DiffOptions::default(),
+                &Progress::hidden(),
+            );
             let e = r.expect_err("truncated stream accepted");
             assert_eq!(e.exit_code(), crate::exit::BAD_INPUT, "cut {cut}: {e}");
             assert_no_end(&patch);
@@ -409,8 +440,17 @@ mod tests {
             let mut bad = hashes.clone();
             bad[flip] ^= 0x10;
             let mut patch = Vec::new();
-            let r = diff_device(&dev, &bad[..], &mut patch, &DiffOptions::default(), &Progress::hidden());
-            assert_eq!(r.expect_err("corrupt stream accepted").exit_code(), crate::exit::BAD_INPUT);
+            let r = diff_device(
+                &dev,
+                &bad[..],
+                &mut patch,
+                &DiffOptions::default(),
+                &Progress::hidden(),
+            );
+            assert_eq!(
+                r.expect_err("corrupt stream accepted").exit_code(),
+                crate::exit::BAD_INPUT
+            );
             assert_no_end(&patch);
         }
     }

@@ -49,7 +49,9 @@ mod tests {
     #[test]
     fn parallel_digest_equals_the_definition() {
         for len in [0usize, 1, 4095, 4096, 4097, (4 << 20) + 12345, 9 << 20] {
-            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 ^ (i >> 12) as u8).collect();
+            let data: Vec<u8> = (0..len)
+                .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+                .collect();
             let mut f = tempfile::NamedTempFile::new().unwrap();
             f.write_all(&data).unwrap();
             let dev = Device::open_source(f.path(), false).unwrap();

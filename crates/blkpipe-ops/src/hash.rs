@@ -76,9 +76,9 @@ pub fn hash_device<W: Write>(
     progress.set_total(dev.size() - opts.from_offset);
     let out = CountingWriter::new(out);
     let mut sink = match opts.output {
-        HashOutput::Stream => {
-            Sink::Stream(HashWriter::new(out, header.clone()).map_err(OpError::Output)?)
-        }
+        HashOutput::Stream => Sink::Stream(Box::new(
+            HashWriter::new(out, header.clone()).map_err(OpError::Output)?,
+        )),
         HashOutput::Text => Sink::Text(std::io::BufWriter::with_capacity(1 << 16, out)),
         HashOutput::Digest => Sink::Digest,
     };
@@ -112,7 +112,9 @@ pub fn hash_device<W: Write>(
     let written = match sink {
         Sink::Stream(w) => w.finish(digest).map_err(OpError::Output)?.count(),
         Sink::Text(t) => {
-            let mut out = t.into_inner().map_err(|e| OpError::Output(e.into_error()))?;
+            let mut out = t
+                .into_inner()
+                .map_err(|e| OpError::Output(e.into_error()))?;
             out.flush().map_err(OpError::Output)?;
             out.count()
         }
@@ -130,7 +132,7 @@ pub fn hash_device<W: Write>(
 }
 
 enum Sink<W: Write> {
-    Stream(HashWriter<CountingWriter<W>>),
+    Stream(Box<HashWriter<CountingWriter<W>>>),
     Text(std::io::BufWriter<CountingWriter<W>>),
     Digest,
 }
@@ -176,7 +178,6 @@ mod tests {
     use super::*;
     use blkpipe_format::digest::{block_hash, digest_of};
     use blkpipe_format::hash::{hash_at, HashReader};
-    use std::io::Write as _;
 
     fn opts(output: HashOutput, kind: HashKind, from: u64) -> HashOptions {
         HashOptions {
@@ -203,8 +204,13 @@ mod tests {
         let dev = Device::open_source(f.path(), false).unwrap();
         for kind in [HashKind::Xxh3_64, HashKind::Xxh3_128] {
             let mut out = Vec::new();
-            let h = hash_device(&dev, &mut out, &opts(HashOutput::Stream, kind, 8192), &Progress::hidden())
-                .unwrap();
+            let h = hash_device(
+                &dev,
+                &mut out,
+                &opts(HashOutput::Stream, kind, 8192),
+                &Progress::hidden(),
+            )
+            .unwrap();
             assert_eq!(h.stats.bytes_written, out.len() as u64);
             let mut r = HashReader::new(&out[..]).unwrap();
             assert_eq!(r.header(), &h.header);
@@ -219,7 +225,10 @@ mod tests {
                 n += g.len() / kind.len();
             }
             assert_eq!(n as u64, h.header.block_count());
-            assert_eq!(r.end().unwrap().device_digest, digest_of(&data[8192..], 4096, 5));
+            assert_eq!(
+                r.end().unwrap().device_digest,
+                digest_of(&data[8192..], 4096, 5)
+            );
             assert_eq!(h.digest, digest_of(&data[8192..], 4096, 5));
         }
     }
@@ -229,8 +238,13 @@ mod tests {
         let (f, data) = image(3 * 4096 + 1);
         let dev = Device::open_source(f.path(), false).unwrap();
         let mut out = Vec::new();
-        hash_device(&dev, &mut out, &opts(HashOutput::Text, HashKind::Xxh3_64, 0), &Progress::hidden())
-            .unwrap();
+        hash_device(
+            &dev,
+            &mut out,
+            &opts(HashOutput::Text, HashKind::Xxh3_64, 0),
+            &Progress::hidden(),
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
@@ -246,8 +260,14 @@ mod tests {
         let dev = Device::open_source(f.path(), false).unwrap();
         let mut o = opts(HashOutput::Digest, HashKind::Xxh3_64, 0);
         o.block_size = 6000;
-        assert!(matches!(hash_device(&dev, std::io::sink(), &o, &Progress::hidden()), Err(OpError::BadRange(_))));
+        assert!(matches!(
+            hash_device(&dev, std::io::sink(), &o, &Progress::hidden()),
+            Err(OpError::BadRange(_))
+        ));
         let o = opts(HashOutput::Digest, HashKind::Xxh3_64, 100);
-        assert!(matches!(hash_device(&dev, std::io::sink(), &o, &Progress::hidden()), Err(OpError::BadRange(_))));
+        assert!(matches!(
+            hash_device(&dev, std::io::sink(), &o, &Progress::hidden()),
+            Err(OpError::BadRange(_))
+        ));
     }
 }

@@ -108,7 +108,11 @@ impl Pool {
     }
 
     fn put(&self, slot: Slot) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.push(slot);
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .push(slot);
         self.ready.notify_one();
     }
 
@@ -178,7 +182,11 @@ where
     let slots = ((POOL_BYTES / layout.chunk).max(3) as usize)
         .min(opts.worker_count() + 2)
         .max(3);
-    let workers = opts.worker_count().min(slots - 1).min(count as usize).max(1);
+    let workers = opts
+        .worker_count()
+        .min(slots - 1)
+        .min(count as usize)
+        .max(1);
     let pool = Pool {
         state: Mutex::new((
             (0..slots)
@@ -417,14 +425,22 @@ mod tests {
         let (f, _) = image(len);
         let dev = Device::open_source(f.path(), false).unwrap();
         let mut seen = 0;
-        let r = scan(&dev, 0, len as u64, 4096, 0, &ScanOptions::default(), |_| {
-            seen += 1;
-            if seen == 2 {
-                Err(OpError::Refused("stop".into()))
-            } else {
-                Ok(())
-            }
-        });
+        let r = scan(
+            &dev,
+            0,
+            len as u64,
+            4096,
+            0,
+            &ScanOptions::default(),
+            |_| {
+                seen += 1;
+                if seen == 2 {
+                    Err(OpError::Refused("stop".into()))
+                } else {
+                    Ok(())
+                }
+            },
+        );
         assert!(matches!(r, Err(OpError::Refused(m)) if m == "stop"));
         assert_eq!(seen, 2);
     }
@@ -433,7 +449,15 @@ mod tests {
     fn device_shorter_than_range_is_an_error() {
         let (f, _) = image(10_000);
         let dev = Device::open_source(f.path(), false).unwrap();
-        let r = scan(&dev, 0, 20_000, 4096, 0, &ScanOptions::default(), |_| Ok(()));
+        let r = scan(
+            &dev,
+            0,
+            20_000,
+            4096,
+            0,
+            &ScanOptions::default(),
+            |_| Ok(()),
+        );
         assert!(matches!(r, Err(OpError::Refused(m)) if m.contains("device ended")));
     }
 }
