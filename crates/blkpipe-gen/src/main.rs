@@ -45,7 +45,7 @@ mod common;
 #[path = "../../../tools/cowlist/args.rs"]
 mod cowlist;
 
-/// The overview page, hand-written; `@VERSION@` is replaced.
+/// The overview page, hand-written; `@VERSION@` and `@DATE@` are replaced.
 const OVERVIEW_7: &str = include_str!("../../../packaging/blkpipe.7");
 
 /// Every tool's command, in the order the pipelines use them.
@@ -125,6 +125,7 @@ fn man_page(cmd: clap::Command, see_also: &[&str]) -> anyhow::Result<Vec<u8>> {
         .map(|s| s.to_string());
     let after = cmd.get_after_long_help().map(|s| s.to_string());
     let man = Man::new(cmd)
+        .date(page_date())
         .source(format!("blkpipe {version}"))
         .manual("blkpipe manual");
     let mut page = Vec::new();
@@ -192,6 +193,30 @@ fn help_text(roff: &mut Roff, text: &str, top: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The date in the pages' footer: `SOURCE_DATE_EPOCH` (reproducible builds; build-docs sets
+/// it to the last commit's time), else today.
+fn page_date() -> String {
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        });
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 fn mkdir(dir: &Path) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(dir).with_context(|| format!("{}: create", dir.display()))?;
     Ok(dir.to_owned())
@@ -202,4 +227,53 @@ fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.flush())
         .with_context(|| format!("{}: write", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_dates() {
+        std::env::set_var("SOURCE_DATE_EPOCH", "1709251199"); // 2024-02-29 23:59:59 UTC
+        assert_eq!(page_date(), "2024-02-29");
+        std::env::set_var("SOURCE_DATE_EPOCH", "0");
+        assert_eq!(page_date(), "1970-01-01");
+        std::env::remove_var("SOURCE_DATE_EPOCH");
+    }
+
+    #[test]
+    fn writes_every_page_and_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path()).unwrap();
+        for cmd in tools() {
+            let name = cmd.get_name();
+            let page = fs::read_to_string(dir.path().join(format!("man/man1/{name}.1"))).unwrap();
+            assert!(page.starts_with(".ie"), "{name}.1 is roff");
+            for want in [
+                ".SH DESCRIPTION",
+                ".SH SAFETY",
+                ".SH EXAMPLES",
+                ".SH \"EXIT STATUS\"",
+            ] {
+                assert!(page.contains(want), "{name}.1 lacks {want}");
+            }
+            for arg in cmd.get_arguments().filter_map(|a| a.get_long()) {
+                assert!(
+                    page.contains(&arg.replace('-', "\\-")),
+                    "{name}.1 lacks --{arg}"
+                );
+            }
+            for file in [
+                format!("completions/bash/{name}"),
+                format!("completions/zsh/_{name}"),
+                format!("completions/fish/{name}.fish"),
+            ] {
+                let text = fs::read_to_string(dir.path().join(&file)).unwrap();
+                assert!(text.contains(name), "{file}");
+            }
+        }
+        let overview = fs::read_to_string(dir.path().join("man/man7/blkpipe.7")).unwrap();
+        assert!(overview.contains(env!("CARGO_PKG_VERSION")) && !overview.contains("@VERSION@"));
+    }
 }
