@@ -92,11 +92,10 @@ fn generate(out: &Path) -> anyhow::Result<()> {
         let page = man_page(cmd.clone(), &see_also)?;
         write(&man1.join(format!("{name}.1")), &page)?;
     }
-    let version = env!("CARGO_PKG_VERSION");
-    write(
-        &man7.join("blkpipe.7"),
-        OVERVIEW_7.replace("@VERSION@", version).as_bytes(),
-    )?;
+    let overview = OVERVIEW_7
+        .replace("@VERSION@", env!("CARGO_PKG_VERSION"))
+        .replace("@DATE@", &page_date());
+    write(&man7.join("blkpipe.7"), overview.as_bytes())?;
 
     for (shell, dir, file) in [
         (Shell::Bash, "bash", "{}"),
@@ -274,6 +273,6 @@ mod tests {
             }
         }
         let overview = fs::read_to_string(dir.path().join("man/man7/blkpipe.7")).unwrap();
-        assert!(overview.contains(env!("CARGO_PKG_VERSION")) && !overview.contains("@VERSION@"));
+        assert!(overview.contains(env!("CARGO_PKG_VERSION")) && !overview.contains('@'));
     }
 }
