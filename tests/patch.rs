@@ -448,7 +448,7 @@ fn every_tool_keeps_the_contract() {
             .unwrap();
         assert_eq!(bad.status.code(), Some(2), "{tool} bad option");
         let missing = Command::new(bin(tool))
-            .arg(dir.path().join("missing"))
+            .arg(dir.path().join(format!("missing-{tool}")))
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -459,9 +459,15 @@ fn every_tool_keeps_the_contract() {
             "{tool}: {err}"
         );
     }
+    assert!(
+        !dir.path().join("missing-blkpatch").exists(),
+        "blkpatch created a target for an empty stream"
+    );
     // A directory is neither a file nor a device.
-    for tool in ["blkread-chunks", "blkpatch"] {
-        let out = run(tool, &[dir.path().to_str().unwrap()], b"0 1\n");
+    let f = fixture();
+    let stream = read_chunks(&f.src, "0 4096\n", &[]);
+    for (tool, input) in [("blkread-chunks", &b"0 1\n"[..]), ("blkpatch", &stream[..])] {
+        let out = run(tool, &[dir.path().to_str().unwrap()], input);
         assert!(!out.status.success(), "{tool} accepted a directory");
         assert!(
             stderr(&out).contains("not a regular file or block device")

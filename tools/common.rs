@@ -130,6 +130,7 @@ impl Reporting {
 
 /// A large buffered stdout.
 pub fn stdout_buffered() -> io::BufWriter<io::StdoutLock<'static>> {
+    blkpipe_ops::input::enlarge_pipe(1);
     io::BufWriter::with_capacity(1 << 20, io::stdout().lock())
 }
 

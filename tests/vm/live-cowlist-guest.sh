@@ -13,6 +13,7 @@
 # of /vm/guest-lib.sh (already sourced in this shell, not in the child).
 set -euo pipefail
 # shellcheck source=tests/vm/guest-lib.sh
+# shellcheck source=SCRIPTDIR/guest-lib.sh
 . /vm/guest-lib.sh
 
 OUTDIR="${OUTDIR:-/out}"

@@ -6,7 +6,8 @@ mod common;
 
 use anyhow::Context;
 use blkpipe_dev::{Device, TargetOptions};
-use blkpipe_ops::apply::{apply_patch, ApplyOptions};
+use blkpipe_format::patch::PatchReader;
+use blkpipe_ops::apply::{apply_stream, ApplyOptions};
 use blkpipe_ops::input::open_input;
 use blkpipe_ops::state::{hex_id, ResumeState};
 use clap::Parser;
@@ -25,6 +26,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => format!("{}: open", p.display()),
         None => "stdin".into(),
     })?;
+    // The header is checked before the target is opened, so a stream that is not a patch
+    // stream at all never creates or touches a target.
+    let reader = PatchReader::new(input)?;
     let write = !(args.dry_run || args.list);
     let mut target = match &args.target {
         Some(path) => Some(Device::open_target(
@@ -47,7 +51,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let progress = args.report.progress("blkpatch")?;
     let mut stdout = common::stdout_buffered();
     let list: Option<&mut dyn std::io::Write> = if args.list { Some(&mut stdout) } else { None };
-    let applied = apply_patch(target.as_mut(), input, &opts, &progress, list)?;
+    let applied = apply_stream(target.as_mut(), reader, &opts, &progress, list)?;
     std::io::Write::flush(&mut stdout).context("stdout")?;
     if args.dry_run {
         eprintln!(

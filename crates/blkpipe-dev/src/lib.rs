@@ -41,7 +41,7 @@ use ioctl::{blkdiscard, blkgetsize64, blksszget, blkzeroout};
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     /// A system call failed.
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}")]
     Io {
         /// The device or file.
         path: PathBuf,

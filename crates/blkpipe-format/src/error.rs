@@ -6,7 +6,7 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// Reading or writing the underlying stream failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The stream does not start with the expected magic.
     #[error("not a {stream} stream: bad magic {found:02x?} at byte 0")]

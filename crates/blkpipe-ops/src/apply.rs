@@ -242,14 +242,26 @@ impl Applier<'_> {
 /// `opts.dry_run`, only validate it). With `list`, one line per record is written there
 /// (`data|zero OFFSET LENGTH`).
 pub fn apply_patch<R: Read>(
-    mut target: Option<&mut Device>,
+    target: Option<&mut Device>,
     input: R,
+    opts: &ApplyOptions,
+    progress: &Progress,
+    list: Option<&mut dyn Write>,
+) -> Result<Applied, OpError> {
+    let reader = PatchReader::new(input)?;
+    apply_stream(target, reader, opts, progress, list)
+}
+
+/// [`apply_patch`] for a stream whose header has already been read, so a caller can check
+/// the header before it opens (or creates) the target.
+pub fn apply_stream<R: Read>(
+    mut target: Option<&mut Device>,
+    mut reader: PatchReader<R>,
     opts: &ApplyOptions,
     progress: &Progress,
     mut list: Option<&mut dyn Write>,
 ) -> Result<Applied, OpError> {
     let started = Instant::now();
-    let mut reader = PatchReader::new(input)?;
     let header = reader.header().clone();
     if header.total_payload != blkpipe_format::patch::UNKNOWN_TOTAL {
         progress.set_total(header.total_payload);
