@@ -1,45 +1,15 @@
 //! `blkmerge PATCH...`: combine patch streams, oldest first, into one where later records win.
 
+mod args;
 #[path = "../common.rs"]
 mod common;
-
-use std::path::PathBuf;
 
 use anyhow::Context;
 use blkpipe_ops::input::open_input;
 use blkpipe_ops::merge::{merge_patches, MergeOptions};
 use clap::Parser;
 
-/// Combine patch streams, oldest first, into one patch stream on stdout where later records
-/// win where they overlap.
-///
-/// Applying the result equals applying the inputs one after another. Inputs may be zstd, lz4
-/// or gzip compressed; `-` is stdin. Memory is bounded by the record cap (4 MiB) times the
-/// number of inputs, whatever the streams' sizes. The result is complete (has an end record)
-/// only if every input was; its source size is the newest input's.
-///
-/// Examples:
-///   blkmerge mon.patch tue.patch wed.patch | blkpatch restored.img
-///   blkmerge undo-wed.patch undo-tue.patch undo-mon.patch > undo-all.patch   # undo a chain
-///   blkmerge full.patch.zst delta1.patch.zst | zstd > full-as-of-delta1.patch.zst
-///
-/// Exit codes: 0 ok, 1 other failure, 2 usage, 3 an input is bad or truncated, 4 I/O error,
-/// 5 refused (stdout is a terminal), 141 broken pipe.
-#[derive(Parser, Debug)]
-#[command(name = "blkmerge", version, verbatim_doc_comment)]
-struct Args {
-    /// Patch streams, oldest first.
-    #[arg(required = true, value_name = "PATCH")]
-    inputs: Vec<PathBuf>,
-    /// Compress data payloads with lz4.
-    #[arg(long)]
-    lz4: bool,
-    /// Write the binary stream even when stdout is a terminal.
-    #[arg(long)]
-    force_tty: bool,
-    #[command(flatten)]
-    report: common::Reporting,
-}
+use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     common::guard_binary_stdout(args.force_tty)?;

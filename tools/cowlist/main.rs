@@ -1,12 +1,13 @@
 //! `cowlist SNAP`: the chunks changed since an LVM snapshot was taken, from the kernel's own
 //! exception store; also thin_delta and era_invalidate XML as the same range list.
 
+mod args;
 #[path = "../common.rs"]
 mod common;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -16,76 +17,9 @@ use blkpipe_meta::snapshot::{self, ChangeList, ReadOptions, SnapshotView};
 use blkpipe_meta::xml::{self, BlockRanges};
 use blkpipe_meta::MetaError;
 use blkpipe_ops::exit;
-use clap::{ArgGroup, Parser};
+use clap::Parser;
 
-/// List the origin byte ranges an LVM snapshot's exception store records as changed, sorted and
-/// merged, as a range list on stdout (the first line `# blkranges v1 size=ORIGIN chunk=CHUNK`).
-///
-/// SNAP is VG/LV, /dev/VG/LV or /dev/mapper/VG-LV; its table (dmsetup table) must be a
-/// `snapshot` with a persistent store (P or PO). Merging snapshots (snapshot-merge) and
-/// transient stores (N) are refused, and so is an invalidated (overflowed) snapshot: its list
-/// is incomplete and only a full sync is safe. The store is read with O_DIRECT, since the
-/// kernel keeps writing it, and every entry is checked against the COW and origin sizes.
-///
-/// What the list means: with a read-only snapshot, exactly the chunks written to the origin
-/// since the snapshot was taken. With a writable snapshot the COW holds the snapshot's
-/// current view, and the list also holds chunks written to the snapshot itself, which the
-/// origin may never have changed: a superset, still correct for syncing. Chunks written after
-/// cowlist reads the store are not listed; take the next snapshot before reading this one.
-///
-/// --data writes instead a patch stream of the snapshot's copies of those chunks at their
-/// origin offsets: applied to the origin (blkpatch), it rolls the origin back to the snapshot.
-///
-/// --thin-delta FILE and --era-invalidate FILE ('-' is stdin) turn the XML of
-/// thin-provisioning-tools' thin_delta (changed, new and unmapped blocks; the block size comes
-/// from the XML) and era_invalidate (needs --block-size, the era target's block size) into the
-/// same range list.
-///
-/// Examples:
-///   cowlist vg/lv-snap | blkread-chunks /dev/vg/lv | zstd | ssh dst blkpatch /dev/vg/lv
-///   cowlist --cow saved-cow.img --origin /dev/vg/lv --stats > ranges
-///   cowlist --data vg/lv-snap | blkpatch --undo undo.patch /dev/vg/lv    # roll back
-///   thin_delta -m --thin1 1 --thin2 2 /dev/mapper/pool_tmeta | cowlist --thin-delta -
-///   era_invalidate --written-since 5 META | cowlist --era-invalidate - --block-size 64K
-///
-/// Exit codes: 0 ok, 1 other failure (snapshot not found), 2 usage, 3 corrupt exception
-/// store or bad XML (one line naming the entry), 4 I/O error, 5 refused (invalid or
-/// overflowed snapshot, merging, transient store, not a snapshot, stdout is a terminal for
-/// --data), 141 broken pipe.
-#[derive(Parser, Debug)]
-#[command(name = "cowlist", version, verbatim_doc_comment)]
-#[command(group(ArgGroup::new("source").required(true)
-    .args(["snap", "cow", "thin_delta", "era_invalidate"])))]
-struct Args {
-    /// The snapshot: VG/LV, /dev/VG/LV or /dev/mapper/VG-LV.
-    snap: Option<String>,
-    /// Read this COW device, or a saved image of one, instead of resolving SNAP.
-    #[arg(long, value_name = "FILE")]
-    cow: Option<PathBuf>,
-    /// Origin size (bytes; s, K, M, G suffixes): checks every entry and clips the last chunk.
-    #[arg(long, value_name = "BYTES", value_parser = size, conflicts_with_all = ["origin", "snap"])]
-    origin_size: Option<u64>,
-    /// Take the origin size from this device or image.
-    #[arg(long, value_name = "DEV", conflicts_with = "snap")]
-    origin: Option<PathBuf>,
-    /// Write a patch stream of the snapshot's copies of the changed chunks.
-    #[arg(long, conflicts_with_all = ["thin_delta", "era_invalidate"])]
-    data: bool,
-    /// With --data, write the binary stream even when stdout is a terminal.
-    #[arg(long)]
-    force_tty: bool,
-    /// Read thin_delta XML from FILE ('-': stdin).
-    #[arg(long, value_name = "FILE")]
-    thin_delta: Option<PathBuf>,
-    /// Read era_invalidate XML from FILE ('-': stdin).
-    #[arg(long, value_name = "FILE")]
-    era_invalidate: Option<PathBuf>,
-    /// Block size of the XML's blocks (bytes; s, K, M, G suffixes).
-    #[arg(long, value_name = "SIZE", value_parser = size)]
-    block_size: Option<u64>,
-    #[command(flatten)]
-    report: common::Reporting,
-}
+use args::Args;
 
 /// `--stats=json`: the shared summary object (records = ranges listed, data bytes = bytes to
 /// send, bytes read = metadata bytes read).
@@ -102,10 +36,6 @@ fn json_stats(ranges: u64, bytes: u64, metadata_read: u64, started: Instant) {
 
 fn json_wanted(args: &Args) -> bool {
     args.report.stats == Some(common::StatsFormat::Json)
-}
-
-fn size(s: &str) -> Result<u64, String> {
-    xml::parse_size(s)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

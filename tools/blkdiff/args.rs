@@ -1,0 +1,75 @@
+//! The command line of `blkdiff`: also read by `blkpipe-gen` for the man page and completions.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::common;
+
+/// Compare DEV with the hash stream on stdin (from blkhash on the other side) and write to
+/// stdout a patch stream that makes the other side equal to DEV, ready for blkpatch there.
+///
+/// DEV is read with the stream's block size and seed while the hashes arrive. Blocks whose
+/// hash differs, and DEV's blocks past the end of the remote device, become records (adjacent
+/// blocks merged; all-zero blocks as zero records). The patch carries DEV's size (blkpatch
+/// truncates an image file to it; a larger block device keeps its tail) and DEV's digest, for
+/// `blkpatch --verify`. A bad, corrupted or truncated hash stream is an error, and then no end
+/// record is written, so the blkpatch downstream fails too.
+///
+/// Streams:
+///   stdin   hash stream from blkhash (or --hashes FILE); zstd, lz4 and gzip are recognised
+///           and decompressed
+///   stdout  patch stream (binary; refused on a terminal unless --force-tty)
+///   stderr  one line per error; progress and summary when asked (--progress, --stats)
+#[derive(Parser, Debug)]
+#[command(
+    name = "blkdiff",
+    version,
+    about = "Compare a device with a hash stream and write a patch stream of what differs",
+    verbatim_doc_comment,
+    after_long_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Local device or image file: the source.
+    pub dev: PathBuf,
+    /// Read the hash stream from FILE instead of stdin.
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
+    pub hashes: Option<PathBuf>,
+    /// Compress data payloads with lz4 (only where that makes them smaller).
+    #[arg(long, help_heading = "Output")]
+    pub lz4: bool,
+    /// Write no records below this byte offset (DEV is still read whole for its digest).
+    #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = common::parse_size, help_heading = "Output")]
+    pub from: u64,
+    /// Write the binary stream even when stdout is a terminal.
+    #[arg(long, help_heading = "Safety")]
+    pub force_tty: bool,
+    /// Hashing threads; 0 means one per core.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Performance"
+    )]
+    pub threads: usize,
+    /// Read DEV with O_DIRECT, bypassing the page cache.
+    #[arg(long, help_heading = "Performance")]
+    pub direct: bool,
+    #[command(flatten)]
+    pub report: common::Reporting,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  ssh dst blkhash /dev/vg/lv | blkdiff /dev/vg/lv | ssh dst blkpatch --verify /dev/vg/lv
+  ssh dst 'blkhash /dev/x | zstd' | blkdiff --lz4 /dev/x | ssh dst blkpatch /dev/x
+  blkhash old.img > old.hashes; blkdiff --hashes old.hashes new.img > delta.patch
+
+Exit codes:
+  0    success
+  1    other failure
+  2    bad command line
+  3    bad, corrupted or truncated hash stream; bad --from
+  4    I/O error
+  5    refused: stdout is a terminal, DEV shrank while being read
+  141  broken pipe: the reader of stdout went away (nothing is printed)";

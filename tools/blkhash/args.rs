@@ -1,0 +1,91 @@
+//! The command line of `blkhash`: also read by `blkpipe-gen` for the man page and completions.
+
+use std::path::PathBuf;
+
+use clap::builder::TypedValueParser;
+use clap::Parser;
+
+use crate::common;
+
+/// Hash every block of DEV and write the hashes to stdout as a hash stream, which blkdiff on
+/// the other side compares with its own copy of the device to send only what differs.
+///
+/// Each block's hash is xxh3-128 with a seed chosen at random per run (written in the stream's
+/// header), so data crafted to collide with a known hash does not help; --seed makes the
+/// output reproducible. The stream stores 64 bits per block (--hash-bits 128 for 16 bytes) and
+/// ends with the 128-bit digest of the whole device. DEV is read by every core with large
+/// requests and dropped from the page cache behind the read.
+///
+/// --text prints one line per block: the decimal byte offset and the stored hash in hex.
+/// --digest prints only `xxh3-128:HEX  DEV`; it uses seed 0 unless --seed is given, so two
+/// hosts get comparable digests.
+///
+/// Streams:
+///   stdin   not read
+///   stdout  hash stream (binary; refused on a terminal unless --force-tty), or text lines
+///           with --text or --digest
+///   stderr  one line per error; progress and summary when asked (--progress, --stats)
+#[derive(Parser, Debug)]
+#[command(
+    name = "blkhash",
+    version,
+    about = "Hash every block of a device into a hash stream for blkdiff",
+    verbatim_doc_comment,
+    after_long_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Device or image file to hash.
+    pub dev: PathBuf,
+    /// Start at this byte offset (a multiple of the block size), e.g. to resume.
+    #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = common::parse_size, help_heading = "Input")]
+    pub from: u64,
+    /// Bytes per block: a power of two from 4096 to 16M (suffixes K, M accepted).
+    #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = common::parse_size, help_heading = "Output")]
+    pub block_size: u64,
+    /// Seed for the block hashes (decimal or 0x hex); random per run by default.
+    #[arg(long, value_name = "N", value_parser = common::parse_u64, help_heading = "Output")]
+    pub seed: Option<u64>,
+    /// Bits stored per block hash.
+    #[arg(long, value_name = "BITS", default_value_t = 64,
+          value_parser = clap::builder::PossibleValuesParser::new(["64", "128"])
+              .map(|s| s.parse::<u32>().expect("64 or 128")),
+          help_heading = "Output")]
+    pub hash_bits: u32,
+    /// Write one text line per block (`OFFSET HASH`) instead of the binary stream.
+    #[arg(long, conflicts_with = "digest", help_heading = "Output")]
+    pub text: bool,
+    /// Write only the whole-device digest, as `xxh3-128:HEX  DEV`.
+    #[arg(long, help_heading = "Output")]
+    pub digest: bool,
+    /// Write the binary stream even when stdout is a terminal.
+    #[arg(long, help_heading = "Safety")]
+    pub force_tty: bool,
+    /// Hashing threads; 0 means one per core.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Performance"
+    )]
+    pub threads: usize,
+    /// Read DEV with O_DIRECT, bypassing the page cache.
+    #[arg(long, help_heading = "Performance")]
+    pub direct: bool,
+    #[command(flatten)]
+    pub report: common::Reporting,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  ssh dst blkhash /dev/vg/lv | blkdiff /dev/vg/lv | ssh dst blkpatch --verify /dev/vg/lv
+  blkhash --text --block-size 1M disk.img | head
+  blkhash --digest /dev/vg/lv; ssh other blkhash --digest /dev/vg/lv   # equal if same content
+
+Exit codes:
+  0    success
+  1    other failure
+  2    bad command line
+  3    bad --block-size or --from
+  4    I/O error
+  5    refused: stdout is a terminal, DEV shrank while being read
+  141  broken pipe: the reader of stdout went away (nothing is printed)";

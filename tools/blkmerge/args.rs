@@ -1,0 +1,55 @@
+//! The command line of `blkmerge`: also read by `blkpipe-gen` for the man page and completions.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::common;
+
+/// Combine patch streams, oldest first, into one patch stream on stdout in which later records
+/// win where they overlap: applying the result equals applying the inputs one after another.
+///
+/// Memory is bounded by the record cap (4 MiB) times the number of inputs, whatever the
+/// streams' sizes. The result is complete (has an end record) only if every input was; its
+/// source size is the newest input's. Inputs may be zstd, lz4 or gzip compressed.
+///
+/// Streams:
+///   stdin   a patch stream, if `-` is one of the PATCH arguments
+///   stdout  patch stream (binary; refused on a terminal unless --force-tty)
+///   stderr  one line per error; a summary when asked (--stats)
+#[derive(Parser, Debug)]
+#[command(
+    name = "blkmerge",
+    version,
+    about = "Merge patch streams, oldest first, into one in which later records win",
+    verbatim_doc_comment,
+    after_long_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Patch streams, oldest first (`-` is stdin).
+    #[arg(required = true, value_name = "PATCH")]
+    pub inputs: Vec<PathBuf>,
+    /// Compress data payloads with lz4.
+    #[arg(long, help_heading = "Output")]
+    pub lz4: bool,
+    /// Write the binary stream even when stdout is a terminal.
+    #[arg(long, help_heading = "Safety")]
+    pub force_tty: bool,
+    #[command(flatten)]
+    pub report: common::Reporting,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  blkmerge mon.patch tue.patch wed.patch | blkpatch restored.img
+  blkmerge undo-wed.patch undo-tue.patch undo-mon.patch > undo-all.patch   # undo a chain
+  blkmerge full.patch.zst delta1.patch.zst | zstd > full-as-of-delta1.patch.zst
+
+Exit codes:
+  0    success
+  1    other failure
+  2    bad command line
+  3    an input is bad, corrupted or truncated
+  4    I/O error
+  5    refused: stdout is a terminal
+  141  broken pipe: the reader of stdout went away (nothing is printed)";

@@ -1,0 +1,84 @@
+//! The command line of `blkpatch`: also read by `blkpipe-gen` for the man page and completions.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::common;
+
+/// Apply the patch stream on stdin to TARGET, a block device or an image file, verifying each
+/// record before any of its bytes are written: a damaged or cut-short stream never reaches
+/// the device, and only a complete stream with a valid end record exits 0.
+///
+/// At the first fault (bad magic, checksum mismatch, misordered record, truncation) nothing
+/// more is written and the error names the record and offset. A file target is created if
+/// missing and sized to the source; a block device smaller than the source is refused, and
+/// one that is mounted or open elsewhere is refused unless --force.
+///
+/// Streams:
+///   stdin   patch stream (or --input FILE) from blkread-chunks, blkdiff, cowlist --data,
+///           blkmerge or an --undo file; zstd, lz4 and gzip are recognised and decompressed
+///   stdout  only with --list (one line per record) and --print-state
+///   stderr  one line per error; progress and summary when asked (--progress, --stats)
+#[derive(Parser, Debug)]
+#[command(
+    name = "blkpatch",
+    version,
+    about = "Apply a patch stream to a block device or image file, safely",
+    verbatim_doc_comment,
+    after_long_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Block device or image file to patch (optional with --list and --dry-run).
+    #[arg(required_unless_present_any = ["list", "dry_run", "print_state"])]
+    pub target: Option<PathBuf>,
+    /// Read the patch stream from FILE instead of stdin.
+    #[arg(short, long, value_name = "FILE", help_heading = "Input")]
+    pub input: Option<PathBuf>,
+    /// Zero records punch holes in files and zero out (with discard) on devices.
+    #[arg(long, help_heading = "Output")]
+    pub discard: bool,
+    /// Before overwriting a region, save its old contents to FILE as a patch stream.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub undo: Option<PathBuf>,
+    /// Record durable progress in FILE; rerun with the same FILE to skip what an interrupted
+    /// run of the same stream already applied (a different stream is refused).
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub state: Option<PathBuf>,
+    /// Print `STREAM_ID APPLIED_OFFSET` from the --state FILE (for resuming senders) and exit.
+    #[arg(long, requires = "state", help_heading = "Output")]
+    pub print_state: bool,
+    /// Write to a target even if it is mounted or in use.
+    #[arg(long, help_heading = "Safety")]
+    pub force: bool,
+    /// Validate the whole stream and report what would be written; write nothing.
+    #[arg(long, help_heading = "Safety")]
+    pub dry_run: bool,
+    /// Print one line per record (`data|zero OFFSET LENGTH`) on stdout; write nothing.
+    #[arg(long, help_heading = "Safety")]
+    pub list: bool,
+    /// After applying, check the target's digest against the source digest in the stream.
+    #[arg(long, help_heading = "Safety")]
+    pub verify: bool,
+    #[command(flatten)]
+    pub report: common::Reporting,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  blkread-chunks src.img < ranges | blkpatch dst.img
+  ssh src 'cowlist vg/lv-snap | blkread-chunks /dev/vg/lv | zstd' | blkpatch /dev/vg/lv
+  blkpatch --undo undo.patch /dev/vg/lv < delta.patch && blkpatch /dev/vg/lv < undo.patch
+  blkpatch --state st /dev/vg/lv < full.patch   # interrupted? then, on the sender:
+  read -r id off < <(ssh dst blkpatch --state st --print-state)
+  echo \"0 $size\" | blkread-chunks --from \"$off\" --stream-id \"$id\" /dev/vg/lv | ssh dst blkpatch --state st /dev/vg/lv
+
+Exit codes:
+  0    success: the whole stream was applied (and verified, with --verify)
+  1    other failure
+  2    bad command line
+  3    bad, corrupted or truncated stream
+  4    I/O error
+  5    refused: target in use or mounted, too small, --state of another stream
+  6    --verify found the target differs from the source
+  141  broken pipe: the reader of --list went away (nothing is printed)";

@@ -1,0 +1,80 @@
+//! The command line of `blkread-chunks`: also read by `blkpipe-gen` for the man page and
+//! completions.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::common;
+
+/// Read the byte ranges listed on stdin from DEV and write them to stdout as a patch stream,
+/// for blkpatch to apply to another copy of DEV.
+///
+/// The range list has one `OFFSET LENGTH` per line in decimal bytes (`#` comments and blank
+/// lines ignored), as cowlist writes it. Ranges are sorted and merged; a range past the end
+/// of DEV is an error naming its line. All-zero 4 KiB blocks become zero records.
+///
+/// Streams:
+///   stdin   range list (or --ranges FILE), e.g. from cowlist
+///   stdout  patch stream (binary; refused on a terminal unless --force-tty)
+///   stderr  one line per error; progress and summary when asked (--progress, --stats)
+#[derive(Parser, Debug)]
+#[command(
+    name = "blkread-chunks",
+    version,
+    about = "Read listed byte ranges of a device into a patch stream",
+    verbatim_doc_comment,
+    after_long_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Device or image file to read.
+    pub dev: PathBuf,
+    /// Read the range list from FILE instead of stdin.
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
+    pub ranges: Option<PathBuf>,
+    /// Skip everything below this byte offset (to resume an interrupted transfer).
+    #[arg(
+        long,
+        value_name = "OFFSET",
+        default_value_t = 0,
+        help_heading = "Input"
+    )]
+    pub from: u64,
+    /// Compress data payloads with lz4 (only where that makes them smaller).
+    #[arg(long, help_heading = "Output")]
+    pub lz4: bool,
+    /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
+    /// `blkpatch --state` recorded (see `blkpatch --print-state`).
+    #[arg(long, value_name = "HEX", value_parser = parse_stream_id, help_heading = "Output")]
+    pub stream_id: Option<[u8; 16]>,
+    /// Accept a range list whose header names a different device size.
+    #[arg(long, help_heading = "Safety")]
+    pub ignore_size: bool,
+    /// Write the binary stream even when stdout is a terminal.
+    #[arg(long, help_heading = "Safety")]
+    pub force_tty: bool,
+    /// Read DEV with O_DIRECT, bypassing the page cache.
+    #[arg(long, help_heading = "Performance")]
+    pub direct: bool,
+    #[command(flatten)]
+    pub report: common::Reporting,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  printf '0 4096\\n1048576 65536\\n' | blkread-chunks src.img | blkpatch dst.img
+  cowlist vg/lv-snap | blkread-chunks /dev/vg/lv | zstd | ssh dst blkpatch /dev/vg/lv
+  echo \"0 $(blockdev --getsize64 /dev/vg/lv)\" | blkread-chunks /dev/vg/lv > full.patch
+
+Exit codes:
+  0    success
+  1    other failure
+  2    bad command line
+  3    bad range list (the error names its line)
+  4    I/O error
+  5    refused: range list for another device size, stdout is a terminal
+  141  broken pipe: the reader of stdout went away (nothing is printed)";
+
+fn parse_stream_id(s: &str) -> Result<[u8; 16], String> {
+    blkpipe_ops::state::parse_id(s).ok_or_else(|| "expected 32 hex digits".into())
+}

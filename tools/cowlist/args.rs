@@ -1,0 +1,105 @@
+//! The command line of `cowlist`: also read by `blkpipe-gen` for the man page and completions.
+
+use std::path::PathBuf;
+
+use blkpipe_meta::xml;
+use clap::{ArgGroup, Parser};
+
+use crate::common;
+
+/// List the origin byte ranges an LVM snapshot's exception store records as changed, sorted and
+/// merged, as a range list on stdout for blkread-chunks: what changed since the snapshot was
+/// taken, without reading the origin.
+///
+/// SNAP is VG/LV, /dev/VG/LV or /dev/mapper/VG-LV; its table (dmsetup table) must be a
+/// `snapshot` with a persistent store (P or PO). Merging snapshots (snapshot-merge) and
+/// transient stores (N) are refused, and so is an invalidated (overflowed) snapshot: its list
+/// is incomplete and only a full sync is safe. The store is read with O_DIRECT, since the
+/// kernel keeps writing it, and every entry is checked against the COW and origin sizes.
+///
+/// What the list means: with a read-only snapshot, exactly the chunks written to the origin
+/// since the snapshot was taken. With a writable snapshot the COW holds the snapshot's
+/// current view, and the list also holds chunks written to the snapshot itself, which the
+/// origin may never have changed: a superset, still correct for syncing. Chunks written after
+/// cowlist reads the store are not listed; take the next snapshot before reading this one.
+///
+/// --data writes instead a patch stream of the snapshot's copies of those chunks at their
+/// origin offsets: applied to the origin (blkpatch), it rolls the origin back to the snapshot.
+///
+/// --thin-delta FILE and --era-invalidate FILE ('-' is stdin) turn the XML of
+/// thin-provisioning-tools' thin_delta (changed, new and unmapped blocks; the block size comes
+/// from the XML) and era_invalidate (needs --block-size, the era target's block size) into the
+/// same range list.
+///
+/// Streams:
+///   stdin   read only for --thin-delta - or --era-invalidate -
+///   stdout  range list (text; first line `# blkranges v1 size=ORIGIN chunk=CHUNK`), or with
+///           --data a patch stream (binary; refused on a terminal unless --force-tty)
+///   stderr  one line per error; progress and summary when asked (--progress, --stats)
+#[derive(Parser, Debug)]
+#[command(
+    name = "cowlist",
+    version,
+    about = "List the chunks changed since an LVM snapshot was taken, as a range list",
+    verbatim_doc_comment,
+    after_long_help = AFTER_HELP
+)]
+#[command(group(ArgGroup::new("source").required(true)
+    .args(["snap", "cow", "thin_delta", "era_invalidate"])))]
+pub struct Args {
+    /// The snapshot: VG/LV, /dev/VG/LV or /dev/mapper/VG-LV.
+    pub snap: Option<String>,
+    /// Read this COW device, or a saved image of one, instead of resolving SNAP.
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
+    pub cow: Option<PathBuf>,
+    /// Origin size (bytes; s, K, M, G suffixes): checks every entry and clips the last chunk.
+    #[arg(long, value_name = "BYTES", value_parser = size, conflicts_with_all = ["origin", "snap"], help_heading = "Input")]
+    pub origin_size: Option<u64>,
+    /// Take the origin size from this device or image.
+    #[arg(
+        long,
+        value_name = "DEV",
+        conflicts_with = "snap",
+        help_heading = "Input"
+    )]
+    pub origin: Option<PathBuf>,
+    /// Read thin_delta XML from FILE ('-': stdin).
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
+    pub thin_delta: Option<PathBuf>,
+    /// Read era_invalidate XML from FILE ('-': stdin).
+    #[arg(long, value_name = "FILE", help_heading = "Input")]
+    pub era_invalidate: Option<PathBuf>,
+    /// Block size of the XML's blocks (bytes; s, K, M, G suffixes).
+    #[arg(long, value_name = "SIZE", value_parser = size, help_heading = "Input")]
+    pub block_size: Option<u64>,
+    /// Write a patch stream of the snapshot's copies of the changed chunks.
+    #[arg(long, conflicts_with_all = ["thin_delta", "era_invalidate"], help_heading = "Output")]
+    pub data: bool,
+    /// With --data, write the binary stream even when stdout is a terminal.
+    #[arg(long, help_heading = "Safety")]
+    pub force_tty: bool,
+    #[command(flatten)]
+    pub report: common::Reporting,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  cowlist vg/lv-snap | blkread-chunks /dev/vg/lv | zstd | ssh dst blkpatch /dev/vg/lv
+  cowlist --cow saved-cow.img --origin /dev/vg/lv --stats > ranges
+  cowlist --data vg/lv-snap | blkpatch --undo undo.patch /dev/vg/lv    # roll back
+  thin_delta -m --thin1 1 --thin2 2 /dev/mapper/pool_tmeta | cowlist --thin-delta -
+  era_invalidate --written-since 5 META | cowlist --era-invalidate - --block-size 64K
+
+Exit codes:
+  0    success
+  1    other failure (snapshot not found)
+  2    bad command line
+  3    corrupt exception store or bad XML (one line naming the entry)
+  4    I/O error
+  5    refused: invalid or overflowed snapshot, merging, transient store, not a snapshot,
+       stdout is a terminal for --data
+  141  broken pipe: the reader of stdout went away (nothing is printed)";
+
+fn size(s: &str) -> Result<u64, String> {
+    xml::parse_size(s)
+}
