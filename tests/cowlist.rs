@@ -4,43 +4,20 @@
 //! too when present; the live-VM test is `tests/vm/cowlist-live.sh`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use blkpipe_meta::snapshot::image;
 
-const COWLIST: &str = env!("CARGO_BIN_EXE_cowlist");
-const BLKPATCH: &str = env!("CARGO_BIN_EXE_blkpatch");
-
-fn run(bin: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().expect("wait");
-    feeder.join().unwrap();
-    out
-}
+mod common;
+use common::{bin, run, stderr};
 
 fn cowlist(args: &[&str]) -> Output {
-    run(COWLIST, args, b"")
+    run("cowlist", args, b"")
 }
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
@@ -96,11 +73,7 @@ fn lists_changed_chunks_sorted_and_coalesced() {
     ]);
     assert_eq!(stdout(&out2), stdout(&out));
     // And the list feeds blkread-chunks as is.
-    let chunks = run(
-        env!("CARGO_BIN_EXE_blkread-chunks"),
-        &[origin.to_str().unwrap()],
-        &out.stdout,
-    );
+    let chunks = run("blkread-chunks", &[origin.to_str().unwrap()], &out.stdout);
     assert!(chunks.status.success(), "{}", stderr(&chunks));
 }
 
@@ -212,7 +185,7 @@ fn data_rolls_the_origin_back_to_the_snapshot() {
         origin_path.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let applied = run(BLKPATCH, &[origin_path.to_str().unwrap()], &out.stdout);
+    let applied = run("blkpatch", &[origin_path.to_str().unwrap()], &out.stdout);
     assert!(applied.status.success(), "{}", stderr(&applied));
     assert!(
         fs::read(&origin_path).unwrap() == snap,
@@ -255,7 +228,7 @@ fn thin_delta_and_era_xml() {
     );
     // From stdin, with an origin size for the header.
     let out2 = run(
-        COWLIST,
+        "cowlist",
         &["--thin-delta", "-", "--origin-size", "64M"],
         THIN.as_bytes(),
     );
@@ -263,7 +236,7 @@ fn thin_delta_and_era_xml() {
 
     let era = "<blocks>\n  <range begin=\"0\" end=\"3\"/>\n  <block block=\"10\"/>\n</blocks>\n";
     let out = run(
-        COWLIST,
+        "cowlist",
         &["--era-invalidate", "-", "--block-size", "128s"],
         era.as_bytes(),
     );
@@ -273,12 +246,12 @@ fn thin_delta_and_era_xml() {
         "# blkranges v1 chunk=65536\n0 196608\n655360 65536\n"
     );
     // era XML has no block size.
-    let out = run(COWLIST, &["--era-invalidate", "-"], era.as_bytes());
+    let out = run("cowlist", &["--era-invalidate", "-"], era.as_bytes());
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--block-size"));
     // Bad XML: exit 3, one line with the position.
     let out = run(
-        COWLIST,
+        "cowlist",
         &["--era-invalidate", "-", "--block-size", "4K"],
         b"<blocks>\n<block blok=\"1\"/>\n</blocks>\n",
     );
@@ -327,7 +300,7 @@ fn broken_pipe_is_quiet_and_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let old: Vec<u64> = (0..20_000).map(|i| i * 2).collect();
     let cow = write_file(dir.path(), "cow", &image::build(8, &old, None, None));
-    let mut child = Command::new(COWLIST)
+    let mut child = Command::new(bin("cowlist"))
         .args(["--cow", cow.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -430,7 +403,7 @@ fn check_rollback(dir: &Path, scenario: &str, cow: &Path, origin_size: u64) {
         &size,
     ]);
     assert!(out.status.success(), "{scenario}: {}", stderr(&out));
-    let applied = run(BLKPATCH, &[origin.to_str().unwrap()], &out.stdout);
+    let applied = run("blkpatch", &[origin.to_str().unwrap()], &out.stdout);
     assert!(applied.status.success(), "{scenario}: {}", stderr(&applied));
     assert!(
         fs::read(&origin).unwrap() == fs::read(&snap).unwrap(),
