@@ -4,19 +4,13 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
+
+mod common;
+use common::{bin, run};
 
 const MIB: usize = 1 << 20;
 const BS: usize = 4096;
-
-fn bin(name: &str) -> &'static str {
-    match name {
-        "blkhash" => env!("CARGO_BIN_EXE_blkhash"),
-        "blkdiff" => env!("CARGO_BIN_EXE_blkdiff"),
-        "blkpatch" => env!("CARGO_BIN_EXE_blkpatch"),
-        _ => unreachable!(),
-    }
-}
 
 /// Deterministic pseudo-random bytes.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -57,19 +51,6 @@ fn stderr_of(child: &mut Child) -> String {
     let mut s = String::new();
     let _ = child.stderr.take().unwrap().read_to_string(&mut s);
     s
-}
-
-/// Run `name args` with `input` on stdin.
-fn run(name: &str, args: &[&str], input: &[u8]) -> Output {
-    let mut child = spawn(name, args, Stdio::piped());
-    let mut w = child.stdin.take().unwrap();
-    let data = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = w.write_all(&data);
-    });
-    let out = child.wait_with_output().expect("wait");
-    feeder.join().unwrap();
-    out
 }
 
 /// `blkhash HASH_ARGS DST | blkdiff DIFF_ARGS SRC`, process to process; returns the patch.
