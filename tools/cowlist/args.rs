@@ -14,8 +14,10 @@ use crate::common;
 /// SNAP is VG/LV, /dev/VG/LV or /dev/mapper/VG-LV; its table (dmsetup table) must be a
 /// `snapshot` with a persistent store (P or PO). Merging snapshots (snapshot-merge) and
 /// transient stores (N) are refused, and so is an invalidated (overflowed) snapshot: its list
-/// is incomplete and only a full sync is safe. The store is read with O_DIRECT, since the
-/// kernel keeps writing it, and every entry is checked against the COW and origin sizes.
+/// is incomplete and only a full sync is safe. A COW block device is read with O_DIRECT, since
+/// the kernel keeps writing the store below its page cache; a COW image file (--cow) is read
+/// through the page cache, which stays coherent for files. Every entry is checked against the
+/// COW and origin sizes, and an origin chunk or COW chunk listed twice is refused.
 ///
 /// What the list means: with a read-only snapshot, exactly the chunks written to the origin
 /// since the snapshot was taken. With a writable snapshot the COW holds the snapshot's

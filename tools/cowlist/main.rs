@@ -69,9 +69,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(cow)) => (cow.clone(), origin_size(&args)?, "COW image".to_owned()),
         (None, None) => unreachable!("clap requires a source"),
     };
-    let (cow, _direct) = snapshot::open_cow(&cow_path)?;
+    let (cow, direct) = snapshot::open_cow(&cow_path)?;
     let progress = args.report.progress("cowlist")?;
-    let mut opts = ReadOptions::device(origin_size);
+    let mut opts = if direct {
+        ReadOptions::device(origin_size)
+    } else {
+        ReadOptions::cached(origin_size)
+    };
     let mut out = common::stdout_buffered();
     if args.data {
         let origin_size = origin_size.ok_or_else(|| {

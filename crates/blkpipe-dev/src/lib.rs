@@ -305,6 +305,26 @@ impl Device {
         );
     }
 
+    /// Ask the kernel to start reading the range into the page cache. Advisory.
+    pub fn fadvise_willneed(&self, offset: u64, len: u64) {
+        let _ = nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+
+    /// Tell the kernel reads will be scattered, so it does not read ahead. Advisory.
+    pub fn fadvise_random(&self) {
+        let _ = nix::fcntl::posix_fadvise(
+            self.file.as_raw_fd(),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+        );
+    }
+
     /// The underlying file.
     pub fn file(&self) -> &File {
         &self.file

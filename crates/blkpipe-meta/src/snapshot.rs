@@ -18,9 +18,9 @@
 //! sorted, coalesced list of origin chunks for a range list, and [`SnapshotView`] maps origin
 //! chunks to COW chunks for [`write_view_patch`]. [`image`] builds COW images for tests.
 //!
-//! Metadata is read through [`BlockSource`]; on a [`Device`] opened with `O_DIRECT` (see
-//! [`open_cow`]) every read bypasses the page cache, which matters because the kernel keeps
-//! writing the areas of a live snapshot. Areas are read whole (at most [`MAX_READ`] bytes per
+//! Metadata is read through [`BlockSource`]; on a block device [`open_cow`] opens with
+//! `O_DIRECT`, so every read bypasses the page cache, which matters because the kernel keeps
+//! writing the areas of a live snapshot below it. Areas are read whole (at most [`MAX_READ`] bytes per
 //! request) with several requests in flight.
 
 use std::collections::BTreeMap;
@@ -148,6 +148,9 @@ pub trait BlockSource: Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, MetaError>;
     /// A name for error messages.
     fn name(&self) -> &Path;
+    /// Hint that `len` bytes at `offset` will be read soon (start reading them in the
+    /// background). Advisory; the default does nothing.
+    fn will_need(&self, _offset: u64, _len: usize) {}
 }
 
 impl BlockSource for Device {
@@ -159,6 +162,9 @@ impl BlockSource for Device {
     }
     fn name(&self) -> &Path {
         self.path()
+    }
+    fn will_need(&self, offset: u64, len: usize) {
+        self.fadvise_willneed(offset, len as u64);
     }
 }
 
@@ -177,14 +183,23 @@ impl BlockSource for [u8] {
     }
 }
 
-/// Open a COW device or image for reading metadata with `O_DIRECT`, falling back to buffered
-/// reads where the filesystem refuses `O_DIRECT` (tmpfs). Returns the device and whether reads
-/// are direct.
+/// Open a COW device or image for reading metadata. A block device is read with `O_DIRECT`:
+/// the kernel writes a live store with bios that bypass the device's page cache, so cached
+/// pages of it can be stale. A regular file (a saved image, or the backing file of a loop
+/// device) is read through the page cache, which the kernel keeps coherent with writes to a
+/// file (buffered, or direct writes that invalidate the cached range), with random-access
+/// advice so the data chunks between the areas are not read ahead. `O_DIRECT` falls back to
+/// buffered reads where the device refuses it. Returns the device and whether reads are direct.
 pub fn open_cow(path: &Path) -> Result<(Device, bool), MetaError> {
+    let buffered = Device::open_source(path, false)?;
+    if !buffered.is_block_device() {
+        buffered.fadvise_random();
+        return Ok((buffered, false));
+    }
     match Device::open_source(path, true) {
         Ok(d) => Ok((d, true)),
         Err(e) if e.io_error().and_then(|e| e.raw_os_error()) == Some(libc::EINVAL) => {
-            Ok((Device::open_source(path, false)?, false))
+            Ok((buffered, false))
         }
         Err(e) => Err(e.into()),
     }
@@ -232,6 +247,10 @@ pub struct ReadOptions {
     pub origin_size: Option<u64>,
     /// Metadata read requests kept in flight (0 or 1: one at a time, on the calling thread).
     pub read_ahead: usize,
+    /// With one request at a time: how many segments ahead to announce with
+    /// [`BlockSource::will_need`], so the kernel reads them in the background (page-cache
+    /// reads; useless with `O_DIRECT`). 0: none.
+    pub prefetch: usize,
     /// Counts metadata bytes read.
     pub progress: Option<Progress>,
     /// Largest read request in bytes, rounded up to a power of two of at least 512 (0:
@@ -240,13 +259,22 @@ pub struct ReadOptions {
 }
 
 impl ReadOptions {
-    /// Options for reading a real device: 16 requests in flight.
+    /// Options for reading a device with `O_DIRECT`: 16 requests in flight on worker threads.
     pub fn device(origin_size: Option<u64>) -> Self {
         ReadOptions {
             origin_size,
             read_ahead: 16,
-            progress: None,
-            max_read: 0,
+            ..ReadOptions::default()
+        }
+    }
+
+    /// Options for reading through the page cache: one thread, which asks the kernel to read
+    /// the next 64 segments in the background. Cheaper than threads when the areas are cached.
+    pub fn cached(origin_size: Option<u64>) -> Self {
+        ReadOptions {
+            origin_size,
+            prefetch: 64,
+            ..ReadOptions::default()
         }
     }
 }
@@ -323,7 +351,8 @@ where
         metadata_bytes_read: 0,
     };
     let depth = opts.read_ahead.min(MAX_IN_FLIGHT_BYTES / seg_len).max(1);
-    for_each_segment(src, seg_len, depth, &offset_of, |s, data| {
+    let prefetch = opts.prefetch.min(MAX_IN_FLIGHT_BYTES / seg_len);
+    for_each_segment(src, seg_len, depth, prefetch, &offset_of, |s, data| {
         let area = s / segs_per_area;
         let Some(data) = data else {
             return Err(MetaError::StorePastEnd {
@@ -390,11 +419,13 @@ where
 /// Call `consume(s, data)` for segments s = 0, 1, 2, ... until it returns `Ok(false)` or an
 /// error; `data` is `None` for a segment `offset_of` places outside the device. With `depth` >
 /// 1, up to `depth` segments are read ahead on worker threads (speculatively: the store may end
-/// before them).
+/// before them). With `depth` <= 1, the next `prefetch` segments are announced to the source
+/// with [`BlockSource::will_need`] instead.
 fn for_each_segment<S, C>(
     src: &S,
     seg_len: usize,
     depth: usize,
+    prefetch: usize,
     offset_of: &(dyn Fn(u64) -> Option<u64> + Sync),
     mut consume: C,
 ) -> Result<(), MetaError>
@@ -404,7 +435,19 @@ where
 {
     if depth <= 1 {
         let mut buf = AlignedBuf::new(seg_len);
+        let mut announced = 0u64;
         for s in 0.. {
+            // Keep `prefetch` segments announced ahead, topping up in batches of a quarter.
+            if prefetch > 0 && announced < s + prefetch as u64 / 4 + 1 {
+                announced = announced.max(s);
+                while announced < s + prefetch as u64 {
+                    let Some(off) = offset_of(announced) else {
+                        break;
+                    };
+                    src.will_need(off, seg_len);
+                    announced += 1;
+                }
+            }
             let data = match offset_of(s) {
                 Some(off) => {
                     read_full(src, &mut buf, off)?;
@@ -491,11 +534,20 @@ where
     })
 }
 
-/// Find where `old_chunk` occurs in the store (for naming both entries of a duplicate).
-fn find_old_chunk<S: BlockSource + ?Sized>(
+/// Which field of an exception a duplicate was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Old,
+    New,
+}
+
+/// Find the first two entries of the store whose `field` equals `chunk` (for naming both
+/// entries of a duplicate).
+fn find_chunk<S: BlockSource + ?Sized>(
     src: &S,
     opts: &ReadOptions,
-    old_chunk: u64,
+    field: Field,
+    chunk: u64,
 ) -> Result<Vec<EntryPos>, MetaError> {
     let mut found = Vec::new();
     let opts = ReadOptions {
@@ -503,7 +555,11 @@ fn find_old_chunk<S: BlockSource + ?Sized>(
         ..opts.clone()
     };
     walk_store(src, &opts, |pos, e| {
-        if e.old_chunk == old_chunk && found.len() < 2 {
+        let value = match field {
+            Field::Old => e.old_chunk,
+            Field::New => e.new_chunk,
+        };
+        if value == chunk && found.len() < 2 {
             found.push(pos);
         }
         Ok(())
@@ -511,26 +567,63 @@ fn find_old_chunk<S: BlockSource + ?Sized>(
     Ok(found)
 }
 
+/// The error for a chunk number found twice in `field`, naming both entries. An origin chunk
+/// mapped twice, or one COW chunk holding two origin chunks, means the store is corrupt.
 fn duplicate_error<S: BlockSource + ?Sized>(
     src: &S,
     opts: &ReadOptions,
-    old_chunk: u64,
+    field: Field,
+    chunk: u64,
 ) -> MetaError {
-    match find_old_chunk(src, opts, old_chunk) {
+    let what = match field {
+        Field::Old => format!("old_chunk {chunk} is already mapped by"),
+        Field::New => format!("new_chunk {chunk} already holds the copy of"),
+    };
+    let rule = match field {
+        Field::Old => "a store never maps an origin chunk twice",
+        Field::New => "a store never puts two origin chunks in one COW chunk",
+    };
+    match find_chunk(src, opts, field, chunk) {
         Ok(found) if found.len() == 2 => MetaError::Corrupt {
             pos: found[1],
-            reason: format!(
-                "old_chunk {old_chunk} is already mapped by {}; a store never maps an origin chunk twice",
-                found[0]
-            ),
+            reason: format!("{what} {}; {rule}", found[0]),
         },
         // The store changed between the two reads (a live snapshot): report what is known.
         Ok(_) => MetaError::Corrupt {
             pos: EntryPos { area: 0, index: 0 },
-            reason: format!("old_chunk {old_chunk} is mapped twice"),
+            reason: format!("{what} another entry; {rule}"),
         },
         Err(e) => e,
     }
+}
+
+/// Sort `v` (values below `bound`) ascending and return a value that occurs twice, if any.
+/// When a bitmap of `bound` bits is no larger than `v` itself, the values are marked in it and
+/// read back in order (no sort, and a repeat is seen as it is marked); otherwise
+/// [`sort_chunks`]. Memory stays within twice `v`'s size either way.
+pub fn sort_unique(v: &mut Vec<u64>, bound: u64) -> Option<u64> {
+    let sorted = v.windows(2).all(|w| w[0] <= w[1]);
+    if !sorted && bound.div_ceil(64) <= v.len() as u64 {
+        let mut bits = vec![0u64; bound.div_ceil(64) as usize];
+        for &x in v.iter() {
+            let (word, bit) = ((x / 64) as usize, 1u64 << (x % 64));
+            if bits[word] & bit != 0 {
+                return Some(x);
+            }
+            bits[word] |= bit;
+        }
+        v.clear();
+        for (i, &word) in bits.iter().enumerate() {
+            let mut w = word;
+            while w != 0 {
+                v.push(i as u64 * 64 + w.trailing_zeros() as u64);
+                w &= w - 1;
+            }
+        }
+        return None;
+    }
+    sort_chunks(v);
+    v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 /// Sort `v` ascending. Radix sort for large unsorted inputs (the store's allocation order is
@@ -585,16 +678,28 @@ pub struct ChangeList {
 }
 
 impl ChangeList {
-    /// Read the store in `src`. A duplicate origin chunk is an error naming both entries.
+    /// Read the store in `src`. A duplicate origin chunk, or a COW chunk used twice, is an
+    /// error naming both entries.
     pub fn read<S: BlockSource + ?Sized>(src: &S, opts: &ReadOptions) -> Result<Self, MetaError> {
         let mut chunks = Vec::new();
+        let mut cow_chunks = Vec::new();
         let summary = walk_store(src, opts, |_, e| {
             chunks.push(e.old_chunk);
+            cow_chunks.push(e.new_chunk);
             Ok(())
         })?;
-        sort_chunks(&mut chunks);
-        if let Some(w) = chunks.windows(2).find(|w| w[0] == w[1]) {
-            return Err(duplicate_error(src, opts, w[0]));
+        let cow_bound = summary.cow_size / summary.chunk_bytes();
+        if let Some(c) = sort_unique(&mut cow_chunks, cow_bound) {
+            return Err(duplicate_error(src, opts, Field::New, c));
+        }
+        drop(cow_chunks);
+        // walk_store checked every old_chunk * chunk_bytes fits in a u64.
+        let origin_bound = match summary.origin_size {
+            Some(size) => size.div_ceil(summary.chunk_bytes()),
+            None => u64::MAX / summary.chunk_bytes() + 1,
+        };
+        if let Some(c) = sort_unique(&mut chunks, origin_bound) {
+            return Err(duplicate_error(src, opts, Field::Old, c));
         }
         Ok(ChangeList { summary, chunks })
     }
@@ -629,8 +734,8 @@ impl ChangeList {
     }
 }
 
-/// Write a range list with its header comment. Lines are formatted by hand: a million ranges
-/// through `write!` cost more than reading the store.
+/// Write a range list with its header comment. Lines are formatted by hand into a fixed
+/// buffer: a million ranges through `write!` cost more than reading the store.
 pub fn write_ranges<W: Write>(
     mut out: W,
     size: Option<u64>,
@@ -644,43 +749,48 @@ pub fn write_ranges<W: Write>(
             chunk: Some(chunk),
         },
     )?;
-    let mut line = Vec::with_capacity(64 << 10);
+    // The longest line: two 20-digit numbers, a space and a newline.
+    const LINE_MAX: usize = 42;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut len = 0;
     for r in ranges {
-        push_decimal(&mut line, r.offset);
-        line.push(b' ');
-        push_decimal(&mut line, r.length);
-        line.push(b'\n');
-        if line.len() > (64 << 10) - 48 {
-            out.write_all(&line)?;
-            line.clear();
+        if len + LINE_MAX > buf.len() {
+            out.write_all(&buf[..len])?;
+            len = 0;
         }
+        len = put_decimal(&mut buf, len, r.offset);
+        buf[len] = b' ';
+        len = put_decimal(&mut buf, len + 1, r.length);
+        buf[len] = b'\n';
+        len += 1;
     }
-    out.write_all(&line)?;
+    out.write_all(&buf[..len])?;
     out.flush()
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+/// Write `n` in decimal into `buf` at `at`, returning the index after its last digit.
+fn put_decimal(buf: &mut [u8], at: usize, mut n: u64) -> usize {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
         2021222324252627282930313233343536373839\
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
+    let end = at + n.checked_ilog10().unwrap_or(0) as usize + 1;
+    let mut i = end;
     while n >= 100 {
         let pair = (n % 100) as usize * 2;
         n /= 100;
         i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        buf[i] = PAIRS[pair];
+        buf[i + 1] = PAIRS[pair + 1];
     }
     if n >= 10 {
-        i -= 2;
-        digits[i..i + 2].copy_from_slice(&PAIRS[n as usize * 2..n as usize * 2 + 2]);
+        buf[i - 2] = PAIRS[n as usize * 2];
+        buf[i - 1] = PAIRS[n as usize * 2 + 1];
     } else {
-        i -= 1;
-        digits[i] = b'0' + n as u8;
+        buf[i - 1] = b'0' + n as u8;
     }
-    out.extend_from_slice(&digits[i..]);
+    end
 }
 
 /// Runs of consecutive chunks in sorted, unique `chunks`, as byte ranges clipped to `size`.
@@ -726,19 +836,26 @@ pub struct SnapshotView {
 }
 
 impl SnapshotView {
-    /// Read the store in `src`; a duplicate origin chunk is an error naming both entries.
+    /// Read the store in `src`; a duplicate origin chunk, or a COW chunk used twice, is an
+    /// error naming both entries.
     pub fn read<S: BlockSource + ?Sized>(src: &S, opts: &ReadOptions) -> Result<Self, MetaError> {
         let mut exceptions = Vec::new();
         let summary = walk_store(src, opts, |_, e| {
             exceptions.push(e);
             Ok(())
         })?;
+        let mut cow_chunks: Vec<u64> = exceptions.iter().map(|e| e.new_chunk).collect();
+        let cow_bound = summary.cow_size / summary.chunk_bytes();
+        if let Some(c) = sort_unique(&mut cow_chunks, cow_bound) {
+            return Err(duplicate_error(src, opts, Field::New, c));
+        }
+        drop(cow_chunks);
         exceptions.sort_unstable_by_key(|e| e.old_chunk);
         if let Some(w) = exceptions
             .windows(2)
             .find(|w| w[0].old_chunk == w[1].old_chunk)
         {
-            return Err(duplicate_error(src, opts, w[0].old_chunk));
+            return Err(duplicate_error(src, opts, Field::Old, w[0].old_chunk));
         }
         Ok(SnapshotView {
             summary,

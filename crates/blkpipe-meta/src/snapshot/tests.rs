@@ -269,6 +269,24 @@ fn duplicates_name_both_entries() {
             "{e}"
         );
     }
+    // Two origin chunks copied into one COW chunk: entry 40 of area 1 reuses entry 3's chunk.
+    let h = hdr(8);
+    let old: Vec<u64> = (0..300).collect();
+    let mut img = image::build(8, &old, None, None);
+    set_entry(&mut img, 8, 1, 40, 1000, h.data_chunk(3).unwrap());
+    let with_origin = opts(Some(2000 * 4096));
+    for read in [
+        |i: &[u8], o: &ReadOptions| ChangeList::read(i, o).map(|_| ()),
+        |i: &[u8], o: &ReadOptions| SnapshotView::read(i, o).map(|_| ()),
+    ] {
+        let e = read(&img, &with_origin).unwrap_err().to_string();
+        assert!(
+            e.contains("area 1 entry 40")
+                && e.contains("area 0 entry 3")
+                && e.contains(&format!("new_chunk {}", h.data_chunk(3).unwrap())),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -360,6 +378,33 @@ fn view_patch_rolls_back() {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Both ways of sort_unique (bitmap when it is small, sort otherwise) sort, keep every
+    /// value of a duplicate-free input, and find a repeated value when there is one.
+    #[test]
+    fn sort_unique_sorts_and_finds_repeats(
+        bits in 1u32..20,
+        raw in proptest::collection::vec(any::<u64>(), 0..3000),
+        dup in any::<Option<prop::sample::Index>>(),
+    ) {
+        let bound = 1u64 << bits;
+        let mut v: Vec<u64> = raw.iter().map(|x| x % bound).collect();
+        v.sort_unstable();
+        v.dedup();
+        // Unsorted input, so neither way takes the already-sorted shortcut by chance alone.
+        v.reverse();
+        if let (Some(i), false) = (dup, v.is_empty()) {
+            let x = v[i.index(v.len())];
+            v.push(x);
+            let mut got = v.clone();
+            prop_assert_eq!(sort_unique(&mut got, bound), Some(x));
+        } else {
+            let mut want = v.clone();
+            want.sort_unstable();
+            prop_assert_eq!(sort_unique(&mut v, bound), None);
+            prop_assert_eq!(v, want);
+        }
+    }
 
     /// Any set of origin chunks round-trips through an image, whatever the chunk size.
     #[test]
