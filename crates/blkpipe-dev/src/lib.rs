@@ -279,6 +279,43 @@ impl Device {
         Ok(())
     }
 
+    /// Start writing back the dirty pages of `offset..offset+len` without waiting, so data
+    /// reaches the disk while more is being written and the final [`Device::sync`] is short.
+    /// Advisory: a failure to start is ignored (the sync will still write the range).
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        // SAFETY: sync_file_range takes a file descriptor and plain integers.
+        let _ = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as i64,
+                len as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+    }
+
+    /// Write back `offset..offset+len` and wait until it is on the device. A write error is
+    /// returned here (the kernel reports it once per open file, so it must not be dropped).
+    /// Does not flush the device's volatile cache or file metadata: [`Device::sync`] does.
+    pub fn wait_writeback(&self, offset: u64, len: u64) -> Result<(), DevError> {
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: sync_file_range takes a file descriptor and plain integers.
+        let r = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), offset as i64, len as i64, flags)
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // Not supported for this file: the final sync writes the range.
+            Some(libc::ESPIPE) | Some(libc::EINVAL) => Ok(()),
+            _ => Err(self.io(format!("write back at offset {offset}"), e)),
+        }
+    }
+
     /// Flush written data to stable storage.
     pub fn sync(&self) -> Result<(), DevError> {
         self.file.sync_all().map_err(|e| self.io("fsync", e))

@@ -147,6 +147,43 @@ struct Applier<'a> {
     /// Pending records: (offset, length, payload range in `batch`, or None for zeros).
     pending: Vec<(u64, u64, Option<std::ops::Range<usize>>)>,
     batch: Vec<u8>,
+    write_behind: WriteBehind,
+}
+
+/// Write-behind: once this much of the target's offset range has been written, its write-back
+/// is started, ...
+const WRITEBACK_WINDOW: u64 = 16 << 20;
+/// ... and once this many windows are in write-back, the oldest is waited for and dropped
+/// from the page cache. So dirty pages stay bounded, the disk writes while the stream is
+/// still arriving (the final fsync has little left), and a large copy does not push the
+/// host's other data out of the page cache.
+const WRITEBACK_WINDOWS: usize = 4;
+
+/// Windows of the target being written back, oldest first.
+#[derive(Default)]
+struct WriteBehind {
+    /// End of the last window started.
+    started_to: u64,
+    windows: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl WriteBehind {
+    /// Records up to `end` are written (records ascend, so nothing below `end` changes again).
+    fn written(&mut self, target: &Device, end: u64) -> Result<(), OpError> {
+        if end < self.started_to + WRITEBACK_WINDOW {
+            return Ok(());
+        }
+        let start = self.started_to;
+        target.start_writeback(start, end - start);
+        self.windows.push_back((start, end));
+        self.started_to = end;
+        while self.windows.len() > WRITEBACK_WINDOWS {
+            let (a, b) = self.windows.pop_front().expect("not empty");
+            target.wait_writeback(a, b - a)?;
+            target.fadvise_dontneed(a, b - a);
+        }
+        Ok(())
+    }
 }
 
 /// A state file is brought up to date after this many bytes ...
@@ -165,6 +202,7 @@ impl Applier<'_> {
         if self.undo.is_none() {
             self.write(offset, length, data)?;
             self.written_end = offset + length;
+            self.write_behind.written(self.target, self.written_end)?;
         } else {
             self.queue(offset, length, data)?;
         }
@@ -226,6 +264,7 @@ impl Applier<'_> {
             self.write(offset, length, range.map(|r| &self.batch[r]))?;
             self.written_end = offset + length;
         }
+        self.write_behind.written(self.target, self.written_end)?;
         self.batch.clear();
         Ok(())
     }
@@ -291,6 +330,7 @@ pub fn apply_stream<R: Read>(
             zeros: vec![0u8; MAX_RECORD_LEN as usize],
             pending: Vec::new(),
             batch: Vec::new(),
+            write_behind: WriteBehind::default(),
         }),
         None => None,
     };
