@@ -3,7 +3,8 @@
 # target makes a source that returns EIO at a known offset. Checks that blkread-chunks,
 # blkhash and blkdiff fail naming the offset, that no record at or past it is ever emitted,
 # that no end record is written, and that blkpatch downstream fails with the target holding
-# exactly the data before the bad region.
+# exactly the data before the bad region. And a target that fails writes: blkpatch fails and
+# its state file does not claim the failed region.
 # Usage: tests/vm/faults.sh [OUTDIR]   (BLKPIPE_BIN=DIR skips the build)
 set -euo pipefail
 
@@ -71,6 +72,23 @@ blkpatch --dry-run </tmp/d 2>/dev/null || rc=$?
 check "blkdiff's stream is incomplete (blkpatch exits $rc)" "$([ "$rc" -eq 3 ]; echo $?)"
 
 dmsetup remove flaky
+
+# Write errors: a target whose bytes [bad, bad+bad_len) fail, on the second half of the
+# scratch disk. Buffered writes succeed and the error comes back at write-back (blkpatch's
+# write-behind or its final fsync): blkpatch must fail, and its state file must not claim
+# the failed region.
+t0=$((size / 512))
+dmsetup create badtarget --table "0 $s1 linear $SCRATCH_DISK $t0
+$s1 $s2 error
+$((s1 + s2)) $s3 linear $SCRATCH_DISK $((t0 + s1 + s2))"
+echo "0 $size" | blkread-chunks /tmp/remote.img >/tmp/full
+rc=0
+blkpatch --state /tmp/wstate /dev/mapper/badtarget </tmp/full 2>/tmp/err || rc=$?
+check "blkpatch exits 4 when the target fails writes (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
+check "the error is one line about writing" "$([ "$(wc -l </tmp/err)" -eq 1 ] && grep -Eq 'write|fsync' /tmp/err; echo $?)"
+read -r _ applied < <(blkpatch --print-state --state /tmp/wstate)
+check "the state file does not claim the failed region (applied $applied <= $bad)" "$([ "$applied" -le "$bad" ]; echo $?)"
+dmsetup remove badtarget
 exit "$fail"
 GUEST
 

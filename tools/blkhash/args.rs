@@ -14,7 +14,8 @@ use crate::common;
 /// header), so data crafted to collide with a known hash does not help; --seed makes the
 /// output reproducible. The stream stores 64 bits per block (--hash-bits 128 for 16 bytes) and
 /// ends with the 128-bit digest of the whole device. DEV is read by every core with large
-/// requests and dropped from the page cache behind the read.
+/// requests, and without disturbing the page cache: parts not cached are read with O_DIRECT
+/// (no copy through the cache, nothing evicted), cached parts from the cache.
 ///
 /// --text prints one line per block: the decimal byte offset and the stored hash in hex.
 /// --digest prints only `xxh3-128:HEX  DEV`; it uses seed 0 unless --seed is given, so two
@@ -68,7 +69,7 @@ pub struct Args {
         help_heading = "Performance"
     )]
     pub threads: usize,
-    /// Read DEV with O_DIRECT, bypassing the page cache.
+    /// Read all of DEV with O_DIRECT, even the parts that are in the page cache.
     #[arg(long, help_heading = "Performance")]
     pub direct: bool,
     #[command(flatten)]

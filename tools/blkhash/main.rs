@@ -30,7 +30,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, HashOutput::Digest) => 0,
         (None, _) => u64::from_le_bytes(blkpipe_ops::random_bytes()[..8].try_into()?),
     };
-    let dev = Device::open_source(&args.dev, args.direct)?;
+    let mut dev = Device::open_source(&args.dev, args.direct)?;
+    if !args.direct {
+        dev.open_direct_twin();
+    }
     let opts = HashOptions {
         block_size: u32::try_from(args.block_size).unwrap_or(u32::MAX),
         seed,

@@ -81,7 +81,30 @@ pub struct Device {
     is_block: bool,
     size: u64,
     logical_block: u64,
+    /// A second, `O_DIRECT` read handle on the same file (see [`Device::open_direct_twin`]).
+    direct_twin: Option<File>,
 }
+
+/// `struct cachestat_range` of the `cachestat` system call (Linux 6.5).
+#[repr(C)]
+struct CachestatRange {
+    off: u64,
+    len: u64,
+}
+
+/// `struct cachestat`: page counts of a range.
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// The `cachestat` system call's number (one table for every architecture since Linux 5.1).
+const SYS_CACHESTAT: libc::c_long = 451;
 
 /// How to open a target.
 #[derive(Debug, Clone, Copy, Default)]
@@ -132,6 +155,7 @@ impl Device {
             is_block,
             size,
             logical_block,
+            direct_twin: None,
         })
     }
 
@@ -279,6 +303,46 @@ impl Device {
         Ok(())
     }
 
+    /// Open a second read handle on the same file with `O_DIRECT`, for reading ranges that are
+    /// not in the page cache without copying them through it (see [`Device::cached_pages`]).
+    /// Returns whether it is open; where `O_DIRECT` is refused (tmpfs) reads stay buffered.
+    pub fn open_direct_twin(&mut self) -> bool {
+        let twin = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path);
+        let same = |t: &File| match (t.metadata(), self.file.metadata()) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino() && a.rdev() == b.rdev(),
+            _ => false,
+        };
+        self.direct_twin = twin.ok().filter(same);
+        self.direct_twin.is_some()
+    }
+
+    /// The `O_DIRECT` read handle, when [`Device::open_direct_twin`] opened one.
+    pub fn direct_twin(&self) -> Option<&File> {
+        self.direct_twin.as_ref()
+    }
+
+    /// How many pages of `offset..offset+len` are in the page cache, or `None` when the kernel
+    /// cannot tell (before Linux 6.5).
+    pub fn cached_pages(&self, offset: u64, len: u64) -> Option<u64> {
+        let range = CachestatRange { off: offset, len };
+        let mut st = Cachestat::default();
+        // SAFETY: cachestat reads one struct and writes one struct through valid pointers to
+        // locals of the kernel's layout.
+        let r = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                self.file.as_raw_fd(),
+                &range as *const CachestatRange,
+                &mut st as *mut Cachestat,
+                0u32,
+            )
+        };
+        (r == 0).then_some(st.nr_cache)
+    }
+
     /// Start writing back the dirty pages of `offset..offset+len` without waiting, so data
     /// reaches the disk while more is being written and the final [`Device::sync`] is short.
     /// Advisory: a failure to start is ignored (the sync will still write the range).
@@ -312,7 +376,13 @@ impl Device {
         match e.raw_os_error() {
             // Not supported for this file: the final sync writes the range.
             Some(libc::ESPIPE) | Some(libc::EINVAL) => Ok(()),
-            _ => Err(self.io(format!("write back at offset {offset}"), e)),
+            _ => Err(self.io(
+                format!(
+                    "write back bytes {offset}..{} (a write in this range failed)",
+                    offset + len
+                ),
+                e,
+            )),
         }
     }
 

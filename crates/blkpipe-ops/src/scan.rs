@@ -3,8 +3,11 @@
 //!
 //! The range is cut into chunks of [`CHUNK_BYTES`] (or one block, if blocks are larger), aligned
 //! to multiples of the chunk size on the device. Worker threads each take a free buffer from a
-//! fixed pool, claim the next chunk, read it with one large positional read, drop it from the
-//! page cache (`posix_fadvise(DONTNEED)`, unless reading with `O_DIRECT`), and hash its blocks.
+//! fixed pool, claim the next chunk, read it with one large positional read, and hash its
+//! blocks. A chunk none of whose pages is cached is read with `O_DIRECT` when the device has a
+//! direct twin ([`Device::open_direct_twin`]): no copy through the page cache and no cache
+//! churn; a cached chunk is read from the cache and left there; a partly cached one is read
+//! through the cache and dropped from it after (`posix_fadvise(DONTNEED)`).
 //! So reads of one worker overlap the hashing of the others, and the device always has requests
 //! queued. The calling thread receives the chunks back in device order, with their data and
 //! block hashes, and then returns the buffer to the pool. Memory is the pool and nothing else:
@@ -216,9 +219,10 @@ where
                         return;
                     }
                     let (off, len) = layout.range(k);
-                    let res = read_chunk(dev, &mut slot.buf, off, len as usize, opts.direct);
+                    let how = read_mode(dev, off, len, opts);
+                    let res = read_chunk(dev, &mut slot.buf, off, len as usize, how);
                     let msg = res.map(|()| {
-                        if opts.drop_cache && !opts.direct {
+                        if how == ReadMode::BufferedThenDrop {
                             dev.fadvise_dontneed(off, len);
                         }
                         slot.hashes.clear();
@@ -274,7 +278,39 @@ where
     })
 }
 
-/// Read `len` bytes at `off` into `buf`. With `direct`, the request is rounded up to whole
+/// How one chunk is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    /// Through the page cache, leaving it as it was found (the chunk was cached already).
+    Buffered,
+    /// Through the page cache, then dropped from it.
+    BufferedThenDrop,
+    /// With `O_DIRECT` on the device's own handle (opened that way).
+    Direct,
+    /// With `O_DIRECT` on the device's direct twin: the chunk is not cached, so this skips
+    /// the copy through the page cache and leaves the cache alone.
+    DirectTwin,
+}
+
+/// Choose how to read `len` bytes at `off`: a chunk with no page in the cache is read with
+/// `O_DIRECT` when the device has a direct twin; a cached one is read from the cache and
+/// left there (it is somebody's, or was just written); anything in between is read through
+/// the cache and dropped after (with `drop_cache`).
+fn read_mode(dev: &Device, off: u64, len: u64, opts: &ScanOptions) -> ReadMode {
+    if opts.direct {
+        return ReadMode::Direct;
+    }
+    let cached = dev.cached_pages(off, len);
+    if dev.direct_twin().is_some() && cached == Some(0) {
+        return ReadMode::DirectTwin;
+    }
+    if !opts.drop_cache || cached == Some(len.div_ceil(4096)) {
+        return ReadMode::Buffered;
+    }
+    ReadMode::BufferedThenDrop
+}
+
+/// Read `len` bytes at `off` into `buf`. With `O_DIRECT`, the request is rounded up to whole
 /// 4 KiB blocks (the buffer has room), and a short read at the device's end is accepted as
 /// long as it covers `len`.
 fn read_chunk(
@@ -282,14 +318,19 @@ fn read_chunk(
     buf: &mut [u8],
     off: u64,
     len: usize,
-    direct: bool,
+    how: ReadMode,
 ) -> Result<(), OpError> {
-    let got = if direct {
+    let direct_file = match how {
+        ReadMode::Direct => Some(dev.file()),
+        ReadMode::DirectTwin => dev.direct_twin(),
+        ReadMode::Buffered | ReadMode::BufferedThenDrop => None,
+    };
+    let got = if let Some(file) = direct_file {
         let request = len.div_ceil(4096) * 4096;
         let mut done = 0;
         while done < len {
             match std::os::unix::fs::FileExt::read_at(
-                dev.file(),
+                file,
                 &mut buf[done..request],
                 off + done as u64,
             ) {
@@ -417,6 +458,34 @@ mod tests {
             Err(OpError::Dev(e)) if e.io_error().and_then(|e| e.raw_os_error()) == Some(22) => {}
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// A chunk not in the page cache is read through the direct twin: the data is right and
+    /// the cache stays empty; a cached chunk is read from the cache and stays cached.
+    #[test]
+    fn uncached_chunks_bypass_the_cache_and_cached_ones_stay() {
+        let len = 2 * CHUNK_BYTES as usize + 4096 + 777;
+        let (f, data) = image(len);
+        f.as_file().sync_all().unwrap();
+        let mut dev = Device::open_source(f.path(), false).unwrap();
+        dev.fadvise_dontneed(0, len as u64);
+        if !dev.open_direct_twin() || dev.cached_pages(0, len as u64) != Some(0) {
+            return; // no O_DIRECT here (tmpfs), no cachestat (Linux < 6.5), or pages pinned
+        }
+        // Cache the middle chunk only.
+        let mut buf = vec![0u8; CHUNK_BYTES as usize];
+        dev.read_at(&mut buf, CHUNK_BYTES).unwrap();
+        let mut got = Vec::new();
+        scan(&dev, 0, len as u64, 4096, 5, &ScanOptions::default(), |c| {
+            got.extend_from_slice(c.data);
+            Ok(())
+        })
+        .unwrap();
+        assert!(got == data, "data differs");
+        let pages = CHUNK_BYTES / 4096;
+        assert_eq!(dev.cached_pages(0, CHUNK_BYTES), Some(0), "first chunk");
+        assert_eq!(dev.cached_pages(CHUNK_BYTES, CHUNK_BYTES), Some(pages));
+        assert_eq!(dev.cached_pages(2 * CHUNK_BYTES, 8192), Some(0), "tail");
     }
 
     #[test]
