@@ -391,45 +391,38 @@ impl Device {
         self.file.sync_all().map_err(|e| self.io("fsync", e))
     }
 
+    /// Give the kernel advice on a range (0 length: to the end). Advisory: errors are ignored.
+    fn fadvise(&self, offset: u64, len: u64, advice: nix::fcntl::PosixFadviseAdvice) {
+        let _ = nix::fcntl::posix_fadvise(self.file.as_raw_fd(), offset as i64, len as i64, advice);
+    }
+
     /// Tell the kernel the range will not be needed again, so a full read does not push other
     /// data out of the page cache. Advisory: errors are ignored.
     pub fn fadvise_dontneed(&self, offset: u64, len: u64) {
-        let _ = nix::fcntl::posix_fadvise(
-            self.file.as_raw_fd(),
-            offset as i64,
-            len as i64,
+        self.fadvise(
+            offset,
+            len,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         );
     }
 
     /// Tell the kernel the device will be read sequentially. Advisory.
     pub fn fadvise_sequential(&self) {
-        let _ = nix::fcntl::posix_fadvise(
-            self.file.as_raw_fd(),
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
-        );
+        self.fadvise(0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
     }
 
     /// Ask the kernel to start reading the range into the page cache. Advisory.
     pub fn fadvise_willneed(&self, offset: u64, len: u64) {
-        let _ = nix::fcntl::posix_fadvise(
-            self.file.as_raw_fd(),
-            offset as i64,
-            len as i64,
+        self.fadvise(
+            offset,
+            len,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
         );
     }
 
     /// Tell the kernel reads will be scattered, so it does not read ahead. Advisory.
     pub fn fadvise_random(&self) {
-        let _ = nix::fcntl::posix_fadvise(
-            self.file.as_raw_fd(),
-            0,
-            0,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
-        );
+        self.fadvise(0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
     }
 
     /// The underlying file.
