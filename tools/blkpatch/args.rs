@@ -15,6 +15,13 @@ use crate::common;
 /// missing and sized to the source; a block device smaller than the source is refused, and
 /// one that is mounted or open elsewhere is refused unless --force.
 ///
+/// Writes go through the page cache in whole blocks (the target is never read to be written)
+/// and are written behind: every 16 MiB of the target is handed to the disk as soon as it is
+/// written, and dropped from the cache once it is on the disk, so the disk works while the
+/// stream arrives, dirty memory stays small, and a large copy does not evict the host's other
+/// cached data. A write error is reported as soon as the disk returns it; exit 0 comes only
+/// after fsync.
+///
 /// Streams:
 ///   stdin   patch stream (or --input FILE) from blkread-chunks, blkdiff, cowlist --data,
 ///           blkmerge or an --undo file; zstd, lz4 and gzip are recognised and decompressed
