@@ -633,8 +633,22 @@ fn text_output_and_from_offset() {
         list(&patch),
         [("data".to_owned(), 8192, (3 * BS + 10) as u64)]
     );
+    // An offset inside a block is rounded down to it (resume offsets are record ends); one
+    // past the end of the device is refused.
+    let text = Command::new(bin("blkhash"))
+        .args(["--text", "--seed", "9", "--from", "8193"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(text.status.success());
+    assert!(String::from_utf8(text.stdout).unwrap().starts_with("8192 "));
+    let patch = hash_diff(&file, &src, &["--from", "8193"], &["--from", "8193"]);
+    assert_eq!(
+        list(&patch),
+        [("data".to_owned(), 8192, (3 * BS + 10) as u64)]
+    );
     let bad = Command::new(bin("blkhash"))
-        .args(["--from", "100", "--digest"])
+        .args(["--from", &(5 * BS + 11).to_string(), "--digest"])
         .arg(&file)
         .output()
         .unwrap();

@@ -158,3 +158,8 @@ pub fn parse_u64(s: &str) -> Result<u64, String> {
     };
     r.map_err(|_| format!("`{s}` is not a number (decimal or 0x hex)"))
 }
+
+/// Parse a stream id: 32 hex digits, as `blkpatch --print-state` prints it.
+pub fn parse_stream_id(s: &str) -> Result<[u8; 16], String> {
+    blkpipe_ops::state::parse_id(s).ok_or_else(|| "expected 32 hex digits".into())
+}

@@ -39,9 +39,14 @@ pub struct Args {
     /// Compress data payloads with lz4 (only where that makes them smaller).
     #[arg(long, help_heading = "Output")]
     pub lz4: bool,
-    /// Write no records below this byte offset (DEV is still read whole for its digest).
+    /// Write no records below this byte offset, rounded down to a multiple of the block size
+    /// (DEV is still read whole for its digest).
     #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = common::parse_size, help_heading = "Output")]
     pub from: u64,
+    /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
+    /// `blkpatch --state` recorded (see `blkpatch --print-state`).
+    #[arg(long, value_name = "HEX", value_parser = common::parse_stream_id, help_heading = "Output")]
+    pub stream_id: Option<[u8; 16]>,
     /// Write the binary stream even when stdout is a terminal.
     #[arg(long, help_heading = "Safety")]
     pub force_tty: bool,
@@ -70,7 +75,7 @@ Exit codes:
   0    success
   1    other failure
   2    bad command line
-  3    bad, corrupted or truncated hash stream; bad --from
+  3    bad, corrupted or truncated hash stream
   4    I/O error
   5    refused: stdout is a terminal, DEV shrank while being read
   141  broken pipe: the reader of stdout went away (nothing is printed)";

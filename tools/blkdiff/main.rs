@@ -26,6 +26,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let opts = DiffOptions {
         lz4: args.lz4,
         from_offset: args.from,
+        stream_id: args.stream_id,
         scan: ScanOptions {
             threads: args.threads,
             direct: args.direct,

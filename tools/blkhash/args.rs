@@ -37,7 +37,8 @@ use crate::common;
 pub struct Args {
     /// Device or image file to hash.
     pub dev: PathBuf,
-    /// Start at this byte offset (a multiple of the block size), e.g. to resume.
+    /// Start at this byte offset, rounded down to a multiple of the block size, e.g. to resume
+    /// from the offset `blkpatch --print-state` recorded.
     #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = common::parse_size, help_heading = "Input")]
     pub from: u64,
     /// Bytes per block: a power of two from 4096 to 16M (suffixes K, M accepted).
@@ -86,7 +87,7 @@ Exit codes:
   0    success
   1    other failure
   2    bad command line
-  3    bad --block-size or --from
+  3    bad --block-size, --from past the end of DEV
   4    I/O error
   5    refused: stdout is a terminal, DEV shrank while being read
   141  broken pipe: the reader of stdout went away (nothing is printed)";

@@ -52,6 +52,10 @@ pub struct Args {
     /// run of the same stream already applied (a different stream is refused).
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub state: Option<PathBuf>,
+    /// With --state, bring FILE up to date after every BYTES applied (suffixes K, M, G), as
+    /// well as every 5 seconds; each update syncs TARGET.
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = common::parse_size, requires = "state", help_heading = "Output")]
+    pub checkpoint: u64,
     /// Print `STREAM_ID APPLIED_OFFSET` from the --state FILE (for resuming senders) and exit.
     #[arg(long, requires = "state", help_heading = "Output")]
     pub print_state: bool,

@@ -47,6 +47,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         verify: args.verify && write,
         dry_run: !write,
         state: args.state.clone(),
+        checkpoint_bytes: Some(args.checkpoint),
     };
     let progress = args.report.progress("blkpatch")?;
     let mut stdout = common::stdout_buffered();

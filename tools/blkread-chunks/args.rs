@@ -45,7 +45,7 @@ pub struct Args {
     pub lz4: bool,
     /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
     /// `blkpatch --state` recorded (see `blkpatch --print-state`).
-    #[arg(long, value_name = "HEX", value_parser = parse_stream_id, help_heading = "Output")]
+    #[arg(long, value_name = "HEX", value_parser = common::parse_stream_id, help_heading = "Output")]
     pub stream_id: Option<[u8; 16]>,
     /// Accept a range list whose header names a different device size.
     #[arg(long, help_heading = "Safety")]
@@ -74,7 +74,3 @@ Exit codes:
   4    I/O error
   5    refused: range list for another device size, stdout is a terminal
   141  broken pipe: the reader of stdout went away (nothing is printed)";
-
-fn parse_stream_id(s: &str) -> Result<[u8; 16], String> {
-    blkpipe_ops::state::parse_id(s).ok_or_else(|| "expected 32 hex digits".into())
-}

@@ -31,6 +31,9 @@ pub struct ApplyOptions {
     /// Record durable progress in this file and skip what an earlier run of the same stream
     /// already applied (see [`crate::state`]).
     pub state: Option<PathBuf>,
+    /// With a state file, bring it up to date after this many bytes applied (and at least
+    /// every [`CHECKPOINT_INTERVAL`]); `None` means [`CHECKPOINT_BYTES`].
+    pub checkpoint_bytes: Option<u64>,
     /// After applying, compare the target's digest with the source digest in the end record.
     pub verify: bool,
 }
@@ -142,6 +145,7 @@ struct Applier<'a> {
     /// Bytes written and time since the last durable checkpoint.
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    checkpoint_bytes: u64,
     discard: bool,
     zeros: Vec<u8>,
     /// Pending records: (offset, length, payload range in `batch`, or None for zeros).
@@ -186,10 +190,11 @@ impl WriteBehind {
     }
 }
 
-/// A state file is brought up to date after this many bytes ...
-const CHECKPOINT_BYTES: u64 = 256 << 20;
+/// A state file is brought up to date after this many bytes (unless
+/// [`ApplyOptions::checkpoint_bytes`] says otherwise) ...
+pub const CHECKPOINT_BYTES: u64 = 256 << 20;
 /// ... or this much time, whichever comes first.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Applier<'_> {
     fn push(&mut self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
@@ -207,7 +212,7 @@ impl Applier<'_> {
             self.queue(offset, length, data)?;
         }
         if self.state.is_some()
-            && (self.since_checkpoint >= CHECKPOINT_BYTES
+            && (self.since_checkpoint >= self.checkpoint_bytes
                 || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL)
         {
             self.checkpoint()?;
@@ -326,6 +331,7 @@ pub fn apply_stream<R: Read>(
             written_end: 0,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
+            checkpoint_bytes: opts.checkpoint_bytes.unwrap_or(CHECKPOINT_BYTES),
             discard: opts.discard,
             zeros: vec![0u8; MAX_RECORD_LEN as usize],
             pending: Vec::new(),

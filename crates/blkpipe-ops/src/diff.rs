@@ -35,8 +35,8 @@ use crate::{CountingWriter, OpError, Stats};
 pub struct DiffOptions {
     /// Compress data payloads with lz4.
     pub lz4: bool,
-    /// Write no records below this offset (a multiple of the block size); the hash stream's own
-    /// start offset applies too.
+    /// Write no records below this offset, rounded down to a multiple of the block size; the
+    /// hash stream's own start offset applies too.
     pub from_offset: u64,
     /// Creator string for the patch header.
     pub creator: String,
@@ -116,13 +116,9 @@ pub fn diff_device<R: Read, W: Write>(
     let reader = HashReader::new(hashes)?;
     let header = reader.header().clone();
     let bs = header.block_size as u64;
-    if opts.from_offset % bs != 0 {
-        return Err(OpError::BadRange(format!(
-            "--from {} is not a multiple of the hash stream's block size {bs}",
-            opts.from_offset
-        )));
-    }
-    let compare_from = opts.from_offset.max(header.start_offset);
+    // Rounded down to a block boundary, like blkhash's start offset, so an offset that
+    // `blkpatch --print-state` recorded (the end of a record) can be passed as it is.
+    let compare_from = (opts.from_offset - opts.from_offset % bs).max(header.start_offset);
     let mut remote = Remote {
         reader,
         header: header.clone(),
@@ -404,6 +400,18 @@ mod tests {
         let mut r = PatchReader::new(&patch[..]).unwrap();
         let rec = r.next_record().unwrap().unwrap();
         assert_eq!((rec.offset, rec.length), (48 << 10, 16 << 10));
+        // An offset inside a block (the end of a record, from `blkpatch --print-state`) is
+        // rounded down to the block's start.
+        let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+        let mut patch = Vec::new();
+        let opts = DiffOptions {
+            from_offset: (40 << 10) + 100,
+            ..DiffOptions::default()
+        };
+        diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
+        let mut r = PatchReader::new(&patch[..]).unwrap();
+        let rec = r.next_record().unwrap().unwrap();
+        assert_eq!((rec.offset, rec.length), (40 << 10, 24 << 10));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct HashOptions {
     pub seed: u64,
     /// Width of the stored hashes.
     pub kind: HashKind,
-    /// First byte to hash (a multiple of the block size).
+    /// First byte to hash, rounded down to a multiple of the block size.
     pub from_offset: u64,
     /// What to write.
     pub output: HashOutput,
@@ -64,16 +64,29 @@ pub fn hash_device<W: Write>(
     progress: &Progress,
 ) -> Result<Hashed, OpError> {
     let started = Instant::now();
+    if opts.from_offset > dev.size() {
+        return Err(OpError::BadRange(format!(
+            "start offset {} is past the end of the device ({} bytes)",
+            opts.from_offset,
+            dev.size()
+        )));
+    }
+    // Rounded down to a block boundary, so an offset `blkpatch --print-state` recorded
+    // (the end of a record) can be passed as it is.
+    let start = match opts.from_offset.checked_rem(u64::from(opts.block_size)) {
+        Some(r) => opts.from_offset - r,
+        None => opts.from_offset,
+    };
     let header = HashHeader {
         block_size: opts.block_size,
         kind: opts.kind,
         group_blocks: GROUP_BLOCKS,
         device_size: dev.size(),
         seed: opts.seed,
-        start_offset: opts.from_offset,
+        start_offset: start,
     };
     check_header(&header)?;
-    progress.set_total(dev.size() - opts.from_offset);
+    progress.set_total(dev.size() - start);
     let out = CountingWriter::new(out);
     let mut sink = match opts.output {
         HashOutput::Stream => Sink::Stream(Box::new(
@@ -87,7 +100,7 @@ pub fn hash_device<W: Write>(
     let mut stats = Stats::default();
     scan(
         dev,
-        opts.from_offset,
+        start,
         dev.size(),
         opts.block_size,
         opts.seed,
@@ -164,10 +177,10 @@ fn check_header(h: &HashHeader) -> Result<(), OpError> {
             h.block_size
         )));
     }
-    if h.start_offset % h.block_size as u64 != 0 || h.start_offset > h.device_size {
+    if h.start_offset > h.device_size {
         return Err(OpError::BadRange(format!(
-            "start offset {} is not a multiple of the block size {} inside the device ({} bytes)",
-            h.start_offset, h.block_size, h.device_size
+            "start offset {} is past the end of the device ({} bytes)",
+            h.start_offset, h.device_size
         )));
     }
     Ok(())
@@ -264,10 +277,32 @@ mod tests {
             hash_device(&dev, std::io::sink(), &o, &Progress::hidden()),
             Err(OpError::BadRange(_))
         ));
-        let o = opts(HashOutput::Digest, HashKind::Xxh3_64, 100);
+        let o = opts(HashOutput::Digest, HashKind::Xxh3_64, 8193);
         assert!(matches!(
             hash_device(&dev, std::io::sink(), &o, &Progress::hidden()),
             Err(OpError::BadRange(_))
         ));
+    }
+
+    #[test]
+    fn start_offset_is_rounded_down_to_a_block() {
+        // A resume offset from `blkpatch --print-state` is the end of a record: the end of the
+        // device, or a 4 KiB boundary inside a larger block.
+        let (f, data) = image(3 * 4096 + 1);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        for (from, start) in [(4097, 4096), (3 * 4096 + 1, 3 * 4096), (8191, 4096)] {
+            let mut out = Vec::new();
+            let h = hash_device(
+                &dev,
+                &mut out,
+                &opts(HashOutput::Stream, HashKind::Xxh3_64, from),
+                &Progress::hidden(),
+            )
+            .unwrap();
+            assert_eq!(h.header.start_offset, start, "--from {from}");
+            assert_eq!(h.digest, digest_of(&data[start as usize..], 4096, 5));
+            let r = HashReader::new(&out[..]).unwrap();
+            assert_eq!(r.header().start_offset, start);
+        }
     }
 }

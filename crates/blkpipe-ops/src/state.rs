@@ -100,7 +100,11 @@ impl ResumeState {
 
     /// Replace the state file atomically and durably.
     pub fn store(&self, path: &Path) -> Result<(), OpError> {
-        let tmp = path.with_extension("tmp");
+        // FILE.tmp next to FILE: appended, not swapped for FILE's own extension, which would
+        // clobber a neighbour (`lv.state` would write `lv.tmp`).
+        let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = path.with_file_name(tmp_name);
         let write = || -> io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(self.line().as_bytes())?;
@@ -121,4 +125,37 @@ fn state_err(path: &Path, e: io::Error) -> OpError {
         e.kind(),
         format!("state file {}: {e}", path.display()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_and_load_round_trip_without_touching_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lv.state");
+        // A file that merely shares the state file's stem is not ours to overwrite.
+        let neighbour = dir.path().join("lv.tmp");
+        fs::write(&neighbour, "keep me").unwrap();
+        let mut st = ResumeState {
+            stream_id: [7; 16],
+            source_size: 1 << 30,
+            applied: 4096,
+            complete: false,
+        };
+        st.store(&path).unwrap();
+        assert_eq!(ResumeState::load(&path).unwrap(), Some(st));
+        st.applied = 1 << 30;
+        st.complete = true;
+        st.store(&path).unwrap();
+        assert_eq!(ResumeState::load(&path).unwrap(), Some(st));
+        assert_eq!(fs::read_to_string(&neighbour).unwrap(), "keep me");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["lv.state", "lv.tmp"]);
+    }
 }
