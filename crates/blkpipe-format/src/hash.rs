@@ -217,6 +217,12 @@ impl<W: Write> HashWriter<W> {
         Ok(())
     }
 
+    /// Pass the complete groups written so far on to the reader (flush the inner writer); a
+    /// group still being filled stays here until it is complete and sealed.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
     /// Write the end record with the device digest and return the inner writer.
     pub fn finish(mut self, device_digest: u128) -> io::Result<W> {
         if self.count != self.header.block_count() {

@@ -112,6 +112,9 @@ pub fn hash_device<W: Write>(
                     for h in chunk.hashes {
                         w.push(*h).map_err(OpError::Output)?;
                     }
+                    // Hand the sealed groups on now, so blkdiff on the other side compares
+                    // (and reads its own device) while this side is still reading.
+                    w.flush().map_err(OpError::Output)?;
                 }
                 Sink::Text(t) => write_text(t, chunk, opts.kind, bs)?,
                 Sink::Digest => {}
