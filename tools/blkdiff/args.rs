@@ -9,8 +9,8 @@ use crate::common;
 /// Compare DEV with the hash stream on stdin (from blkhash on the other side) and write to
 /// stdout a patch stream that makes the other side equal to DEV, ready for blkpatch there.
 ///
-/// DEV is read with the stream's block size and seed while the hashes arrive (parts not in the
-/// page cache with O_DIRECT, like blkhash). Blocks whose
+/// DEV is read with the stream's block size and seed while the hashes arrive (leaving the page
+/// cache as it was, like blkhash). Blocks whose
 /// hash differs, and DEV's blocks past the end of the remote device, become records (adjacent
 /// blocks merged; all-zero blocks as zero records). The patch carries DEV's size (blkpatch
 /// truncates an image file to it; a larger block device keeps its tail) and DEV's digest, for
@@ -58,7 +58,7 @@ pub struct Args {
         help_heading = "Performance"
     )]
     pub threads: usize,
-    /// Read all of DEV with O_DIRECT, even the parts that are in the page cache.
+    /// Read DEV with O_DIRECT, bypassing the page cache (also for parts that are cached).
     #[arg(long, help_heading = "Performance")]
     pub direct: bool,
     #[command(flatten)]

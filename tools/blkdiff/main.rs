@@ -15,10 +15,7 @@ use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     common::guard_binary_stdout(args.force_tty)?;
-    let mut dev = Device::open_source(&args.dev, args.direct)?;
-    if !args.direct {
-        dev.open_direct_twin();
-    }
+    let dev = Device::open_source(&args.dev, args.direct)?;
     let (input, _) = open_input(args.hashes.as_deref()).with_context(|| match &args.hashes {
         Some(p) => format!("{}: open", p.display()),
         None => "stdin".into(),

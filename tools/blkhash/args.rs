@@ -13,9 +13,10 @@ use crate::common;
 /// Each block's hash is xxh3-128 with a seed chosen at random per run (written in the stream's
 /// header), so data crafted to collide with a known hash does not help; --seed makes the
 /// output reproducible. The stream stores 64 bits per block (--hash-bits 128 for 16 bytes) and
-/// ends with the 128-bit digest of the whole device. DEV is read by every core with large
-/// requests, and without disturbing the page cache: parts not cached are read with O_DIRECT
-/// (no copy through the cache, nothing evicted), cached parts from the cache.
+/// ends with the 128-bit digest of the whole device. DEV is read in large sequential requests
+/// and hashed by every core, without disturbing the page cache: what the read brings into the
+/// cache is dropped once copied, what was cached before stays (RWF_DONTCACHE on Linux 6.14+,
+/// else posix_fadvise).
 ///
 /// --text prints one line per block: the decimal byte offset and the stored hash in hex.
 /// --digest prints only `xxh3-128:HEX  DEV`; it uses seed 0 unless --seed is given, so two
@@ -70,7 +71,7 @@ pub struct Args {
         help_heading = "Performance"
     )]
     pub threads: usize,
-    /// Read all of DEV with O_DIRECT, even the parts that are in the page cache.
+    /// Read DEV with O_DIRECT, bypassing the page cache (also for parts that are cached).
     #[arg(long, help_heading = "Performance")]
     pub direct: bool,
     #[command(flatten)]

@@ -30,10 +30,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, HashOutput::Digest) => 0,
         (None, _) => u64::from_le_bytes(blkpipe_ops::random_bytes()[..8].try_into()?),
     };
-    let mut dev = Device::open_source(&args.dev, args.direct)?;
-    if !args.direct {
-        dev.open_direct_twin();
-    }
+    let dev = Device::open_source(&args.dev, args.direct)?;
     let opts = HashOptions {
         block_size: u32::try_from(args.block_size).unwrap_or(u32::MAX),
         seed,

@@ -81,8 +81,6 @@ pub struct Device {
     is_block: bool,
     size: u64,
     logical_block: u64,
-    /// A second, `O_DIRECT` read handle on the same file (see [`Device::open_direct_twin`]).
-    direct_twin: Option<File>,
 }
 
 /// `struct cachestat_range` of the `cachestat` system call (Linux 6.5).
@@ -155,7 +153,6 @@ impl Device {
             is_block,
             size,
             logical_block,
-            direct_twin: None,
         })
     }
 
@@ -243,6 +240,50 @@ impl Device {
         Ok(done)
     }
 
+    /// [`Device::read_at`] through the page cache with `RWF_DONTCACHE` (Linux 6.14): the kernel
+    /// reads ahead as usual and drops the pages once they are copied, so a large read does not
+    /// push other data out of the cache. `Ok(None)` when this kernel or file system does not
+    /// support it (nothing was read).
+    pub fn read_at_dontcache(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<Option<usize>, DevError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let rest = &mut buf[done..];
+            let iov = libc::iovec {
+                iov_base: rest.as_mut_ptr().cast(),
+                iov_len: rest.len(),
+            };
+            // SAFETY: one iovec describing the valid, writable `rest`.
+            let n = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    &iov,
+                    1,
+                    at as i64,
+                    libc::RWF_DONTCACHE,
+                )
+            };
+            if n > 0 {
+                done += n as usize;
+                continue;
+            }
+            if n == 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if done == 0 => return Ok(None),
+                _ => return Err(self.io(format!("read at offset {at}"), e)),
+            }
+        }
+        Ok(Some(done))
+    }
+
     /// Write all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
         self.file
@@ -301,27 +342,6 @@ impl Device {
             .map_err(|e| self.io(format!("resize to {len} bytes"), e))?;
         self.size = len;
         Ok(())
-    }
-
-    /// Open a second read handle on the same file with `O_DIRECT`, for reading ranges that are
-    /// not in the page cache without copying them through it (see [`Device::cached_pages`]).
-    /// Returns whether it is open; where `O_DIRECT` is refused (tmpfs) reads stay buffered.
-    pub fn open_direct_twin(&mut self) -> bool {
-        let twin = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&self.path);
-        let same = |t: &File| match (t.metadata(), self.file.metadata()) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino() && a.rdev() == b.rdev(),
-            _ => false,
-        };
-        self.direct_twin = twin.ok().filter(same);
-        self.direct_twin.is_some()
-    }
-
-    /// The `O_DIRECT` read handle, when [`Device::open_direct_twin`] opened one.
-    pub fn direct_twin(&self) -> Option<&File> {
-        self.direct_twin.as_ref()
     }
 
     /// How many pages of `offset..offset+len` are in the page cache, or `None` when the kernel

@@ -390,9 +390,6 @@ pub fn apply_stream<R: Read>(
     }
     progress.finish();
     if opts.verify {
-        if let Some(t) = target.as_deref_mut() {
-            t.open_direct_twin();
-        }
         verify(target.as_deref(), &header, &end, &mut stats)?;
     }
     stats.elapsed = started.elapsed();

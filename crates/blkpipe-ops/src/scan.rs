@@ -4,10 +4,11 @@
 //! The range is cut into chunks of [`CHUNK_BYTES`] (or one block, if blocks are larger), aligned
 //! to multiples of the chunk size on the device. Worker threads each take a free buffer from a
 //! fixed pool, claim the next chunk, read it with one large positional read, and hash its
-//! blocks. A chunk none of whose pages is cached is read with `O_DIRECT` when the device has a
-//! direct twin ([`Device::open_direct_twin`]): no copy through the page cache and no cache
-//! churn; a cached chunk is read from the cache and left there; a partly cached one is read
-//! through the cache and dropped from it after (`posix_fadvise(DONTNEED)`).
+//! blocks. Reads through the page cache are taken in turn, in device order, so the kernel sees
+//! one sequential reader and reads ahead; they use `RWF_DONTCACHE` (Linux 6.14), so pages this
+//! scan brought in are dropped once copied while pages that were cached before stay. Where that
+//! is not supported, a chunk that was wholly cached is read and left, and any other is dropped
+//! after the read (`posix_fadvise(DONTNEED)`). With `O_DIRECT` the reads run in parallel.
 //! So reads of one worker overlap the hashing of the others, and the device always has requests
 //! queued. The calling thread receives the chunks back in device order, with their data and
 //! block hashes, and then returns the buffer to the pool. Memory is the pool and nothing else:
@@ -203,28 +204,40 @@ where
         ready: Condvar::new(),
     };
     let next = AtomicU64::new(0);
+    let reading = Mutex::new(());
     let (tx, rx) = mpsc::channel::<(u64, Result<Slot, OpError>)>();
 
     std::thread::scope(|s| {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (pool, next) = (&pool, &next);
+            let (pool, next, reading) = (&pool, &next, &reading);
             s.spawn(move || {
                 // Take the buffer before claiming a chunk, so every claimed chunk can finish
                 // and the consumer never waits on a chunk that waits for a buffer.
                 while let Some(mut slot) = pool.take() {
+                    let turn = reading.lock().unwrap_or_else(|e| e.into_inner());
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     if k >= count {
+                        drop(turn);
                         pool.put(slot);
                         return;
                     }
                     let (off, len) = layout.range(k);
-                    let how = read_mode(dev, off, len, opts);
-                    let res = read_chunk(dev, &mut slot.buf, off, len as usize, how);
-                    let msg = res.map(|()| {
-                        if how == ReadMode::BufferedThenDrop {
-                            dev.fadvise_dontneed(off, len);
+                    let how = read_mode(opts);
+                    // Reads through the page cache are made one at a time in device order,
+                    // so the kernel sees one sequential reader and reads ahead for it (two
+                    // interleaved readers of one file defeat read-ahead and contend on the
+                    // cache); direct reads are independent requests and run in parallel.
+                    let turn = match how {
+                        ReadMode::Direct => {
+                            drop(turn);
+                            None
                         }
+                        ReadMode::Buffered | ReadMode::BufferedDropBehind => Some(turn),
+                    };
+                    let res = read_chunk(dev, &mut slot.buf, off, len as usize, how);
+                    drop(turn);
+                    let msg = res.map(|()| {
                         slot.hashes.clear();
                         slot.hashes.extend(
                             slot.buf[..len as usize]
@@ -281,33 +294,22 @@ where
 /// How one chunk is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadMode {
-    /// Through the page cache, leaving it as it was found (the chunk was cached already).
+    /// Through the page cache, leaving it as it is.
     Buffered,
-    /// Through the page cache, then dropped from it.
-    BufferedThenDrop,
-    /// With `O_DIRECT` on the device's own handle (opened that way).
+    /// Through the page cache without keeping what this read brought in.
+    BufferedDropBehind,
+    /// With `O_DIRECT` (the device was opened that way).
     Direct,
-    /// With `O_DIRECT` on the device's direct twin: the chunk is not cached, so this skips
-    /// the copy through the page cache and leaves the cache alone.
-    DirectTwin,
 }
 
-/// Choose how to read `len` bytes at `off`: a chunk with no page in the cache is read with
-/// `O_DIRECT` when the device has a direct twin; a cached one is read from the cache and
-/// left there (it is somebody's, or was just written); anything in between is read through
-/// the cache and dropped after (with `drop_cache`).
-fn read_mode(dev: &Device, off: u64, len: u64, opts: &ScanOptions) -> ReadMode {
+fn read_mode(opts: &ScanOptions) -> ReadMode {
     if opts.direct {
-        return ReadMode::Direct;
+        ReadMode::Direct
+    } else if opts.drop_cache {
+        ReadMode::BufferedDropBehind
+    } else {
+        ReadMode::Buffered
     }
-    let cached = dev.cached_pages(off, len);
-    if dev.direct_twin().is_some() && cached == Some(0) {
-        return ReadMode::DirectTwin;
-    }
-    if !opts.drop_cache || cached == Some(len.div_ceil(4096)) {
-        return ReadMode::Buffered;
-    }
-    ReadMode::BufferedThenDrop
 }
 
 /// Read `len` bytes at `off` into `buf`. With `O_DIRECT`, the request is rounded up to whole
@@ -320,12 +322,8 @@ fn read_chunk(
     len: usize,
     how: ReadMode,
 ) -> Result<(), OpError> {
-    let direct_file = match how {
-        ReadMode::Direct => Some(dev.file()),
-        ReadMode::DirectTwin => dev.direct_twin(),
-        ReadMode::Buffered | ReadMode::BufferedThenDrop => None,
-    };
-    let got = if let Some(file) = direct_file {
+    let got = if how == ReadMode::Direct {
+        let file = dev.file();
         let request = len.div_ceil(4096) * 4096;
         let mut done = 0;
         while done < len {
@@ -353,6 +351,20 @@ fn read_chunk(
             }
         }
         done
+    } else if how == ReadMode::BufferedDropBehind {
+        match dev.read_at_dontcache(&mut buf[..len], off)? {
+            Some(n) => n,
+            None => {
+                // No RWF_DONTCACHE: keep a chunk that was wholly cached before (somebody's),
+                // drop any other after reading it.
+                let cached = dev.cached_pages(off, len as u64) == Some(len.div_ceil(4096) as u64);
+                let n = dev.read_at(&mut buf[..len], off)?;
+                if !cached {
+                    dev.fadvise_dontneed(off, len as u64);
+                }
+                n
+            }
+        }
     } else {
         dev.read_at(&mut buf[..len], off)?
     };
@@ -460,19 +472,19 @@ mod tests {
         }
     }
 
-    /// A chunk not in the page cache is read through the direct twin: the data is right and
-    /// the cache stays empty; a cached chunk is read from the cache and stays cached.
+    /// A scan leaves the page cache as it found it: chunks it brought in are not kept, a
+    /// chunk that was cached before stays cached.
     #[test]
-    fn uncached_chunks_bypass_the_cache_and_cached_ones_stay() {
-        let len = 2 * CHUNK_BYTES as usize + 4096 + 777;
+    fn scans_leave_the_page_cache_as_they_found_it() {
+        let len = 3 * CHUNK_BYTES as usize + 4096 + 777;
         let (f, data) = image(len);
         f.as_file().sync_all().unwrap();
-        let mut dev = Device::open_source(f.path(), false).unwrap();
+        let dev = Device::open_source(f.path(), false).unwrap();
         dev.fadvise_dontneed(0, len as u64);
-        if !dev.open_direct_twin() || dev.cached_pages(0, len as u64) != Some(0) {
-            return; // no O_DIRECT here (tmpfs), no cachestat (Linux < 6.5), or pages pinned
+        if dev.cached_pages(0, len as u64) != Some(0) {
+            return; // no cachestat (Linux < 6.5), or the pages are pinned (tmpfs)
         }
-        // Cache the middle chunk only.
+        // Cache the second chunk only, as another reader would have.
         let mut buf = vec![0u8; CHUNK_BYTES as usize];
         dev.read_at(&mut buf, CHUNK_BYTES).unwrap();
         let mut got = Vec::new();
@@ -485,7 +497,12 @@ mod tests {
         let pages = CHUNK_BYTES / 4096;
         assert_eq!(dev.cached_pages(0, CHUNK_BYTES), Some(0), "first chunk");
         assert_eq!(dev.cached_pages(CHUNK_BYTES, CHUNK_BYTES), Some(pages));
-        assert_eq!(dev.cached_pages(2 * CHUNK_BYTES, 8192), Some(0), "tail");
+        assert_eq!(
+            dev.cached_pages(2 * CHUNK_BYTES, CHUNK_BYTES),
+            Some(0),
+            "third"
+        );
+        assert_eq!(dev.cached_pages(3 * CHUNK_BYTES, 8192), Some(0), "tail");
     }
 
     #[test]
