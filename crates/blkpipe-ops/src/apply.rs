@@ -15,6 +15,7 @@ use blkpipe_format::patch::{PatchEnd, PatchHeader, PatchReader, PatchWriter, Rec
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::chunks::emit_piece;
+use crate::direct::DirectWriter;
 use crate::progress::Progress;
 use crate::state::{hex_id, ResumeState};
 use crate::{OpError, Stats};
@@ -152,6 +153,8 @@ struct Applier<'a> {
     pending: Vec<(u64, u64, Option<std::ops::Range<usize>>)>,
     batch: Vec<u8>,
     write_behind: WriteBehind,
+    /// Aligned data records go here (see [`crate::direct`]); `None`: all writes buffered.
+    direct: Option<DirectWriter>,
 }
 
 /// Write-behind: once this much of the target's offset range has been written, its write-back
@@ -223,6 +226,9 @@ impl Applier<'_> {
     /// Flush, sync the target, and record in the state file how far it is applied.
     fn checkpoint(&mut self) -> Result<(), OpError> {
         self.flush()?;
+        if let Some(d) = self.direct.as_mut() {
+            d.drain()?;
+        }
         let Some((path, st)) = self.state.as_mut() else {
             return Ok(());
         };
@@ -246,8 +252,13 @@ impl Applier<'_> {
         Ok(())
     }
 
-    fn write(&self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
+    fn write(&mut self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
         match data {
+            Some(bytes) if DirectWriter::fits(offset, bytes.len()) && self.direct.is_some() => self
+                .direct
+                .as_mut()
+                .expect("checked")
+                .write(offset, bytes)?,
             Some(bytes) => self.target.write_at(bytes, offset)?,
             None => self
                 .target
@@ -265,10 +276,12 @@ impl Applier<'_> {
             undo.save(self.target, offset, length)?;
         }
         undo.sync()?;
+        let batch = std::mem::take(&mut self.batch);
         for (offset, length, range) in std::mem::take(&mut self.pending) {
-            self.write(offset, length, range.map(|r| &self.batch[r]))?;
+            self.write(offset, length, range.map(|r| &batch[r]))?;
             self.written_end = offset + length;
         }
+        self.batch = batch;
         self.write_behind.written(self.target, self.written_end)?;
         self.batch.clear();
         Ok(())
@@ -337,6 +350,13 @@ pub fn apply_stream<R: Read>(
             pending: Vec::new(),
             batch: Vec::new(),
             write_behind: WriteBehind::default(),
+            // With --undo, writes stay buffered: each batch is written right after its old
+            // contents are saved.
+            direct: if opts.undo.is_none() {
+                DirectWriter::open(t)
+            } else {
+                None
+            },
         }),
         None => None,
     };

@@ -171,7 +171,14 @@ fn read_pieces(
             let len = (r.end().min(boundary) - offset) as usize;
             let Ok(mut buf) = empty.recv() else { return };
             buf.resize(len, 0);
-            let msg = match dev.read_at(&mut buf, offset) {
+            // Through the page cache (sequential read-ahead) without keeping what this read
+            // brought in: a whole-device copy does not evict the host's cached data.
+            let read = match dev.read_at_dontcache(&mut buf, offset) {
+                Ok(Some(n)) => Ok(n),
+                Ok(None) => dev.read_at(&mut buf, offset),
+                Err(e) => Err(e),
+            };
+            let msg = match read {
                 Ok(n) if n == len => Ok(Piece { offset, buf }),
                 Ok(n) => Err(OpError::Refused(format!(
                     "{}: device ended at {} while reading {len} bytes at offset {offset}",

@@ -31,6 +31,7 @@ pub mod apply;
 pub mod chunks;
 pub mod diff;
 pub mod digest;
+pub mod direct;
 mod error;
 pub mod hash;
 pub mod input;

@@ -1,0 +1,248 @@
+//! Writes of verified, block-aligned records with `O_DIRECT`, on a thread of their own.
+//!
+//! Buffered writes copy every byte into the page cache, into pages that are cold in the CPU's
+//! caches: for a whole-device copy that copy is the largest part of blkpatch's CPU time. A
+//! record whose offset and length are multiples of [`ALIGN`] is instead copied into one of a
+//! few aligned buffers and written from there with `O_DIRECT` by writer threads, so the next
+//! records are read and verified while the device writes earlier ones, several at a time. Other records, and targets
+//! that refuse `O_DIRECT` (tmpfs), keep the buffered path. The writer is drained (every queued
+//! write done, any error returned) before each checkpoint and at the end, so a sync after a
+//! drain covers every write.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use blkpipe_dev::{AlignedBuf, DevError, Device};
+use blkpipe_format::MAX_RECORD_LEN;
+
+use crate::OpError;
+
+/// Offsets and lengths written directly are multiples of this (any logical block size up to
+/// a page divides it).
+pub const ALIGN: u64 = 4096;
+/// Writes in flight at once (one thread each).
+const WRITERS: usize = 2;
+/// Buffers: one per writer, one queued, one being filled.
+const BUFFERS: usize = WRITERS + 2;
+
+struct Job {
+    offset: u64,
+    buf: AlignedBuf,
+    len: usize,
+}
+
+/// What the writer threads share.
+#[derive(Default)]
+struct Shared {
+    /// Writes queued or in flight, and the first error.
+    state: Mutex<(usize, Option<DevError>)>,
+    idle: Condvar,
+}
+
+/// The writer threads and their buffers.
+pub struct DirectWriter {
+    jobs: Option<SyncSender<Job>>,
+    free: Receiver<AlignedBuf>,
+    shared: Arc<Shared>,
+    /// The first write error, once returned: every later call fails with it too, so nothing
+    /// after a failed write is ever reported as written.
+    failed: Option<String>,
+    path: std::path::PathBuf,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DirectWriter {
+    /// Open `target`'s path again for writing with `O_DIRECT`, or `None` where that is not
+    /// possible (not supported, or the path no longer names the same file).
+    pub fn open(target: &Device) -> Option<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(target.path())
+            .ok()?;
+        let (a, b) = (file.metadata().ok()?, target.file().metadata().ok()?);
+        if (a.dev(), a.ino(), a.rdev()) != (b.dev(), b.ino(), b.rdev()) {
+            return None;
+        }
+        let (jobs, job_rx) = sync_channel::<Job>(BUFFERS);
+        let (free_tx, free) = sync_channel::<AlignedBuf>(BUFFERS);
+        for _ in 0..BUFFERS {
+            free_tx
+                .send(AlignedBuf::new(MAX_RECORD_LEN as usize))
+                .expect("channel has room");
+        }
+        let file = Arc::new(file);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let shared = Arc::new(Shared::default());
+        let threads = (0..WRITERS)
+            .map(|_| {
+                let (file, job_rx, free_tx, shared) = (
+                    Arc::clone(&file),
+                    Arc::clone(&job_rx),
+                    free_tx.clone(),
+                    Arc::clone(&shared),
+                );
+                let path = target.path().to_owned();
+                std::thread::spawn(move || run(&file, &path, &job_rx, &free_tx, &shared))
+            })
+            .collect();
+        Some(DirectWriter {
+            jobs: Some(jobs),
+            free,
+            shared,
+            failed: None,
+            path: target.path().to_owned(),
+            threads,
+        })
+    }
+
+    /// Whether a record at `offset` of `len` bytes can be written directly.
+    pub fn fits(offset: u64, len: usize) -> bool {
+        offset % ALIGN == 0 && len as u64 % ALIGN == 0 && len as u64 <= MAX_RECORD_LEN
+    }
+
+    /// Queue `data` to be written at `offset` ([`DirectWriter::fits`] must hold). Returns an
+    /// earlier write's error, if one failed.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), OpError> {
+        self.check()?;
+        let Ok(mut buf) = self.free.recv() else {
+            return self.stopped();
+        };
+        buf[..data.len()].copy_from_slice(data);
+        let job = Job {
+            offset,
+            buf,
+            len: data.len(),
+        };
+        self.shared.lock().0 += 1;
+        match self.jobs.as_ref().map(|j| j.send(job)) {
+            Some(Ok(())) => Ok(()),
+            _ => self.stopped(),
+        }
+    }
+
+    /// Wait until every queued write is done; the first error of any of them.
+    pub fn drain(&mut self) -> Result<(), OpError> {
+        let mut st = self.shared.lock();
+        while st.0 > 0 {
+            st = self.shared.idle.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(st);
+        self.check()
+    }
+
+    fn check(&mut self) -> Result<(), OpError> {
+        if let Some(msg) = &self.failed {
+            return Err(DevError::Io {
+                path: self.path.clone(),
+                op: "write".into(),
+                source: std::io::Error::other(format!("an earlier write failed: {msg}")),
+            }
+            .into());
+        }
+        match self.shared.lock().1.take() {
+            Some(e) => {
+                self.failed = Some(e.to_string());
+                Err(e.into())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn stopped(&mut self) -> Result<(), OpError> {
+        self.check()?;
+        Err(OpError::Refused(
+            "internal error: the direct writer stopped".into(),
+        ))
+    }
+}
+
+impl Drop for DirectWriter {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Option<DevError>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A writer thread: write each job it takes; once any write failed, write nothing more (keep
+/// returning buffers and counting jobs done, so the applier sees the error and stops).
+fn run(
+    file: &File,
+    path: &std::path::Path,
+    jobs: &Mutex<Receiver<Job>>,
+    free: &SyncSender<AlignedBuf>,
+    shared: &Shared,
+) {
+    loop {
+        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(Job { offset, buf, len }) = job else {
+            return;
+        };
+        let failed = shared.lock().1.is_some();
+        let result = if failed {
+            Ok(())
+        } else {
+            file.write_all_at(&buf[..len], offset)
+        };
+        {
+            let mut st = shared.lock();
+            if let Err(e) = result {
+                st.1.get_or_insert(DevError::Io {
+                    path: path.to_owned(),
+                    op: format!("write at offset {offset}"),
+                    source: e,
+                });
+            }
+            st.0 -= 1;
+            if st.0 == 0 {
+                shared.idle.notify_all();
+            }
+        }
+        if free.send(buf).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Queued direct writes land where they belong, a drain waits for all of them, and
+    /// what does not fit the alignment is left to the caller.
+    #[test]
+    fn queued_writes_land_after_a_drain() {
+        let f = tempfile::NamedTempFile::new_in(std::env::temp_dir()).unwrap();
+        let len = 10 * MAX_RECORD_LEN as usize;
+        f.as_file().set_len(len as u64).unwrap();
+        let dev = Device::open_source(f.path(), false).unwrap();
+        let Some(mut w) = DirectWriter::open(&dev) else {
+            return; // the file system refuses O_DIRECT (tmpfs)
+        };
+        let mut want = vec![0u8; len];
+        for (i, at) in (0..len).step_by(MAX_RECORD_LEN as usize).enumerate() {
+            let n = MAX_RECORD_LEN as usize - 4096 * i;
+            let data: Vec<u8> = (0..n).map(|j| (i * 31 + j / 4096) as u8).collect();
+            assert!(DirectWriter::fits(at as u64, n));
+            w.write(at as u64, &data).unwrap();
+            want[at..at + n].copy_from_slice(&data);
+        }
+        w.drain().unwrap();
+        drop(w);
+        assert!(std::fs::read(f.path()).unwrap() == want);
+        assert!(!DirectWriter::fits(512, 4096));
+        assert!(!DirectWriter::fits(4096, 100));
+        assert!(!DirectWriter::fits(0, MAX_RECORD_LEN as usize + 4096));
+    }
+}
