@@ -15,13 +15,13 @@ use crate::common;
 /// missing and sized to the source; a block device smaller than the source is refused, and
 /// one that is mounted or open elsewhere is refused unless --force.
 ///
-/// The target is never read to be written. Records aligned to 4 KiB are written with O_DIRECT
-/// by two writer threads while the next records are read and verified; others go through the
-/// page cache in whole blocks and are written behind: every 16 MiB is handed to the disk at
-/// once and dropped from the cache when it is on the disk. So the disk works while the stream
-/// arrives, dirty memory stays small, and a large copy does not evict the host's other cached
-/// data. A write error is reported as soon as the disk returns it; exit 0 comes only after
-/// fsync.
+/// The target is never read to be written. Records of 256 KiB or more aligned to 4 KiB are
+/// written with O_DIRECT by two writer threads while the next records are read and verified;
+/// others go through the page cache in whole blocks and are written behind: every 16 MiB is
+/// handed to the disk at once and dropped from the cache when it is on the disk. So the disk
+/// works while the stream arrives, dirty memory stays small, and a large copy does not evict
+/// the host's other cached data. A write error is reported as soon as the disk returns it;
+/// exit 0 comes only after fsync.
 ///
 /// Streams:
 ///   stdin   patch stream (or --input FILE) from blkread-chunks, blkdiff, cowlist --data,

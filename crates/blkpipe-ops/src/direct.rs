@@ -2,7 +2,8 @@
 //!
 //! Buffered writes copy every byte into the page cache, into pages that are cold in the CPU's
 //! caches: for a whole-device copy that copy is the largest part of blkpatch's CPU time. A
-//! record whose offset and length are multiples of [`ALIGN`] is instead copied into one of a
+//! record of at least [`MIN_DIRECT`] bytes whose offset and length are multiples of [`ALIGN`]
+//! is instead copied into one of a
 //! few aligned buffers and written from there with `O_DIRECT` by writer threads, so the next
 //! records are read and verified while the device writes earlier ones, several at a time. Other records, and targets
 //! that refuse `O_DIRECT` (tmpfs), keep the buffered path. The writer is drained (every queued
@@ -23,6 +24,8 @@ use crate::OpError;
 /// Offsets and lengths written directly are multiples of this (any logical block size up to
 /// a page divides it).
 pub const ALIGN: u64 = 4096;
+/// Records shorter than this go through the page cache.
+pub const MIN_DIRECT: u64 = 256 << 10;
 /// Writes in flight at once (one thread each).
 const WRITERS: usize = 2;
 /// Buffers: one per writer, one queued, one being filled.
@@ -99,9 +102,13 @@ impl DirectWriter {
         })
     }
 
-    /// Whether a record at `offset` of `len` bytes can be written directly.
+    /// Whether a record at `offset` of `len` bytes is written directly: aligned, and large
+    /// enough that skipping the page cache pays (small scattered records are cheaper to
+    /// write into the cache and let write-back merge).
     pub fn fits(offset: u64, len: usize) -> bool {
-        offset % ALIGN == 0 && len as u64 % ALIGN == 0 && len as u64 <= MAX_RECORD_LEN
+        offset % ALIGN == 0
+            && len as u64 % ALIGN == 0
+            && (MIN_DIRECT..=MAX_RECORD_LEN).contains(&(len as u64))
     }
 
     /// Queue `data` to be written at `offset` ([`DirectWriter::fits`] must hold). Returns an
@@ -244,5 +251,6 @@ mod tests {
         assert!(!DirectWriter::fits(512, 4096));
         assert!(!DirectWriter::fits(4096, 100));
         assert!(!DirectWriter::fits(0, MAX_RECORD_LEN as usize + 4096));
+        assert!(!DirectWriter::fits(0, 4096), "small records stay buffered");
     }
 }
