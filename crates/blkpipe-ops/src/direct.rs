@@ -59,8 +59,12 @@ pub struct DirectWriter {
 
 impl DirectWriter {
     /// Open `target`'s path again for writing with `O_DIRECT`, or `None` where that is not
-    /// possible (not supported, or the path no longer names the same file).
+    /// possible (not supported, a logical block larger than [`ALIGN`], or the path no longer
+    /// names the same file).
     pub fn open(target: &Device) -> Option<Self> {
+        if target.logical_block_size() > ALIGN {
+            return None; // its direct I/O alignment is larger than records are aligned to
+        }
         let file = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
