@@ -131,7 +131,10 @@ impl DirectWriter {
         self.shared.lock().0 += 1;
         match self.jobs.as_ref().map(|j| j.send(job)) {
             Some(Ok(())) => Ok(()),
-            _ => self.stopped(),
+            _ => {
+                self.shared.lock().0 -= 1; // never queued, so a drain must not wait for it
+                self.stopped()
+            }
         }
     }
 
