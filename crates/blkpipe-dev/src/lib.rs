@@ -240,15 +240,27 @@ impl Device {
         Ok(done)
     }
 
-    /// [`Device::read_at`] through the page cache with `RWF_DONTCACHE` (Linux 6.14): the kernel
-    /// reads ahead as usual and drops the pages once they are copied, so a large read does not
-    /// push other data out of the cache. `Ok(None)` when this kernel or file system does not
-    /// support it (nothing was read).
-    pub fn read_at_dontcache(
-        &self,
-        buf: &mut [u8],
-        offset: u64,
-    ) -> Result<Option<usize>, DevError> {
+    /// [`Device::read_at`] without keeping in the page cache what this read brought in, so a
+    /// large read does not push other data out of the cache, while pages that were cached
+    /// before stay. With `RWF_DONTCACHE` (Linux 6.14) the kernel reads ahead as usual and drops
+    /// the pages it added once they are copied; without it, a range that was not wholly cached
+    /// before the read is dropped after it (`posix_fadvise(DONTNEED)`).
+    pub fn read_at_drop_behind(&self, buf: &mut [u8], offset: u64) -> Result<usize, DevError> {
+        if let Some(n) = self.read_at_dontcache(buf, offset)? {
+            return Ok(n);
+        }
+        let len = buf.len() as u64;
+        let was_cached = self.cached_pages(offset, len) == Some(len.div_ceil(4096));
+        let n = self.read_at(buf, offset)?;
+        if !was_cached {
+            self.fadvise_dontneed(offset, len);
+        }
+        Ok(n)
+    }
+
+    /// [`Device::read_at`] with `RWF_DONTCACHE`; `Ok(None)` when this kernel or file system
+    /// does not support it (nothing was read).
+    fn read_at_dontcache(&self, buf: &mut [u8], offset: u64) -> Result<Option<usize>, DevError> {
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;

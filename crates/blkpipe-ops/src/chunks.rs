@@ -173,12 +173,7 @@ fn read_pieces(
             buf.resize(len, 0);
             // Through the page cache (sequential read-ahead) without keeping what this read
             // brought in: a whole-device copy does not evict the host's cached data.
-            let read = match dev.read_at_dontcache(&mut buf, offset) {
-                Ok(Some(n)) => Ok(n),
-                Ok(None) => dev.read_at(&mut buf, offset),
-                Err(e) => Err(e),
-            };
-            let msg = match read {
+            let msg = match dev.read_at_drop_behind(&mut buf, offset) {
                 Ok(n) if n == len => Ok(Piece { offset, buf }),
                 Ok(n) => Err(OpError::Refused(format!(
                     "{}: device ended at {} while reading {len} bytes at offset {offset}",

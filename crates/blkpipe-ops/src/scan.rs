@@ -5,10 +5,9 @@
 //! to multiples of the chunk size on the device. Worker threads each take a free buffer from a
 //! fixed pool, claim the next chunk, read it with one large positional read, and hash its
 //! blocks. Reads through the page cache are taken in turn, in device order, so the kernel sees
-//! one sequential reader and reads ahead; they use `RWF_DONTCACHE` (Linux 6.14), so pages this
-//! scan brought in are dropped once copied while pages that were cached before stay. Where that
-//! is not supported, a chunk that was wholly cached is read and left, and any other is dropped
-//! after the read (`posix_fadvise(DONTNEED)`). With `O_DIRECT` the reads run in parallel.
+//! one sequential reader and reads ahead; they keep nothing they brought into the cache and
+//! leave what was cached before ([`Device::read_at_drop_behind`]). With `O_DIRECT` the reads
+//! run in parallel.
 //! So reads of one worker overlap the hashing of the others, and the device always has requests
 //! queued. The calling thread receives the chunks back in device order, with their data and
 //! block hashes, and then returns the buffer to the pool. Memory is the pool and nothing else:
@@ -204,6 +203,7 @@ where
         ready: Condvar::new(),
     };
     let next = AtomicU64::new(0);
+    let how = read_mode(opts);
     let reading = Mutex::new(());
     let (tx, rx) = mpsc::channel::<(u64, Result<Slot, OpError>)>();
 
@@ -223,7 +223,6 @@ where
                         return;
                     }
                     let (off, len) = layout.range(k);
-                    let how = read_mode(opts);
                     // Reads through the page cache are made one at a time in device order,
                     // so the kernel sees one sequential reader and reads ahead for it (two
                     // interleaved readers of one file defeat read-ahead and contend on the
@@ -352,19 +351,7 @@ fn read_chunk(
         }
         done
     } else if how == ReadMode::BufferedDropBehind {
-        match dev.read_at_dontcache(&mut buf[..len], off)? {
-            Some(n) => n,
-            None => {
-                // No RWF_DONTCACHE: keep a chunk that was wholly cached before (somebody's),
-                // drop any other after reading it.
-                let cached = dev.cached_pages(off, len as u64) == Some(len.div_ceil(4096) as u64);
-                let n = dev.read_at(&mut buf[..len], off)?;
-                if !cached {
-                    dev.fadvise_dontneed(off, len as u64);
-                }
-                n
-            }
-        }
+        dev.read_at_drop_behind(&mut buf[..len], off)?
     } else {
         dev.read_at(&mut buf[..len], off)?
     };
