@@ -20,8 +20,9 @@
 //!
 //! Metadata is read through [`BlockSource`]; on a block device [`open_cow`] opens with
 //! `O_DIRECT`, so every read bypasses the page cache, which matters because the kernel keeps
-//! writing the areas of a live snapshot below it. Areas are read whole (at most [`MAX_READ`] bytes per
-//! request) with several requests in flight.
+//! writing the areas of a live snapshot below it. Areas are read whole (at most [`MAX_READ`]
+//! bytes per request), with several requests in flight on a block device and with read-ahead
+//! hints through the page cache on an image file.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -597,13 +598,31 @@ fn duplicate_error<S: BlockSource + ?Sized>(
     }
 }
 
+/// Check that no COW chunk holds two exceptions: `cow_chunks` are the `new_chunk`s of the store
+/// `summary` describes, in any order. A repeat is an error naming both entries.
+fn check_cow_chunks_unique<S: BlockSource + ?Sized>(
+    src: &S,
+    opts: &ReadOptions,
+    summary: &StoreSummary,
+    mut cow_chunks: Vec<u64>,
+) -> Result<(), MetaError> {
+    let bound = summary.cow_size / summary.chunk_bytes();
+    match sort_unique(&mut cow_chunks, bound) {
+        Some(c) => Err(duplicate_error(src, opts, Field::New, c)),
+        None => Ok(()),
+    }
+}
+
 /// Sort `v` (values below `bound`) ascending and return a value that occurs twice, if any.
 /// When a bitmap of `bound` bits is no larger than `v` itself, the values are marked in it and
 /// read back in order (no sort, and a repeat is seen as it is marked); otherwise
 /// [`sort_chunks`]. Memory stays within twice `v`'s size either way.
 pub fn sort_unique(v: &mut Vec<u64>, bound: u64) -> Option<u64> {
     let sorted = v.windows(2).all(|w| w[0] <= w[1]);
-    if !sorted && bound.div_ceil(64) <= v.len() as u64 {
+    if sorted {
+        return v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]);
+    }
+    if bound.div_ceil(64) <= v.len() as u64 {
         let mut bits = vec![0u64; bound.div_ceil(64) as usize];
         for &x in v.iter() {
             let (word, bit) = ((x / 64) as usize, 1u64 << (x % 64));
@@ -688,11 +707,7 @@ impl ChangeList {
             cow_chunks.push(e.new_chunk);
             Ok(())
         })?;
-        let cow_bound = summary.cow_size / summary.chunk_bytes();
-        if let Some(c) = sort_unique(&mut cow_chunks, cow_bound) {
-            return Err(duplicate_error(src, opts, Field::New, c));
-        }
-        drop(cow_chunks);
+        check_cow_chunks_unique(src, opts, &summary, cow_chunks)?;
         // walk_store checked every old_chunk * chunk_bytes fits in a u64.
         let origin_bound = match summary.origin_size {
             Some(size) => size.div_ceil(summary.chunk_bytes()),
@@ -844,12 +859,8 @@ impl SnapshotView {
             exceptions.push(e);
             Ok(())
         })?;
-        let mut cow_chunks: Vec<u64> = exceptions.iter().map(|e| e.new_chunk).collect();
-        let cow_bound = summary.cow_size / summary.chunk_bytes();
-        if let Some(c) = sort_unique(&mut cow_chunks, cow_bound) {
-            return Err(duplicate_error(src, opts, Field::New, c));
-        }
-        drop(cow_chunks);
+        let cow_chunks = exceptions.iter().map(|e| e.new_chunk).collect();
+        check_cow_chunks_unique(src, opts, &summary, cow_chunks)?;
         exceptions.sort_unstable_by_key(|e| e.old_chunk);
         if let Some(w) = exceptions
             .windows(2)
@@ -957,6 +968,30 @@ pub fn write_view_patch<S: BlockSource + ?Sized, W: Write>(
     writer.finish(None).map_err(MetaError::Output)?;
     progress.finish();
     Ok(stats)
+}
+
+/// The `cow_store` fuzz target's body, shared with the test that replays its findings
+/// (`tests/fuzz_regressions.rs`): read `data[1..]` as a COW image with the options `data[0]`
+/// picks (origin size checked or not, read-ahead, request size). Errors are fine; a panic, or
+/// more exceptions than the image can hold, is a finding.
+#[doc(hidden)]
+pub fn fuzz_cow_store(data: &[u8]) {
+    let Some((&mode, img)) = data.split_first() else {
+        return;
+    };
+    let opts = ReadOptions {
+        origin_size: (mode & 1 == 1).then_some(u64::from(mode) << 16),
+        read_ahead: usize::from(mode >> 6),
+        max_read: 512 << (mode >> 1 & 3),
+        ..ReadOptions::default()
+    };
+    if let Ok(list) = ChangeList::read(img, &opts) {
+        assert!(list.chunks().len() <= img.len() / 16);
+        let _ = list.ranges().count();
+    }
+    if let Ok(view) = SnapshotView::read(img, &opts) {
+        assert!(view.exceptions().len() <= img.len() / 16);
+    }
 }
 
 pub mod image {
