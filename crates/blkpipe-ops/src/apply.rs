@@ -254,12 +254,10 @@ impl Applier<'_> {
 
     fn write(&mut self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
         match data {
-            Some(bytes) if DirectWriter::fits(offset, bytes.len()) && self.direct.is_some() => self
-                .direct
-                .as_mut()
-                .expect("checked")
-                .write(offset, bytes)?,
-            Some(bytes) => self.target.write_at(bytes, offset)?,
+            Some(bytes) => match self.direct.as_mut() {
+                Some(d) if DirectWriter::fits(offset, bytes.len()) => d.write(offset, bytes)?,
+                _ => self.target.write_at(bytes, offset)?,
+            },
             None => self
                 .target
                 .zero_range(offset, length, self.discard, &self.zeros)?,
