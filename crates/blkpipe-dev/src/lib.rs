@@ -483,3 +483,13 @@ pub fn discard(dev: &Device, offset: u64, len: u64) -> Result<(), DevError> {
         .map(|_| ())
         .map_err(|e| dev.io(format!("discard at offset {offset}"), e.into()))
 }
+
+/// Bytes this process has caused to be read from storage so far (`read_bytes` of
+/// `/proc/self/io`): reads served from the page cache and from pipes do not count. `None` where
+/// the kernel does not keep I/O accounting.
+pub fn storage_bytes_read() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("read_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}

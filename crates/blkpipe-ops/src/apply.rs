@@ -407,6 +407,7 @@ pub fn apply_stream<R: Read>(
         st.store(&path)?;
     }
     progress.finish();
+    stats.storage_read = blkpipe_dev::storage_bytes_read();
     if opts.verify {
         verify(target.as_deref(), &header, &end, &mut stats)?;
     }

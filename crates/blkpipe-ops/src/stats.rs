@@ -18,6 +18,10 @@ pub struct Stats {
     pub blocks_same: u64,
     /// Blocks found different (hash compare).
     pub blocks_different: u64,
+    /// Bytes the tool made the kernel read from storage while it worked (`/proc/self/io`
+    /// `read_bytes`), where it measures that: blkpatch, up to the end of applying (before
+    /// `--verify`). A full rewrite of a target should read nothing from it.
+    pub storage_read: Option<u64>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -26,7 +30,7 @@ impl Stats {
     /// One JSON object on one line, for scripts.
     pub fn json(&self, tool: &str) -> String {
         format!(
-            "{{\"tool\":\"{tool}\",\"records\":{},\"bytes_read\":{},\"bytes_written\":{},\"data_bytes\":{},\"zero_bytes\":{},\"blocks_same\":{},\"blocks_different\":{},\"seconds\":{:.6}}}\n",
+            "{{\"tool\":\"{tool}\",\"records\":{},\"bytes_read\":{},\"bytes_written\":{},\"data_bytes\":{},\"zero_bytes\":{},\"blocks_same\":{},\"blocks_different\":{},{}\"seconds\":{:.6}}}\n",
             self.records,
             self.bytes_read,
             self.bytes_written,
@@ -34,6 +38,8 @@ impl Stats {
             self.zero_bytes,
             self.blocks_same,
             self.blocks_different,
+            self.storage_read
+                .map_or(String::new(), |n| format!("\"storage_read_bytes\":{n},")),
             self.elapsed.as_secs_f64()
         )
     }
@@ -53,6 +59,9 @@ impl Stats {
         if self.blocks_same + self.blocks_different > 0 {
             line("blocks same:", self.blocks_same.to_string());
             line("blocks different:", self.blocks_different.to_string());
+        }
+        if let Some(n) = self.storage_read {
+            line("storage read:", format!("{n} (/proc/self/io read_bytes)"));
         }
         let rate = if secs > 0.0 {
             (self.bytes_read.max(self.bytes_written)) as f64 / secs / 1e6
