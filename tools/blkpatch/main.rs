@@ -6,8 +6,7 @@ mod common;
 
 use anyhow::Context;
 use blkpipe_dev::{Device, TargetOptions};
-use blkpipe_format::patch::PatchReader;
-use blkpipe_ops::apply::{apply_stream, ApplyOptions};
+use blkpipe_ops::apply::{apply_stream, read_header, ApplyOptions};
 use blkpipe_ops::input::open_input;
 use blkpipe_ops::state::{hex_id, ResumeState};
 use clap::Parser;
@@ -28,7 +27,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // The header is checked before the target is opened, so a stream that is not a patch
     // stream at all never creates or touches a target.
-    let reader = PatchReader::new(input)?;
+    let reader = read_header(input)?;
     let write = !(args.dry_run || args.list);
     let mut target = match &args.target {
         Some(path) => Some(Device::open_target(

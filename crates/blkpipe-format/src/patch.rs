@@ -108,7 +108,8 @@ pub struct PatchEnd {
     pub data_bytes: u64,
     /// Sum of the lengths of the zero records.
     pub zero_bytes: u64,
-    /// xxh3-128 of every stream byte before the end record.
+    /// xxh3-128 of the stream header, every record header and every lz4 payload
+    /// (FORMAT.md 2.3).
     pub stream_digest: u128,
     /// Digest of the whole source device, when the writer knew it.
     pub source_digest: Option<SourceDigest>,
@@ -132,6 +133,9 @@ pub struct Record<'a> {
     pub offset: u64,
     /// Length in bytes.
     pub length: u64,
+    /// Whether the payload came as an lz4 block (then [`PatchReader::swap_payload`] hands over
+    /// the compressed bytes, not `data`).
+    pub lz4: bool,
     /// Contents.
     pub data: RecordData<'a>,
 }
@@ -231,8 +235,11 @@ impl<W: Write> PatchWriter<W> {
         h[24..32].copy_from_slice(&sum.to_le_bytes());
         self.out.write_all(&h)?;
         self.out.write_all(stored)?;
+        // A plain payload is covered by the record checksum in `h` (FORMAT.md 2.3).
         self.digest.update(&h);
-        self.digest.update(stored);
+        if flags == FLAG_LZ4 {
+            self.digest.update(stored);
+        }
         self.count += 1;
         self.next_min_offset = offset + length;
         Ok(())
@@ -310,8 +317,33 @@ fn encode_end(end: &PatchEnd) -> [u8; END_LEN] {
     b
 }
 
+/// The most payload bytes one record can carry on the wire: an lz4 block of a record of
+/// [`MAX_RECORD_LEN`] bytes that did not compress (`LZ4_compressBound`).
+pub const MAX_STORED_LEN: usize = MAX_RECORD_LEN as usize + MAX_RECORD_LEN as usize / 255 + 16;
+
+/// Where a [`PatchReader`] puts the payloads it reads. `Vec<u8>` is the usual one; a caller
+/// that writes payloads with `O_DIRECT` supplies aligned buffers and takes each filled one
+/// with [`PatchReader::swap_payload`], so a payload is never copied after it is read.
+pub trait PayloadBuf {
+    /// Make the buffer `len` bytes long (`len` <= [`MAX_STORED_LEN`]; contents unspecified)
+    /// and return those bytes to be filled.
+    fn prepare(&mut self, len: usize) -> &mut [u8];
+    /// The bytes of the last [`prepare`](Self::prepare).
+    fn bytes(&self) -> &[u8];
+}
+
+impl PayloadBuf for Vec<u8> {
+    fn prepare(&mut self, len: usize) -> &mut [u8] {
+        self.resize(len, 0);
+        self
+    }
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// Reads and verifies a patch stream record by record.
-pub struct PatchReader<R: Read> {
+pub struct PatchReader<R: Read, B: PayloadBuf = Vec<u8>> {
     input: R,
     header: PatchHeader,
     pos: u64,
@@ -320,14 +352,21 @@ pub struct PatchReader<R: Read> {
     count: u64,
     data_bytes: u64,
     zero_bytes: u64,
-    stored: Vec<u8>,
+    stored: B,
     plain: Vec<u8>,
     end: Option<PatchEnd>,
 }
 
 impl<R: Read> PatchReader<R> {
     /// Read and verify the header.
-    pub fn new(mut input: R) -> Result<Self, FormatError> {
+    pub fn new(input: R) -> Result<Self, FormatError> {
+        Self::with_buffer(input, Vec::new())
+    }
+}
+
+impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
+    /// Read and verify the header; payloads will be read into `stored`.
+    pub fn with_buffer(mut input: R, stored: B) -> Result<Self, FormatError> {
         let mut fixed = [0u8; HEADER_FIXED];
         let got = read_full(&mut input, &mut fixed)?;
         if got >= 8 && &fixed[..8] != MAGIC || got < 8 && fixed[..got] != MAGIC[..got] {
@@ -403,7 +442,7 @@ impl<R: Read> PatchReader<R> {
             count: 0,
             data_bytes: 0,
             zero_bytes: 0,
-            stored: Vec::new(),
+            stored,
             plain: Vec::new(),
             end: None,
         })
@@ -430,8 +469,7 @@ impl<R: Read> PatchReader<R> {
     }
 
     fn read_exact_or(&mut self, buf_len: usize, what: &'static str) -> Result<(), FormatError> {
-        self.stored.resize(buf_len, 0);
-        let got = read_full(&mut self.input, &mut self.stored)?;
+        let got = read_full(&mut self.input, self.stored.prepare(buf_len))?;
         if got < buf_len {
             return Err(FormatError::Truncated {
                 what,
@@ -509,7 +547,7 @@ impl<R: Read> PatchReader<R> {
         let plain: &[u8] = if flags == FLAG_LZ4 {
             self.plain.resize(length as usize, 0);
             match lz4::block::decompress_to_buffer(
-                &self.stored,
+                self.stored.bytes(),
                 Some(length as i32),
                 &mut self.plain,
             ) {
@@ -517,7 +555,7 @@ impl<R: Read> PatchReader<R> {
                 _ => return bad("lz4 payload does not decompress to the record length".into()),
             }
         } else {
-            &self.stored
+            self.stored.bytes()
         };
         if record_checksum(&h[..24], plain, idx) != le_u64(&h, 24) {
             return Err(FormatError::Checksum {
@@ -543,8 +581,12 @@ impl<R: Read> PatchReader<R> {
                 ))
             }
         }
+        // Every wire byte is covered: plain payloads by the record checksum, the rest by the
+        // stream digest (FORMAT.md 2.3).
         self.digest.update(&h);
-        self.digest.update(&self.stored);
+        if flags == FLAG_LZ4 {
+            self.digest.update(self.stored.bytes());
+        }
         self.pos += RECORD_HEADER as u64 + stored_len;
         self.next_min_offset = offset + length;
         self.count += 1;
@@ -553,7 +595,7 @@ impl<R: Read> PatchReader<R> {
             RecordData::Data(if flags == FLAG_LZ4 {
                 &self.plain
             } else {
-                &self.stored
+                self.stored.bytes()
             })
         } else {
             self.zero_bytes += length;
@@ -563,8 +605,16 @@ impl<R: Read> PatchReader<R> {
             index: idx,
             offset,
             length,
+            lz4: flags == FLAG_LZ4,
             data,
         }))
+    }
+
+    /// Hand over the buffer holding the payload of the record just returned, as it came on
+    /// the wire (for a record that is not [`Record::lz4`], exactly its data), and read on into
+    /// `spare`.
+    pub fn swap_payload(&mut self, spare: B) -> B {
+        std::mem::replace(&mut self.stored, spare)
     }
 
     fn read_end(&mut self) -> Result<(), FormatError> {

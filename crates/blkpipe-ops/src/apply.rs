@@ -15,7 +15,7 @@ use blkpipe_format::patch::{PatchEnd, PatchHeader, PatchReader, PatchWriter, Rec
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::chunks::emit_piece;
-use crate::direct::DirectWriter;
+use crate::direct::{DirectBuf, DirectWriter};
 use crate::progress::Progress;
 use crate::state::{hex_id, ResumeState};
 use crate::{OpError, Stats};
@@ -200,19 +200,65 @@ pub const CHECKPOINT_BYTES: u64 = 256 << 20;
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Applier<'_> {
+    /// Apply a verified record whose bytes are `data` (`None`: zeros).
     fn push(&mut self, offset: u64, length: u64, data: Option<&[u8]>) -> Result<(), OpError> {
-        if let Some((_, st)) = &self.state {
-            if offset + length <= st.applied {
-                return Ok(()); // applied and synced by an earlier run of this stream
-            }
+        self.record(offset, length, |a| match a.undo {
+            None => a.write(offset, length, data),
+            Some(_) => a.queue(offset, length, data),
+        })
+    }
+
+    /// Whether the verified plain data record at `offset` of `length` bytes goes to
+    /// [`Applier::push_payload`]: written directly, from the reader's own buffer.
+    fn takes_payload(&self, offset: u64, length: u64) -> bool {
+        self.undo.is_none()
+            && self.direct.is_some()
+            && DirectWriter::fits(offset, length as usize)
+            && !self.already_applied(offset, length)
+    }
+
+    /// Apply the plain data record the reader just returned by handing its payload buffer to
+    /// the direct writer, and giving the reader a free one to read on into.
+    fn push_payload<R: Read>(
+        &mut self,
+        offset: u64,
+        length: u64,
+        reader: &mut PatchReader<R, DirectBuf>,
+    ) -> Result<(), OpError> {
+        self.record(offset, length, |a| {
+            let Some(d) = a.direct.as_mut() else {
+                return Err(OpError::Refused(
+                    "internal error: no direct writer for a direct record".into(),
+                ));
+            };
+            let spare = d.spare()?;
+            d.submit(offset, reader.swap_payload(spare))
+        })
+    }
+
+    /// Whether an earlier run of this stream applied and synced this range.
+    fn already_applied(&self, offset: u64, length: u64) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|(_, st)| offset + length <= st.applied)
+    }
+
+    /// Skip what an earlier run applied; otherwise write (or, with an undo file, queue) the
+    /// record with `apply`, then start write-back and checkpoint as due.
+    fn record(
+        &mut self,
+        offset: u64,
+        length: u64,
+        apply: impl FnOnce(&mut Self) -> Result<(), OpError>,
+    ) -> Result<(), OpError> {
+        if self.already_applied(offset, length) {
+            return Ok(());
         }
         self.since_checkpoint += length;
+        apply(self)?;
         if self.undo.is_none() {
-            self.write(offset, length, data)?;
             self.written_end = offset + length;
             self.write_behind.written(self.target, self.written_end)?;
-        } else {
-            self.queue(offset, length, data)?;
         }
         if self.state.is_some()
             && (self.since_checkpoint >= self.checkpoint_bytes
@@ -303,15 +349,20 @@ pub fn apply_patch<R: Read>(
     progress: &Progress,
     list: Option<&mut dyn Write>,
 ) -> Result<Applied, OpError> {
-    let reader = PatchReader::new(input)?;
-    apply_stream(target, reader, opts, progress, list)
+    apply_stream(target, read_header(input)?, opts, progress, list)
+}
+
+/// Read and verify a patch stream's header, for [`apply_stream`]. Payloads are then read into
+/// page-aligned buffers that can be written with `O_DIRECT` as they are.
+pub fn read_header<R: Read>(input: R) -> Result<PatchReader<R, DirectBuf>, OpError> {
+    Ok(PatchReader::with_buffer(input, DirectBuf::new())?)
 }
 
 /// [`apply_patch`] for a stream whose header has already been read, so a caller can check
 /// the header before it opens (or creates) the target.
 pub fn apply_stream<R: Read>(
     mut target: Option<&mut Device>,
-    mut reader: PatchReader<R>,
+    mut reader: PatchReader<R, DirectBuf>,
     opts: &ApplyOptions,
     progress: &Progress,
     mut list: Option<&mut dyn Write>,
@@ -365,28 +416,36 @@ pub fn apply_stream<R: Read>(
             Ok(None) => break Ok(()),
             Err(e) => break Err(e.into()),
         };
+        let (offset, length, lz4) = (rec.offset, rec.length, rec.lz4);
         let data = match rec.data {
             RecordData::Data(bytes) => Some(bytes),
             RecordData::Zero => None,
         };
+        let is_data = data.is_some();
         if let Some(l) = list.as_deref_mut() {
-            let kind = if data.is_some() { "data" } else { "zero" };
-            if let Err(e) = writeln!(l, "{kind} {} {}", rec.offset, rec.length) {
+            let kind = if is_data { "data" } else { "zero" };
+            if let Err(e) = writeln!(l, "{kind} {offset} {length}") {
                 break Err(OpError::Output(e));
             }
         }
         if let Some(a) = applier.as_mut() {
-            if let Err(e) = a.push(rec.offset, rec.length, data) {
+            let pushed = if is_data && !lz4 && a.takes_payload(offset, length) {
+                a.push_payload(offset, length, &mut reader)
+            } else {
+                a.push(offset, length, data)
+            };
+            if let Err(e) = pushed {
                 break Err(e);
             }
-            stats.bytes_written += rec.length;
+            stats.bytes_written += length;
         }
-        match data {
-            Some(_) => stats.data_bytes += rec.length,
-            None => stats.zero_bytes += rec.length,
+        if is_data {
+            stats.data_bytes += length;
+        } else {
+            stats.zero_bytes += length;
         }
         stats.records += 1;
-        progress.inc(rec.length);
+        progress.inc(length);
     };
     // Records verified before a fault are still applied, and the undo stream is completed
     // even then: it covers exactly what was written.

@@ -3,12 +3,13 @@
 //! Buffered writes copy every byte into the page cache, into pages that are cold in the CPU's
 //! caches: for a whole-device copy that copy is the largest part of blkpatch's CPU time. A
 //! record of at least [`MIN_DIRECT`] bytes whose offset and length are multiples of [`ALIGN`]
-//! is instead copied into one of a
-//! few aligned buffers and written from there with `O_DIRECT` by writer threads, so the next
-//! records are read and verified while the device writes earlier ones, several at a time. Other records, and targets
-//! that refuse `O_DIRECT` (tmpfs), keep the buffered path. The writer is drained (every queued
-//! write done, any error returned) before each checkpoint and at the end, so a sync after a
-//! drain covers every write.
+//! is instead written with `O_DIRECT` by writer threads from one of a few aligned
+//! [`DirectBuf`]s, so the next records are read and verified while the device writes earlier
+//! ones, several at a time. The patch reader reads payloads straight into these buffers
+//! ([`DirectWriter::submit`]), so an uncompressed payload is copied once, from the pipe, and
+//! never again. Other records, and targets that refuse `O_DIRECT` (tmpfs), keep the buffered
+//! path. The writer is drained (every queued write done, any error returned) before each
+//! checkpoint and at the end, so a sync after a drain covers every write.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -17,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use blkpipe_dev::{AlignedBuf, DevError, Device};
+use blkpipe_format::patch::{PayloadBuf, MAX_STORED_LEN};
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::OpError;
@@ -31,10 +33,42 @@ const WRITERS: usize = 2;
 /// Buffers: one per writer, one queued, one being filled.
 const BUFFERS: usize = WRITERS + 2;
 
-struct Job {
-    offset: u64,
+/// A page-aligned payload buffer of [`MAX_STORED_LEN`] bytes (rounded up to pages), for the
+/// patch reader to read into and the writer threads to write from.
+pub struct DirectBuf {
     buf: AlignedBuf,
     len: usize,
+}
+
+impl DirectBuf {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        DirectBuf {
+            buf: AlignedBuf::new(MAX_STORED_LEN.next_multiple_of(ALIGN as usize)),
+            len: 0,
+        }
+    }
+}
+
+impl Default for DirectBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PayloadBuf for DirectBuf {
+    fn prepare(&mut self, len: usize) -> &mut [u8] {
+        self.len = len;
+        &mut self.buf[..len]
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+struct Job {
+    offset: u64,
+    buf: DirectBuf,
 }
 
 /// What the writer threads share.
@@ -48,7 +82,7 @@ struct Shared {
 /// The writer threads and their buffers.
 pub struct DirectWriter {
     jobs: Option<SyncSender<Job>>,
-    free: Receiver<AlignedBuf>,
+    free: Receiver<DirectBuf>,
     shared: Arc<Shared>,
     /// The first write error, once returned: every later call fails with it too, so nothing
     /// after a failed write is ever reported as written.
@@ -75,11 +109,9 @@ impl DirectWriter {
             return None;
         }
         let (jobs, job_rx) = sync_channel::<Job>(BUFFERS);
-        let (free_tx, free) = sync_channel::<AlignedBuf>(BUFFERS);
+        let (free_tx, free) = sync_channel::<DirectBuf>(BUFFERS);
         for _ in 0..BUFFERS {
-            free_tx
-                .send(AlignedBuf::new(MAX_RECORD_LEN as usize))
-                .expect("channel has room");
+            free_tx.send(DirectBuf::new()).expect("channel has room");
         }
         let file = Arc::new(file);
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -118,16 +150,26 @@ impl DirectWriter {
     /// Queue `data` to be written at `offset` ([`DirectWriter::fits`] must hold). Returns an
     /// earlier write's error, if one failed.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), OpError> {
+        let mut buf = self.spare()?;
+        buf.prepare(data.len()).copy_from_slice(data);
+        self.submit(offset, buf)
+    }
+
+    /// A free buffer, once a writer thread has finished with one. Returns an earlier write's
+    /// error, if one failed.
+    pub fn spare(&mut self) -> Result<DirectBuf, OpError> {
         self.check()?;
-        let Ok(mut buf) = self.free.recv() else {
-            return self.stopped();
-        };
-        buf[..data.len()].copy_from_slice(data);
-        let job = Job {
-            offset,
-            buf,
-            len: data.len(),
-        };
+        match self.free.recv() {
+            Ok(buf) => Ok(buf),
+            Err(_) => self.stopped(),
+        }
+    }
+
+    /// Queue the bytes of `buf` to be written at `offset` ([`DirectWriter::fits`] must hold
+    /// for them). Returns an earlier write's error, if one failed.
+    pub fn submit(&mut self, offset: u64, buf: DirectBuf) -> Result<(), OpError> {
+        self.check()?;
+        let job = Job { offset, buf };
         self.shared.lock().0 += 1;
         match self.jobs.as_ref().map(|j| j.send(job)) {
             Some(Ok(())) => Ok(()),
@@ -166,7 +208,7 @@ impl DirectWriter {
         }
     }
 
-    fn stopped(&mut self) -> Result<(), OpError> {
+    fn stopped<T>(&mut self) -> Result<T, OpError> {
         self.check()?;
         Err(OpError::Refused(
             "internal error: the direct writer stopped".into(),
@@ -195,19 +237,19 @@ fn run(
     file: &File,
     path: &std::path::Path,
     jobs: &Mutex<Receiver<Job>>,
-    free: &SyncSender<AlignedBuf>,
+    free: &SyncSender<DirectBuf>,
     shared: &Shared,
 ) {
     loop {
         let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok(Job { offset, buf, len }) = job else {
+        let Ok(Job { offset, buf }) = job else {
             return;
         };
         let failed = shared.lock().1.is_some();
         let result = if failed {
             Ok(())
         } else {
-            file.write_all_at(&buf[..len], offset)
+            file.write_all_at(buf.bytes(), offset)
         };
         {
             let mut st = shared.lock();

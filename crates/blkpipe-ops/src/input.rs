@@ -9,8 +9,9 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const LZ4_MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Buffer size for stream input.
-pub const INPUT_BUFFER: usize = 1 << 20;
+/// Buffer size for stream input. Small records and headers are read through it; a read of at
+/// least this size (a large payload) bypasses it, so large payloads are copied once.
+pub const INPUT_BUFFER: usize = 128 << 10;
 
 /// The compression recognised on an input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
