@@ -225,6 +225,13 @@ impl Device {
         self.logical_block
     }
 
+    /// Whether it was opened with `O_DIRECT` (reads and writes bypass the page cache, and need
+    /// buffers, offsets and lengths aligned to [`Device::logical_block_size`]).
+    pub fn is_direct(&self) -> bool {
+        nix::fcntl::fcntl(self.file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .is_ok_and(|fl| fl & libc::O_DIRECT != 0)
+    }
+
     /// Read into `buf` at `offset`, retrying short reads; returns fewer bytes only at the end.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, DevError> {
         let mut done = 0;

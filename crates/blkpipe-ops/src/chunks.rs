@@ -1,10 +1,9 @@
 //! `blkread-chunks`: read a list of ranges from a device and emit them as a patch stream.
 
 use std::io::{BufReader, Read, Write};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
-use blkpipe_dev::Device;
+use blkpipe_dev::{AlignedBuf, Device};
 use blkpipe_format::patch::{PatchHeader, PatchWriter};
 use blkpipe_format::range::{coalesce, Range, RangeReader};
 use blkpipe_format::MAX_RECORD_LEN;
@@ -89,13 +88,11 @@ fn clip_below(ranges: Vec<Range>, from: u64) -> Vec<Range> {
         .collect()
 }
 
-/// One piece read from the device: at most [`MAX_RECORD_LEN`] bytes.
-struct Piece {
-    offset: u64,
-    buf: Vec<u8>,
-}
-
 /// Read ranges from `dev` (list on `ranges`) and write a patch stream to `out`.
+///
+/// One thread, one buffer: each piece is read, checked for zero blocks, hashed and written
+/// while it is still in the CPU's caches, and the kernel's read-ahead keeps the device busy
+/// meanwhile (a reader thread filling rotating buffers made every copy land in cold memory).
 pub fn read_chunks<R: Read, W: Write>(
     dev: &Device,
     ranges: R,
@@ -117,19 +114,21 @@ pub fn read_chunks<R: Read, W: Write>(
         creator: opts.creator.clone(),
     };
     let mut writer = PatchWriter::new(out, header, opts.lz4).map_err(OpError::Output)?;
-
-    // A reader thread keeps the device busy while this thread writes the stream.
-    let (full_tx, full_rx) = sync_channel::<Result<Piece, OpError>>(2);
-    let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(3);
-    for _ in 0..3 {
-        empty_tx.send(Vec::new()).expect("channel has room");
-    }
+    let mut reader = PieceReader::new(dev);
     let mut stats = Stats::default();
-    std::thread::scope(|s| {
-        s.spawn(|| read_pieces(dev, &ranges, full_tx, empty_rx));
-        // The channels are moved in, so an early return closes them and the reader stops.
-        write_pieces(full_rx, empty_tx, &mut writer, &mut stats, progress)
-    })?;
+    for r in &ranges {
+        let mut offset = r.offset;
+        while offset < r.end() {
+            // Pieces end on MAX_RECORD_LEN boundaries of the device, so reads stay aligned.
+            let boundary = (offset / MAX_RECORD_LEN + 1) * MAX_RECORD_LEN;
+            let len = (r.end().min(boundary) - offset) as usize;
+            let piece = reader.read(offset, len)?;
+            emit_piece(&mut writer, offset, piece).map_err(OpError::Output)?;
+            stats.bytes_read += len as u64;
+            progress.inc(len as u64);
+            offset += len as u64;
+        }
+    }
     stats.records = writer.record_count();
     stats.data_bytes = writer.data_bytes();
     stats.zero_bytes = writer.zero_bytes();
@@ -139,55 +138,54 @@ pub fn read_chunks<R: Read, W: Write>(
     Ok(stats)
 }
 
-fn write_pieces<W: Write>(
-    full: Receiver<Result<Piece, OpError>>,
-    empty: SyncSender<Vec<u8>>,
-    writer: &mut PatchWriter<W>,
-    stats: &mut Stats,
-    progress: &Progress,
-) -> Result<(), OpError> {
-    for piece in full.iter() {
-        let piece = piece?;
-        emit_piece(writer, piece.offset, &piece.buf).map_err(OpError::Output)?;
-        stats.bytes_read += piece.buf.len() as u64;
-        progress.inc(piece.buf.len() as u64);
-        // The reader may have quit after an error; then this buffer is not needed.
-        let _ = empty.send(piece.buf);
-    }
-    Ok(())
+/// Reads pieces of at most [`MAX_RECORD_LEN`] bytes into one reused, aligned buffer.
+struct PieceReader<'a> {
+    dev: &'a Device,
+    /// Opened with `O_DIRECT`: reads cover the whole blocks of this size around a piece.
+    align: Option<u64>,
+    buf: AlignedBuf,
 }
 
-fn read_pieces(
-    dev: &Device,
-    ranges: &[Range],
-    full: SyncSender<Result<Piece, OpError>>,
-    empty: Receiver<Vec<u8>>,
-) {
-    for r in ranges {
-        let mut offset = r.offset;
-        while offset < r.end() {
-            // Pieces end on MAX_RECORD_LEN boundaries of the device, so reads stay aligned.
-            let boundary = (offset / MAX_RECORD_LEN + 1) * MAX_RECORD_LEN;
-            let len = (r.end().min(boundary) - offset) as usize;
-            let Ok(mut buf) = empty.recv() else { return };
-            buf.resize(len, 0);
-            // Through the page cache (sequential read-ahead) without keeping what this read
-            // brought in: a whole-device copy does not evict the host's cached data.
-            let msg = match dev.read_at_drop_behind(&mut buf, offset) {
-                Ok(n) if n == len => Ok(Piece { offset, buf }),
-                Ok(n) => Err(OpError::Refused(format!(
-                    "{}: device ended at {} while reading {len} bytes at offset {offset}",
-                    dev.path().display(),
-                    offset + n as u64
-                ))),
-                Err(e) => Err(e.into()),
-            };
-            let failed = msg.is_err();
-            if full.send(msg).is_err() || failed {
-                return;
-            }
-            offset += len as u64;
+impl<'a> PieceReader<'a> {
+    fn new(dev: &'a Device) -> Self {
+        let align = dev
+            .is_direct()
+            .then(|| dev.logical_block_size().max(ZERO_BLOCK));
+        let slack = align.map_or(0, |a| 2 * a);
+        PieceReader {
+            dev,
+            align,
+            buf: AlignedBuf::new((MAX_RECORD_LEN + slack) as usize),
         }
+    }
+
+    /// The `len` device bytes at `offset`.
+    fn read(&mut self, offset: u64, len: usize) -> Result<&[u8], OpError> {
+        let (start, want) = match self.align {
+            Some(a) => {
+                let start = offset / a * a;
+                let end = (offset + len as u64).next_multiple_of(a);
+                (start, (end - start) as usize)
+            }
+            None => (offset, len),
+        };
+        let buf = &mut self.buf[..want];
+        // Through the page cache (sequential read-ahead) without keeping what this read
+        // brought in, so a whole-device copy does not evict the host's cached data; with
+        // O_DIRECT nothing is cached anyway.
+        let got = match self.align {
+            Some(_) => self.dev.read_at(buf, start)?,
+            None => self.dev.read_at_drop_behind(buf, start)?,
+        };
+        let skip = (offset - start) as usize;
+        if got < skip + len {
+            return Err(OpError::Refused(format!(
+                "{}: device ended at {} while reading {len} bytes at offset {offset}",
+                self.dev.path().display(),
+                start + got as u64
+            )));
+        }
+        Ok(&self.buf[skip..skip + len])
     }
 }
 
