@@ -1,6 +1,7 @@
 //! `blkread-chunks`: read a list of ranges from a device and emit them as a patch stream.
 
 use std::io::{BufReader, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use blkpipe_dev::{AlignedBuf, Device};
@@ -88,11 +89,16 @@ fn clip_below(ranges: Vec<Range>, from: u64) -> Vec<Range> {
         .collect()
 }
 
+/// One piece read from the device: the `len` bytes at `buf[skip..]` are the device's bytes at
+/// `offset`, at most [`MAX_RECORD_LEN`] of them.
+struct Piece {
+    offset: u64,
+    buf: AlignedBuf,
+    skip: usize,
+    len: usize,
+}
+
 /// Read ranges from `dev` (list on `ranges`) and write a patch stream to `out`.
-///
-/// One thread, one buffer: each piece is read, checked for zero blocks, hashed and written
-/// while it is still in the CPU's caches, and the kernel's read-ahead keeps the device busy
-/// meanwhile (a reader thread filling rotating buffers made every copy land in cold memory).
 pub fn read_chunks<R: Read, W: Write>(
     dev: &Device,
     ranges: R,
@@ -114,21 +120,26 @@ pub fn read_chunks<R: Read, W: Write>(
         creator: opts.creator.clone(),
     };
     let mut writer = PatchWriter::new(out, header, opts.lz4).map_err(OpError::Output)?;
-    let mut reader = PieceReader::new(dev);
-    let mut stats = Stats::default();
-    for r in &ranges {
-        let mut offset = r.offset;
-        while offset < r.end() {
-            // Pieces end on MAX_RECORD_LEN boundaries of the device, so reads stay aligned.
-            let boundary = (offset / MAX_RECORD_LEN + 1) * MAX_RECORD_LEN;
-            let len = (r.end().min(boundary) - offset) as usize;
-            let piece = reader.read(offset, len)?;
-            emit_piece(&mut writer, offset, piece).map_err(OpError::Output)?;
-            stats.bytes_read += len as u64;
-            progress.inc(len as u64);
-            offset += len as u64;
-        }
+
+    // A reader thread keeps the device busy while this thread writes the stream.
+    let (full_tx, full_rx) = sync_channel::<Result<Piece, OpError>>(2);
+    let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(3);
+    // With O_DIRECT, reads cover the whole blocks of this size around a piece.
+    let align = dev
+        .is_direct()
+        .then(|| dev.logical_block_size().max(ZERO_BLOCK));
+    let slack = align.map_or(0, |a| 2 * a);
+    for _ in 0..3 {
+        empty_tx
+            .send(AlignedBuf::new((MAX_RECORD_LEN + slack) as usize))
+            .expect("channel has room");
     }
+    let mut stats = Stats::default();
+    std::thread::scope(|s| {
+        s.spawn(|| read_pieces(dev, align, &ranges, full_tx, empty_rx));
+        // The channels are moved in, so an early return closes them and the reader stops.
+        write_pieces(full_rx, empty_tx, &mut writer, &mut stats, progress)
+    })?;
     stats.records = writer.record_count();
     stats.data_bytes = writer.data_bytes();
     stats.zero_bytes = writer.zero_bytes();
@@ -138,54 +149,75 @@ pub fn read_chunks<R: Read, W: Write>(
     Ok(stats)
 }
 
-/// Reads pieces of at most [`MAX_RECORD_LEN`] bytes into one reused, aligned buffer.
-struct PieceReader<'a> {
-    dev: &'a Device,
-    /// Opened with `O_DIRECT`: reads cover the whole blocks of this size around a piece.
-    align: Option<u64>,
-    buf: AlignedBuf,
+fn write_pieces<W: Write>(
+    full: Receiver<Result<Piece, OpError>>,
+    empty: SyncSender<AlignedBuf>,
+    writer: &mut PatchWriter<W>,
+    stats: &mut Stats,
+    progress: &Progress,
+) -> Result<(), OpError> {
+    for piece in full.iter() {
+        let piece = piece?;
+        let bytes = &piece.buf[piece.skip..piece.skip + piece.len];
+        emit_piece(writer, piece.offset, bytes).map_err(OpError::Output)?;
+        stats.bytes_read += piece.len as u64;
+        progress.inc(piece.len as u64);
+        // The reader may have quit after an error; then this buffer is not needed.
+        let _ = empty.send(piece.buf);
+    }
+    Ok(())
 }
 
-impl<'a> PieceReader<'a> {
-    fn new(dev: &'a Device) -> Self {
-        let align = dev
-            .is_direct()
-            .then(|| dev.logical_block_size().max(ZERO_BLOCK));
-        let slack = align.map_or(0, |a| 2 * a);
-        PieceReader {
-            dev,
-            align,
-            buf: AlignedBuf::new((MAX_RECORD_LEN + slack) as usize),
-        }
-    }
-
-    /// The `len` device bytes at `offset`.
-    fn read(&mut self, offset: u64, len: usize) -> Result<&[u8], OpError> {
-        let (start, want) = match self.align {
-            Some(a) => {
-                let start = offset / a * a;
-                let end = (offset + len as u64).next_multiple_of(a);
-                (start, (end - start) as usize)
+fn read_pieces(
+    dev: &Device,
+    align: Option<u64>,
+    ranges: &[Range],
+    full: SyncSender<Result<Piece, OpError>>,
+    empty: Receiver<AlignedBuf>,
+) {
+    for r in ranges {
+        let mut offset = r.offset;
+        while offset < r.end() {
+            // Pieces end on MAX_RECORD_LEN boundaries of the device, so reads stay aligned.
+            let boundary = (offset / MAX_RECORD_LEN + 1) * MAX_RECORD_LEN;
+            let len = (r.end().min(boundary) - offset) as usize;
+            let Ok(mut buf) = empty.recv() else { return };
+            let (start, want) = match align {
+                Some(a) => {
+                    let start = offset / a * a;
+                    let end = (offset + len as u64).next_multiple_of(a);
+                    (start, (end - start) as usize)
+                }
+                None => (offset, len),
+            };
+            // Through the page cache (sequential read-ahead) without keeping what this read
+            // brought in: a whole-device copy does not evict the host's cached data. With
+            // O_DIRECT nothing is cached anyway.
+            let read = match align {
+                Some(_) => dev.read_at(&mut buf[..want], start),
+                None => dev.read_at_drop_behind(&mut buf[..want], start),
+            };
+            let skip = (offset - start) as usize;
+            let msg = match read {
+                Ok(n) if n >= skip + len => Ok(Piece {
+                    offset,
+                    buf,
+                    skip,
+                    len,
+                }),
+                Ok(n) => Err(OpError::Refused(format!(
+                    "{}: device ended at {} while reading {len} bytes at offset {offset}",
+                    dev.path().display(),
+                    start + n as u64
+                ))),
+                Err(e) => Err(e.into()),
+            };
+            let failed = msg.is_err();
+            if full.send(msg).is_err() || failed {
+                return;
             }
-            None => (offset, len),
-        };
-        let buf = &mut self.buf[..want];
-        // Through the page cache (sequential read-ahead) without keeping what this read
-        // brought in, so a whole-device copy does not evict the host's cached data; with
-        // O_DIRECT nothing is cached anyway.
-        let got = match self.align {
-            Some(_) => self.dev.read_at(buf, start)?,
-            None => self.dev.read_at_drop_behind(buf, start)?,
-        };
-        let skip = (offset - start) as usize;
-        if got < skip + len {
-            return Err(OpError::Refused(format!(
-                "{}: device ended at {} while reading {len} bytes at offset {offset}",
-                self.dev.path().display(),
-                start + got as u64
-            )));
+            offset += len as u64;
         }
-        Ok(&self.buf[skip..skip + len])
     }
 }
 
