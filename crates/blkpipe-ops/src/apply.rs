@@ -209,12 +209,10 @@ impl Applier<'_> {
     }
 
     /// Whether the verified plain data record at `offset` of `length` bytes goes to
-    /// [`Applier::push_payload`]: written directly, from the reader's own buffer.
+    /// [`Applier::push_payload`]: written directly, from the reader's own buffer (a range an
+    /// earlier run applied is skipped there as in [`Applier::push`]).
     fn takes_payload(&self, offset: u64, length: u64) -> bool {
-        self.undo.is_none()
-            && self.direct.is_some()
-            && DirectWriter::fits(offset, length as usize)
-            && !self.already_applied(offset, length)
+        self.undo.is_none() && self.direct.is_some() && DirectWriter::fits(offset, length as usize)
     }
 
     /// Apply the plain data record the reader just returned by handing its payload buffer to
