@@ -78,6 +78,12 @@ impl OpError {
 pub fn dev_exit_code(e: &DevError) -> i32 {
     match e {
         DevError::InUse { .. } | DevError::NotADevice(_) => exit::REFUSED,
+        DevError::NotForNbd(_) => exit::USAGE,
+        DevError::Nbd { source, .. } => match source {
+            blkpipe_dev::nbd::NbdError::Uri(_) => exit::USAGE,
+            blkpipe_dev::nbd::NbdError::Unsupported(_) => exit::REFUSED,
+            _ => exit::IO,
+        },
         DevError::Io { source, .. } => io_code(source),
     }
 }

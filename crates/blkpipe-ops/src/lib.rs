@@ -37,6 +37,7 @@ pub mod hash;
 pub mod input;
 pub mod merge;
 pub mod progress;
+pub mod ranges;
 pub mod scan;
 pub mod state;
 mod stats;
