@@ -32,7 +32,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let dev = Device::open_source(&args.dev, args.direct)?;
     let opts = HashOptions {
-        block_size: u32::try_from(args.block_size).unwrap_or(u32::MAX),
+        block_size: u32::try_from(args.block_size).map_err(|_| {
+            blkpipe_ops::OpError::BadRange(format!(
+                "block size {} is not a power of two from {} to {}",
+                args.block_size,
+                blkpipe_format::hash::MIN_BLOCK_SIZE,
+                blkpipe_format::hash::MAX_BLOCK_SIZE
+            ))
+        })?,
         seed,
         kind: if args.hash_bits == 128 {
             HashKind::Xxh3_128

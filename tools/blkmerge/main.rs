@@ -7,15 +7,12 @@ mod common;
 use anyhow::Context;
 use blkpipe_ops::input::open_input;
 use blkpipe_ops::merge::{merge_patches, MergeOptions};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     common::guard_binary_stdout(args.force_tty)?;
-    if args.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
-        anyhow::bail!("stdin (-) can be given only once");
-    }
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for path in &args.inputs {
         let (reader, _) =
@@ -29,5 +26,15 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() {
-    common::exit_with("blkmerge", run(Args::parse()))
+    let args = Args::parse();
+    if args.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+        // A bad command line, reported and exited (2) like clap's own errors.
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "stdin (-) can be given only once",
+            )
+            .exit();
+    }
+    common::exit_with("blkmerge", run(args))
 }

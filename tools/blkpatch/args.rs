@@ -12,8 +12,12 @@ use crate::common;
 ///
 /// At the first fault (bad magic, checksum mismatch, misordered record, truncation) nothing
 /// more is written and the error names the record and offset. A file target is created if
-/// missing and sized to the source; a block device smaller than the source is refused, and
-/// one that is mounted or open elsewhere is refused unless --force.
+/// missing (O_EXCL, never under /dev: a missing /dev path is a missing device) and sized to
+/// the source; a block device smaller than the source is refused, and one that is mounted,
+/// held or open elsewhere, or a file backing a loop device or open for writing elsewhere, is
+/// refused unless --force. The --undo and --state files must be regular files that are not
+/// the target, the input or each other (by device and inode) and not in use; a --state FILE
+/// is bound to its stream and its target, and refused for any other.
 ///
 /// The target is never read to be written. Records of 256 KiB or more aligned to 4 KiB are
 /// written with O_DIRECT by two writer threads while the next records are read and verified;
@@ -60,16 +64,24 @@ pub struct Args {
     /// Print `STREAM_ID APPLIED_OFFSET` from the --state FILE (for resuming senders) and exit.
     #[arg(long, requires = "state", help_heading = "Output")]
     pub print_state: bool,
-    /// Write to a target even if it is mounted or in use.
+    /// Write to a target even if it is mounted, held by another device, open elsewhere or
+    /// backing a loop device (skips those checks only: block devices are still opened O_EXCL,
+    /// which the kernel refuses while one is mounted or claimed, see --no-exclusive; the
+    /// checks of --undo and --state files are never skipped).
     #[arg(long, help_heading = "Safety")]
     pub force: bool,
+    /// Open a block device target without O_EXCL, so a device the kernel holds (mounted, or
+    /// claimed by device-mapper or md) can be opened at all; with --force only.
+    #[arg(long, requires = "force", help_heading = "Safety")]
+    pub no_exclusive: bool,
     /// Validate the whole stream and report what would be written; write nothing.
     #[arg(long, help_heading = "Safety")]
     pub dry_run: bool,
     /// Print one line per record (`data|zero OFFSET LENGTH`) on stdout; write nothing.
     #[arg(long, help_heading = "Safety")]
     pub list: bool,
-    /// After applying, check the target's digest against the source digest in the stream.
+    /// After applying, check the target's digest against the source digest in the stream; a
+    /// stream whose header does not announce one (only blkdiff's do) is refused at once.
     #[arg(long, help_heading = "Safety")]
     pub verify: bool,
     #[command(flatten)]
@@ -91,6 +103,8 @@ Exit codes:
   2    bad command line
   3    bad, corrupted or truncated stream
   4    I/O error
-  5    refused: target in use or mounted, too small, --state of another stream
+  5    refused: target in use or mounted, too small, missing /dev path, --undo or --state
+       that is a device, the target or the input, --state of another stream or target,
+       --verify of a stream that announces no source digest
   6    --verify found the target differs from the source
   141  broken pipe: the reader of --list went away (nothing is printed)";

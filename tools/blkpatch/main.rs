@@ -4,23 +4,39 @@ mod args;
 #[path = "../common.rs"]
 mod common;
 
+use std::io::Write;
+
 use anyhow::Context;
-use blkpipe_dev::{Device, TargetOptions};
+use blkpipe_dev::{Avoid, Device, TargetOptions};
 use blkpipe_ops::apply::{apply_stream, read_header, ApplyOptions};
 use blkpipe_ops::input::open_input;
 use blkpipe_ops::state::{hex_id, ResumeState};
+use blkpipe_ops::OpError;
 use clap::Parser;
 
 use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     if let (true, Some(path)) = (args.print_state, &args.state) {
-        match ResumeState::load(path)? {
-            Some(st) => println!("{} {}", hex_id(&st.stream_id), st.applied),
-            None => println!("none 0"),
-        }
+        let line = match ResumeState::load(path)? {
+            Some(st) => format!("{} {}\n", hex_id(&st.stream_id), st.applied),
+            None => "none 0\n".into(),
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(OpError::Output)?;
         return Ok(());
     }
+    // The input's file (if it is one) is never written: not as the target, undo or state.
+    let avoid: Vec<Avoid> = match args.input.as_deref() {
+        Some(p) if p != std::path::Path::new("-") => {
+            Avoid::path(p, format!("the input {}", p.display()))
+        }
+        _ => Avoid::fd(0, "the input (stdin)"),
+    }
+    .into_iter()
+    .collect();
     let (input, _) = open_input(args.input.as_deref()).with_context(|| match &args.input {
         Some(p) => format!("{}: open", p.display()),
         None => "stdin".into(),
@@ -29,14 +45,22 @@ fn run(args: Args) -> anyhow::Result<()> {
     // stream at all never creates or touches a target.
     let reader = read_header(input)?;
     let write = !(args.dry_run || args.list);
+    if args.verify && write && !reader.announces_source_digest() {
+        return Err(OpError::Refused(
+            "--verify: the stream's header does not announce a source digest to verify against (blkdiff streams carry one; blkread-chunks, cowlist --data, blkmerge and undo streams do not); nothing was written: run without --verify, or compare blkhash --digest on both sides".into(),
+        )
+        .into());
+    }
     let mut target = match &args.target {
         Some(path) => Some(Device::open_target(
             path,
             TargetOptions {
                 create: write,
                 force: args.force,
+                shared: args.no_exclusive,
                 read_only: !write,
             },
+            &avoid,
         )?),
         None => None,
     };
@@ -47,6 +71,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         dry_run: !write,
         state: args.state.clone(),
         checkpoint_bytes: Some(args.checkpoint),
+        avoid,
     };
     let progress = args.report.progress("blkpatch")?;
     let mut stdout = common::stdout_buffered();

@@ -1,16 +1,35 @@
 //! Is a target in use? Mounted, held by a stacked device, open in another process, or the
-//! backing file of a loop device.
+//! backing file of a loop device. Decided on what was opened (its metadata), by device
+//! number and by device and inode, never by comparing paths.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::DevError;
 
-pub(crate) fn check(path: &Path) -> Result<(), DevError> {
-    let Ok(meta) = fs::metadata(path) else {
-        return Ok(()); // does not exist yet: opening will create it or fail
-    };
+/// `struct loop_info64` of `<linux/loop.h>`.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+
+pub(crate) fn check(path: &Path, meta: &fs::Metadata) -> Result<(), DevError> {
     let in_use = |why: String| {
         Err(DevError::InUse {
             path: path.to_owned(),
@@ -49,8 +68,12 @@ pub(crate) fn check(path: &Path) -> Result<(), DevError> {
             return in_use(format!("open in process {pid}"));
         }
     } else if meta.file_type().is_file() {
-        if let Some(loopdev) = backing_loop(path) {
+        if let Some(loopdev) = backing_loop(meta) {
             return in_use(format!("backs loop device {loopdev}"));
+        }
+        let same = |m: &fs::Metadata| m.dev() == meta.dev() && m.ino() == meta.ino();
+        if let Some(pid) = opened_for_writing_by_other(same) {
+            return in_use(format!("open for writing in process {pid}"));
         }
     }
     Ok(())
@@ -97,19 +120,95 @@ fn opened_by_other(matches: impl Fn(&fs::Metadata) -> bool) -> Option<u32> {
     None
 }
 
-fn backing_loop(path: &Path) -> Option<String> {
-    let target = fs::canonicalize(path).ok()?;
+/// Another process holding an fd open for writing whose target matches.
+fn opened_for_writing_by_other(matches: impl Fn(&fs::Metadata) -> bool) -> Option<u32> {
+    let me = std::process::id();
+    for proc_entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if !fs::metadata(fd.path()).is_ok_and(|m| matches(&m)) {
+                continue;
+            }
+            let info = proc_entry.path().join("fdinfo").join(fd.file_name());
+            let flags = fs::read_to_string(info).ok().and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+            });
+            if flags.is_some_and(|f| f & libc::O_ACCMODE != libc::O_RDONLY) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// The loop device whose backing file is the file `meta` describes (same device and inode),
+/// whatever path reached it: asked of each bound loop device with `LOOP_GET_STATUS64`, or,
+/// where its node cannot be opened, by stat'ing the backing file's path the kernel reports.
+fn backing_loop(meta: &fs::Metadata) -> Option<String> {
+    let (maj, min) = (libc::major(meta.dev()), libc::minor(meta.dev()));
     for e in fs::read_dir("/sys/block").ok()?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with("loop") {
             continue;
         }
         let Ok(backing) = fs::read_to_string(e.path().join("loop/backing_file")) else {
-            continue;
+            continue; // not bound
         };
-        if Path::new(backing.trim()) == target {
+        let by_ioctl = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(format!("/dev/{name}"))
+            .ok()
+            .and_then(|f| {
+                // SAFETY: an all-zero LoopInfo64 is valid; the ioctl fills it.
+                let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+                // SAFETY: LOOP_GET_STATUS64 writes one loop_info64 through a valid pointer.
+                unsafe { loop_get_status64(f.as_raw_fd(), &mut info) }.ok()?;
+                let dev = info.lo_device as libc::dev_t;
+                Some(
+                    libc::major(dev) == maj
+                        && libc::minor(dev) == min
+                        && info.lo_inode == meta.ino(),
+                )
+            });
+        let same = by_ioctl.unwrap_or_else(|| {
+            let p = backing.trim_end_matches('\n');
+            let p = p.strip_suffix(" (deleted)").unwrap_or(p);
+            fs::metadata(p).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino())
+        });
+        if same {
             return Some(format!("/dev/{name}"));
         }
     }
     None
+}
+
+/// `(st_dev, st_ino)` of the file behind loop device `major:minor`, if it is one and is bound.
+pub(crate) fn loop_backing_id(major: u64, minor: u64) -> Option<(u64, u64)> {
+    let sys = format!("/sys/dev/block/{major}:{minor}");
+    let name = fs::read_link(&sys).ok()?;
+    let name = name.file_name()?.to_string_lossy().into_owned();
+    if !name.starts_with("loop") {
+        return None;
+    }
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/dev/{name}"))
+        .ok()?;
+    // SAFETY: an all-zero LoopInfo64 is valid; the ioctl fills it.
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 writes one loop_info64 through a valid pointer.
+    unsafe { loop_get_status64(f.as_raw_fd(), &mut info) }.ok()?;
+    Some((info.lo_device, info.lo_inode))
 }

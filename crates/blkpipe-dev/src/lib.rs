@@ -3,7 +3,9 @@
 //! - [`Device::open_source`] opens something to read (optionally `O_DIRECT`), and
 //!   [`Device::open_target`] opens something to write, refusing a block device that is mounted,
 //!   held by another device (a dm or md holder), or open in another process, and a file that
-//!   backs a loop device, unless forced. Block devices are opened `O_EXCL`.
+//!   backs a loop device or is open for writing elsewhere, unless forced. Block devices are
+//!   opened `O_EXCL` unless asked not to. [`guard`] holds the check every written path
+//!   (target, undo, state) goes through.
 //! - [`Device::size`] comes from `BLKGETSIZE64` for block devices and `stat` for files.
 //! - [`Device::read_at`] / [`Device::write_at`] are positional and retry short transfers.
 //! - [`Device::zero_range`] writes zeros, or punches holes / zeroes out with `discard`.
@@ -18,17 +20,19 @@
 //! assert!(n <= 4096 && dev.size() >= n as u64);
 //! ```
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 mod aligned;
+pub mod guard;
 mod inuse;
 pub mod nbd;
 
 pub use aligned::AlignedBuf;
+pub use guard::{Avoid, FileId};
 
 mod ioctl {
     nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
@@ -52,7 +56,7 @@ pub enum DevError {
         source: io::Error,
     },
     /// The path is neither a regular file nor a block device.
-    #[error("{0}: not a regular file or block device")]
+    #[error("{}: not a regular file or block device", .0.display())]
     NotADevice(PathBuf),
     /// An NBD export could not be opened or used.
     #[error("{uri}: {source}")]
@@ -73,6 +77,17 @@ pub enum DevError {
         /// Who uses it.
         why: String,
     },
+    /// A path may not be written, whatever `--force` says (see [`guard`]).
+    #[error("{path}: {why}")]
+    Refused {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A path under `/dev` that does not exist: a device that is not there.
+    #[error("no such device: {} (not creating a file under /dev)", .0.display())]
+    NoSuchDevice(PathBuf),
 }
 
 impl DevError {
@@ -130,8 +145,11 @@ const SYS_CACHESTAT: libc::c_long = 451;
 pub struct TargetOptions {
     /// Create a regular file if the path does not exist.
     pub create: bool,
-    /// Skip the in-use checks and the exclusive open.
+    /// Skip the in-use checks (mounted, held, open elsewhere, backing a loop device).
     pub force: bool,
+    /// Open a block device without `O_EXCL`, so a device the kernel holds (mounted, claimed
+    /// by device-mapper or md) can still be opened.
+    pub shared: bool,
     /// Open for reading only (a dry run still performs every check).
     pub read_only: bool,
 }
@@ -245,12 +263,10 @@ impl Device {
             }
             return Self::open_nbd(uri, &[], false);
         }
-        let mut opts = OpenOptions::new();
-        opts.read(true);
-        if direct {
-            opts.custom_flags(libc::O_DIRECT);
-        }
-        let file = opts.open(path).map_err(|e| DevError::Io {
+        let flags = if direct { libc::O_DIRECT } else { 0 };
+        // Opened without blocking, so a FIFO (or a terminal) is refused by its type rather
+        // than waited on forever.
+        let file = guard::open_read(path, flags).map_err(|e| DevError::Io {
             path: path.to_owned(),
             op: "open".into(),
             source: e,
@@ -258,42 +274,44 @@ impl Device {
         Self::from_file(file, path)
     }
 
-    /// Open a target for writing, refusing one that is in use unless `opts.force`.
-    /// An NBD URI opens that export: the in-use checks do not apply to it (the server
-    /// decides who may write), and its size is fixed.
-    pub fn open_target(path: &Path, opts: TargetOptions) -> Result<Self, DevError> {
+    /// Open a target for writing (or, with `opts.read_only`, for the checks of a dry run),
+    /// through [`guard::open`]: a regular file or block device that is not one of `avoid`,
+    /// not in use unless `opts.force`, a block device `O_EXCL` unless `opts.shared`, a new
+    /// file created `O_EXCL` and never under `/dev`. An NBD URI opens that export: the
+    /// in-use checks do not apply to it (the server decides who may write), and its size is
+    /// fixed.
+    pub fn open_target(path: &Path, opts: TargetOptions, avoid: &[Avoid]) -> Result<Self, DevError> {
         if let Some(uri) = Self::as_nbd_uri(path) {
             return Self::open_nbd(uri, &[], !opts.read_only);
         }
-        if !opts.force {
-            inuse::check(path)?;
-        }
-        let mut oo = OpenOptions::new();
-        oo.read(true).write(!opts.read_only);
-        let is_block = std::fs::metadata(path)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
-        if is_block && !opts.force {
-            // O_EXCL on a block device fails with EBUSY while it is mounted or claimed.
-            oo.custom_flags(libc::O_EXCL);
-        } else if opts.create && !opts.read_only && !is_block {
-            oo.create(true);
-        }
-        let file = oo.open(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                DevError::InUse {
-                    path: path.to_owned(),
-                    why: "device is busy (mounted or opened exclusively elsewhere)".into(),
-                }
-            } else {
-                DevError::Io {
-                    path: path.to_owned(),
-                    op: "open".into(),
-                    source: e,
-                }
-            }
-        })?;
+        let file = guard::open(
+            path,
+            guard::Role::Target { force: opts.force },
+            guard::OpenHow {
+                write: !opts.read_only,
+                create: opts.create,
+                truncate: false,
+                exclusive: !opts.shared,
+            },
+            avoid,
+        )?;
         Self::from_file(file, path)
+    }
+
+    /// What was opened, by identity (see [`FileId`]), and what tells this incarnation of it
+    /// from a later one with the same identity (see [`guard::incarnation`]).
+    /// An NBD export is known by its URI.
+    pub fn identity(&self) -> Result<(FileId, Option<String>), DevError> {
+        let file = match &self.engine {
+            Engine::File(f) => f,
+            Engine::Nbd(_) => {
+                let uri = self.path.to_string_lossy();
+                let uri_hash = xxhash_rust::xxh3::xxh3_64(uri.as_bytes());
+                return Ok((FileId::Export { uri_hash }, None));
+            }
+        };
+        let meta = file.metadata().map_err(|e| self.io("stat", e))?;
+        Ok((FileId::of(&meta), guard::incarnation(&meta)))
     }
 
     /// The path it was opened by.

@@ -14,8 +14,9 @@ use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError, MAX_RECORD_
 pub const MAGIC: &[u8; 8] = b"BLKPATCH";
 /// The major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// The minor version this crate writes.
-pub const VERSION_MINOR: u16 = 0;
+/// The minor version this crate writes: 1 when the header announces a source digest (header
+/// flag bit 0, added in 1.1), 0 otherwise.
+pub const VERSION_MINOR: u16 = 1;
 /// Longest creator string.
 pub const MAX_CREATOR_LEN: usize = 255;
 /// `total_payload` value meaning "not known when the header was written".
@@ -33,6 +34,8 @@ const KIND_END: u8 = 0xEE;
 const FLAG_LZ4: u8 = 0x01;
 /// End record flag: a source digest is present.
 const FLAG_SOURCE_DIGEST: u8 = 0x01;
+/// Header flag (minor version 1): the end record will carry a source digest.
+const HEADER_FLAG_DIGEST: u32 = 0x01;
 
 /// The patch stream header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +63,17 @@ impl PatchHeader {
 
     /// Serialise the header, checksum included.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.encode(0)
+    }
+
+    fn encode(&self, flags: u32) -> Vec<u8> {
+        let minor = if flags == 0 { 0 } else { VERSION_MINOR };
         let creator = truncate_utf8(&self.creator, MAX_CREATOR_LEN);
         let mut b = Vec::with_capacity(HEADER_FIXED + creator.len() + 8);
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
-        b.extend_from_slice(&VERSION_MINOR.to_le_bytes());
-        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&minor.to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
         b.extend_from_slice(&self.source_size.to_le_bytes());
         b.extend_from_slice(&self.total_payload.to_le_bytes());
         b.extend_from_slice(&self.stream_id);
@@ -144,6 +152,8 @@ pub struct Record<'a> {
 pub struct PatchWriter<W: Write> {
     out: W,
     lz4: bool,
+    /// The header announced a source digest: [`PatchWriter::finish`] must be given one.
+    announced_digest: bool,
     digest: Xxh3,
     source_size: u64,
     next_min_offset: u64,
@@ -156,14 +166,26 @@ pub struct PatchWriter<W: Write> {
 impl<W: Write> PatchWriter<W> {
     /// Write the header and return a writer. With `lz4`, data payloads are compressed whenever
     /// that makes them smaller.
-    pub fn new(mut out: W, header: PatchHeader, lz4: bool) -> io::Result<Self> {
-        let bytes = header.to_bytes();
+    pub fn new(out: W, header: PatchHeader, lz4: bool) -> io::Result<Self> {
+        Self::start(out, header, lz4, false)
+    }
+
+    /// [`PatchWriter::new`] for a stream whose end record will carry a source digest: the
+    /// header says so (flag bit 0, minor version 1), so a reader can tell before the first
+    /// record (`blkpatch --verify` refuses a stream without one before writing anything).
+    pub fn announcing_digest(out: W, header: PatchHeader, lz4: bool) -> io::Result<Self> {
+        Self::start(out, header, lz4, true)
+    }
+
+    fn start(mut out: W, header: PatchHeader, lz4: bool, announce: bool) -> io::Result<Self> {
+        let bytes = header.encode(if announce { HEADER_FLAG_DIGEST } else { 0 });
         out.write_all(&bytes)?;
         let mut digest = Xxh3::new();
         digest.update(&bytes);
         Ok(PatchWriter {
             out,
             lz4,
+            announced_digest: announce,
             digest,
             source_size: header.source_size,
             next_min_offset: 0,
@@ -279,6 +301,12 @@ impl<W: Write> PatchWriter<W> {
 
     /// Write the end record, flush, and return the inner writer.
     pub fn finish(mut self, source_digest: Option<SourceDigest>) -> io::Result<W> {
+        if self.announced_digest && source_digest.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the header announced a source digest but none was given for the end record",
+            ));
+        }
         let end = PatchEnd {
             record_count: self.count,
             data_bytes: self.data_bytes,
@@ -346,6 +374,8 @@ impl PayloadBuf for Vec<u8> {
 pub struct PatchReader<R: Read, B: PayloadBuf = Vec<u8>> {
     input: R,
     header: PatchHeader,
+    /// Header flag bit 0: the end record must carry a source digest.
+    announced_digest: bool,
     pos: u64,
     digest: Xxh3,
     next_min_offset: u64,
@@ -420,11 +450,17 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                 offset: 0,
             });
         }
-        if le_u32(&fixed, 12) != 0 {
+        let flags = le_u32(&fixed, 12);
+        let known = if le_u16(&fixed, 10) >= 1 {
+            HEADER_FLAG_DIGEST
+        } else {
+            0
+        };
+        if flags & !known != 0 {
             return Err(FormatError::invalid(
                 0,
                 12,
-                "patch header: unknown flags set",
+                format!("patch header: unknown flags 0x{flags:x} set"),
             ));
         }
         let header = PatchHeader {
@@ -436,6 +472,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         Ok(PatchReader {
             input,
             header,
+            announced_digest: flags & HEADER_FLAG_DIGEST != 0,
             pos: (HEADER_FIXED + creator_len + 8) as u64,
             digest,
             next_min_offset: 0,
@@ -451,6 +488,12 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
     /// The verified header.
     pub fn header(&self) -> &PatchHeader {
         &self.header
+    }
+
+    /// Whether the header announces a source digest in the end record (a stream whose end
+    /// record then lacks it is refused as damaged).
+    pub fn announces_source_digest(&self) -> bool {
+        self.announced_digest
     }
 
     /// The end record, once [`next_record`](Self::next_record) has returned `None`.
@@ -663,6 +706,13 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         }
         if end.zero_bytes != self.zero_bytes {
             return mismatch("zero bytes", end.zero_bytes, self.zero_bytes);
+        }
+        if self.announced_digest && end.source_digest.is_none() {
+            return Err(FormatError::invalid(
+                idx,
+                at,
+                "end record: no source digest, though the header announced one",
+            ));
         }
         if end.stream_digest != self.digest.digest128() {
             return Err(FormatError::invalid(

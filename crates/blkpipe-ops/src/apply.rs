@@ -9,7 +9,8 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use blkpipe_dev::Device;
+use blkpipe_dev::guard::{self, OpenHow, Role};
+use blkpipe_dev::{Avoid, Device};
 use blkpipe_format::digest::format_digest;
 use blkpipe_format::patch::{PatchEnd, PatchHeader, PatchReader, PatchWriter, RecordData};
 use blkpipe_format::MAX_RECORD_LEN;
@@ -17,7 +18,7 @@ use blkpipe_format::MAX_RECORD_LEN;
 use crate::chunks::emit_piece;
 use crate::direct::{DirectBuf, DirectWriter};
 use crate::progress::Progress;
-use crate::state::{hex_id, ResumeState};
+use crate::state::{hex_id, ResumeState, TargetBinding};
 use crate::{OpError, Stats};
 
 /// Options of [`apply_patch`].
@@ -35,8 +36,12 @@ pub struct ApplyOptions {
     /// With a state file, bring it up to date after this many bytes applied (and at least
     /// every [`CHECKPOINT_INTERVAL`]); `None` means [`CHECKPOINT_BYTES`].
     pub checkpoint_bytes: Option<u64>,
-    /// After applying, compare the target's digest with the source digest in the end record.
+    /// After applying, compare the target's digest with the source digest in the end record
+    /// (a stream whose header does not announce one is refused before anything is written).
     pub verify: bool,
+    /// Files no write may land on besides the target itself (the input stream's file): the
+    /// undo and state files are checked against these, the target and each other.
+    pub avoid: Vec<Avoid>,
 }
 
 /// What was applied, and the stream's end record.
@@ -59,8 +64,19 @@ struct Undo {
 }
 
 impl Undo {
-    fn create(path: &PathBuf, target: &Device) -> Result<Self, OpError> {
-        let file = File::create(path).map_err(|e| undo_err(path, e))?;
+    fn create(path: &PathBuf, target: &Device, avoid: &[Avoid]) -> Result<Self, OpError> {
+        // Not a device, not in use, not the target or the input; created O_EXCL when new.
+        let file = guard::open(
+            path,
+            Role::Aux("undo file"),
+            OpenHow {
+                write: true,
+                create: true,
+                truncate: true,
+                exclusive: false,
+            },
+            avoid,
+        )?;
         let header = PatchHeader {
             source_size: target.size(),
             total_payload: blkpipe_format::patch::UNKNOWN_TOTAL,
@@ -140,7 +156,7 @@ struct Applier<'a> {
     target: &'a Device,
     undo: Option<Undo>,
     /// The state file and what it says.
-    state: Option<(PathBuf, ResumeState)>,
+    state: Option<(PathBuf, ResumeState, Vec<Avoid>)>,
     /// End offset of the last record written to the target (not necessarily synced).
     written_end: u64,
     /// Bytes written and time since the last durable checkpoint.
@@ -238,7 +254,7 @@ impl Applier<'_> {
     fn already_applied(&self, offset: u64, length: u64) -> bool {
         self.state
             .as_ref()
-            .is_some_and(|(_, st)| offset + length <= st.applied)
+            .is_some_and(|(_, st, _)| offset + length <= st.applied)
     }
 
     /// Skip what an earlier run applied; otherwise write (or, with an undo file, queue) the
@@ -273,12 +289,12 @@ impl Applier<'_> {
         if let Some(d) = self.direct.as_mut() {
             d.drain()?;
         }
-        let Some((path, st)) = self.state.as_mut() else {
+        let Some((path, st, avoid)) = self.state.as_mut() else {
             return Ok(());
         };
         self.target.sync()?;
         st.applied = st.applied.max(self.written_end);
-        st.store(path)?;
+        st.store(path, avoid)?;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -376,15 +392,50 @@ pub fn apply_stream<R: Read>(
     if opts.dry_run {
         target = None;
     }
+    if opts.verify && !opts.dry_run && !reader.announces_source_digest() {
+        return Err(OpError::Refused(
+            "--verify: the stream's header does not announce a source digest to verify against (blkdiff streams carry one; blkread-chunks, cowlist --data, blkmerge and undo streams do not); nothing was written: run without --verify, or check with blkhash --digest on both sides".into(),
+        ));
+    }
+    // Every file written besides the target is checked against the target, the input and the
+    // other written files, by identity.
+    let mut avoid = opts.avoid.clone();
+    if let Some(t) = target.as_deref() {
+        avoid.push(Avoid {
+            id: t.identity()?.0,
+            what: format!("the target {}", t.path().display()),
+        });
+    }
+    if let (Some(u), Some(s)) = (&opts.undo, &opts.state) {
+        if guard::temp_path(s) == *u || s == u {
+            return Err(OpError::Refused(format!(
+                "--undo {} and --state {} name the same file",
+                u.display(),
+                s.display()
+            )));
+        }
+    }
     let state = match (&opts.state, target.as_deref()) {
-        (Some(path), Some(_)) => Some((path.clone(), resume_state(path, &header)?)),
+        (Some(path), Some(t)) => {
+            let mut state_avoid = avoid.clone();
+            if let Some(u) = &opts.undo {
+                state_avoid.extend(Avoid::path(u, format!("the undo file {}", u.display())));
+            }
+            let st = resume_state(path, &header, t, &state_avoid)?;
+            Some((path.clone(), st, state_avoid))
+        }
         _ => None,
     };
+    // The state file exists now (when asked for): the undo file must not be it.
+    let mut undo_avoid = avoid;
+    if let Some(s) = &opts.state {
+        undo_avoid.extend(Avoid::path(s, format!("the state file {}", s.display())));
+    }
     let mut applier = match target.as_deref() {
         Some(t) => Some(Applier {
             target: t,
             undo: match &opts.undo {
-                Some(path) => Some(Undo::create(path, t)?),
+                Some(path) => Some(Undo::create(path, t, &undo_avoid)?),
                 None => None,
             },
             state,
@@ -458,10 +509,10 @@ pub fn apply_stream<R: Read>(
         }
         t.sync()?;
     }
-    if let Some((path, mut st)) = state {
+    if let Some((path, mut st, avoid)) = state {
         st.applied = header.source_size;
         st.complete = true;
-        st.store(&path)?;
+        st.store(&path, &avoid)?;
     }
     progress.finish();
     stats.storage_read = blkpipe_dev::storage_bytes_read();
@@ -472,11 +523,25 @@ pub fn apply_stream<R: Read>(
     Ok(Applied { stats, header, end })
 }
 
-/// The state for this stream: a fresh one (recorded at once, so the identity is durable
-/// before any write), or the one an earlier run left, if it is for this very stream.
-fn resume_state(path: &std::path::Path, header: &PatchHeader) -> Result<ResumeState, OpError> {
+/// The state for this stream on this target: a fresh one (recorded at once, so the stream's
+/// and the target's identities are durable before any write), or the one an earlier run left,
+/// if it is for this very stream and this very target.
+fn resume_state(
+    path: &std::path::Path,
+    header: &PatchHeader,
+    target: &Device,
+    avoid: &[Avoid],
+) -> Result<ResumeState, OpError> {
+    guard::check_replaceable(path, "state file", avoid)?;
+    let (id, incarnation) = target.identity()?;
+    let binding = TargetBinding {
+        id,
+        size: target.is_block_device().then(|| target.size()),
+        incarnation,
+    };
     match ResumeState::load(path)? {
         Some(st) if st.stream_id == header.stream_id && st.source_size == header.source_size => {
+            st.check_target(path, &binding)?;
             Ok(st)
         }
         Some(st) => Err(OpError::Refused(format!(
@@ -493,8 +558,9 @@ fn resume_state(path: &std::path::Path, header: &PatchHeader) -> Result<ResumeSt
                 source_size: header.source_size,
                 applied: 0,
                 complete: false,
+                target: Some(binding),
             };
-            st.store(path)?;
+            st.store(path, avoid)?;
             Ok(st)
         }
     }

@@ -118,7 +118,16 @@ pub fn diff_device<R: Read, W: Write>(
     let bs = header.block_size as u64;
     // Rounded down to a block boundary, like blkhash's start offset, so an offset that
     // `blkpatch --print-state` recorded (the end of a record) can be passed as it is.
-    let compare_from = (opts.from_offset - opts.from_offset % bs).max(header.start_offset);
+    let from = opts.from_offset - opts.from_offset % bs;
+    // A hash stream that starts above where this diff starts would leave the blocks between
+    // never compared, and the patch would look complete: refuse it.
+    if header.start_offset > from {
+        return Err(OpError::Refused(format!(
+            "the hash stream starts at offset {} (blkhash --from), but blkdiff compares from offset {}: the blocks in between would never be compared; pass --from {} to blkdiff to resume from there, or hash the whole device",
+            header.start_offset, from, header.start_offset
+        )));
+    }
+    let compare_from = from;
     let mut remote = Remote {
         reader,
         header: header.clone(),
@@ -133,8 +142,9 @@ pub fn diff_device<R: Read, W: Write>(
         stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
         creator: opts.creator.clone(),
     };
-    let mut writer = PatchWriter::new(CountingWriter::new(out), patch_header, opts.lz4)
-        .map_err(OpError::Output)?;
+    let mut writer =
+        PatchWriter::announcing_digest(CountingWriter::new(out), patch_header, opts.lz4)
+            .map_err(OpError::Output)?;
     progress.set_total(dev.size());
     let mut digest = DigestBuilder::new(bs, header.seed);
     let mut stats = Stats::default();

@@ -77,7 +77,10 @@ impl OpError {
 /// The exit code for a device error.
 pub fn dev_exit_code(e: &DevError) -> i32 {
     match e {
-        DevError::InUse { .. } | DevError::NotADevice(_) => exit::REFUSED,
+        DevError::InUse { .. }
+        | DevError::NotADevice(_)
+        | DevError::Refused { .. }
+        | DevError::NoSuchDevice(_) => exit::REFUSED,
         DevError::NotForNbd(_) => exit::USAGE,
         DevError::Nbd { source, .. } => match source {
             blkpipe_dev::nbd::NbdError::Uri(_) => exit::USAGE,
