@@ -7,7 +7,7 @@ mod common;
 use anyhow::Context;
 use blkpipe_dev::{Device, TargetOptions};
 use blkpipe_ops::apply::{apply_stream, read_header, ApplyOptions};
-use blkpipe_ops::input::open_input;
+use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::state::{hex_id, ResumeState};
 use clap::Parser;
 
@@ -21,6 +21,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    refuse_terminal_stdin(
+        args.input.as_deref(),
+        "blkpatch reads a patch stream (from blkread-chunks, blkdiff or cowlist --data): pipe one in, or give --input FILE",
+    )?;
     let (input, _) = open_input(args.input.as_deref()).with_context(|| match &args.input {
         Some(p) => format!("{}: open", p.display()),
         None => "stdin".into(),
