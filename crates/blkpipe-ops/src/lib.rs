@@ -35,6 +35,7 @@ pub mod direct;
 mod error;
 pub mod hash;
 pub mod input;
+mod lz4frame;
 pub mod merge;
 pub mod progress;
 pub mod ranges;
@@ -42,7 +43,7 @@ pub mod scan;
 pub mod state;
 mod stats;
 
-pub use error::{dev_exit_code, exit, format_exit_code, OpError};
+pub use error::{dev_exit_code, exit, format_exit_code, io_exit_code, OpError};
 pub use stats::Stats;
 
 /// 16 random bytes from the kernel, for stream ids and seeds.
