@@ -168,3 +168,84 @@ fn binary_streams_are_refused_on_a_terminal() {
     assert_eq!(code, Some(0), "blkread-chunks --force-tty: {text}");
     assert!(text.contains("BLKPATCH"), "{text}");
 }
+
+/// Runs the shell command `cmd` with stdin, stdout and stderr on a pseudo-terminal (a
+/// redirection in `cmd` moves stdout off it); returns its exit code and what it printed.
+fn sh_on_tty(cmd: &str) -> (Option<i32>, String) {
+    let out: Output = Command::new("script")
+        .args(["-q", "-e", "-c", cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_terminal_on_stdin_is_refused_where_a_binary_stream_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    fs::write(&img, common::pattern(64 * 1024, 7)).unwrap();
+    let img = img.to_str().unwrap();
+    let b = |t: &str| bin(t).to_str().unwrap().to_owned();
+    let cases = [
+        (
+            format!("{} {img}", b("blkpatch")),
+            "blkpatch reads a patch stream",
+        ),
+        (
+            format!("{} --dry-run", b("blkpatch")),
+            "blkpatch reads a patch stream",
+        ),
+        (
+            format!("{} {img} > /dev/null", b("blkdiff")),
+            "blkdiff reads a hash stream (from blkhash",
+        ),
+        (
+            format!("{} {img} - > /dev/null", b("blkmerge")),
+            "blkmerge reads a patch stream from `-`",
+        ),
+    ];
+    for (cmd, what) in &cases {
+        // `timeout` turns a tool that waits on the terminal into a failure, not a hang.
+        let (code, text) = sh_on_tty(&format!("timeout 10 {cmd}"));
+        assert_eq!(code, Some(5), "{cmd} with stdin on a terminal: {text}");
+        assert!(
+            text.contains("stdin is a terminal") && text.contains(what),
+            "{cmd}: {text}"
+        );
+        assert_eq!(text.trim_end().lines().count(), 1, "one line: {text}");
+    }
+    // The same tools read a file named on the command line while stdin is a terminal.
+    let patch = dir.path().join("p.patch");
+    let out = common::run("blkread-chunks", &["--", img], b"0 4096\n");
+    fs::write(&patch, &out.stdout).unwrap();
+    let (code, text) = sh_on_tty(&format!(
+        "timeout 10 {} --dry-run --input {}",
+        b("blkpatch"),
+        patch.display()
+    ));
+    assert_eq!(code, Some(0), "{text}");
+}
+
+/// The examples and exit codes after the options fit 100 columns as written (clap would wrap
+/// a longer line at 100), so no example is cut in the middle of a command and each can be
+/// pasted.
+#[test]
+fn verbatim_help_lines_fit_100_columns() {
+    for &tool in TOOLS {
+        let out = Command::new(bin(tool))
+            .arg("--help")
+            .env("COLUMNS", "1000")
+            .output()
+            .unwrap();
+        let h = String::from_utf8(out.stdout).unwrap();
+        let examples = h.find("\nExamples:").expect("Examples:");
+        for line in h[examples..].lines() {
+            let width = line.chars().count();
+            assert!(width <= 100, "{tool} --help: {width} columns: {line}");
+        }
+    }
+}

@@ -33,11 +33,7 @@ pub fn code_of(e: &anyhow::Error) -> i32 {
             return blkpipe_ops::format_exit_code(fmt);
         }
         if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return if io.kind() == io::ErrorKind::BrokenPipe {
-                exit::BROKEN_PIPE
-            } else {
-                exit::IO
-            };
+            return blkpipe_ops::io_exit_code(io);
         }
     }
     exit::FAILURE

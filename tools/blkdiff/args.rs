@@ -10,12 +10,12 @@ use crate::common;
 /// stdout a patch stream that makes the other side equal to DEV, ready for blkpatch there.
 ///
 /// DEV is read with the stream's block size and seed while the hashes arrive (leaving the page
-/// cache as it was, like blkhash). Blocks whose
-/// hash differs, and DEV's blocks past the end of the remote device, become records (adjacent
-/// blocks merged; all-zero blocks as zero records). The patch carries DEV's size (blkpatch
-/// truncates an image file to it; a larger block device keeps its tail) and DEV's digest, for
-/// `blkpatch --verify`. A bad, corrupted or truncated hash stream is an error, and then no end
-/// record is written, so the blkpatch downstream fails too.
+/// cache as it was, like blkhash). Blocks whose hash differs, and DEV's blocks past the end of
+/// the remote device, become records (adjacent blocks merged; all-zero blocks as zero
+/// records). The patch carries DEV's size (blkpatch truncates an image file to it; a larger
+/// block device keeps its tail) and DEV's digest, for `blkpatch --verify`. A bad, corrupted or
+/// truncated hash stream is an error, and then no end record is written, so the blkpatch
+/// downstream fails too.
 ///
 /// Streams:
 ///   stdin   hash stream from blkhash (or --hashes FILE); zstd, lz4 and gzip are recognised
@@ -77,5 +77,5 @@ Exit codes:
   2    bad command line
   3    bad, corrupted or truncated hash stream
   4    I/O error
-  5    refused: stdout is a terminal, DEV shrank while being read
+  5    refused: stdout or stdin is a terminal, DEV shrank while being read
   141  broken pipe: the reader of stdout went away (nothing is printed)";

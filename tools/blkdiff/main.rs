@@ -7,7 +7,7 @@ mod common;
 use anyhow::Context;
 use blkpipe_dev::Device;
 use blkpipe_ops::diff::{diff_device, DiffOptions};
-use blkpipe_ops::input::open_input;
+use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::scan::ScanOptions;
 use clap::Parser;
 
@@ -16,6 +16,10 @@ use args::Args;
 fn run(args: Args) -> anyhow::Result<()> {
     common::guard_binary_stdout(args.force_tty)?;
     let dev = Device::open_source(&args.dev, args.direct)?;
+    refuse_terminal_stdin(
+        args.hashes.as_deref(),
+        "blkdiff reads a hash stream (from blkhash on the other side, e.g. `ssh HOST blkhash DEV | blkdiff DEV`): pipe one in, or give --hashes FILE",
+    )?;
     let (input, _) = open_input(args.hashes.as_deref()).with_context(|| match &args.hashes {
         Some(p) => format!("{}: open", p.display()),
         None => "stdin".into(),

@@ -51,5 +51,5 @@ Exit codes:
   2    bad command line
   3    an input is bad, corrupted or truncated
   4    I/O error
-  5    refused: stdout is a terminal
+  5    refused: stdout is a terminal, or stdin (for `-`)
   141  broken pipe: the reader of stdout went away (nothing is printed)";

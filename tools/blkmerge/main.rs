@@ -5,7 +5,7 @@ mod args;
 mod common;
 
 use anyhow::Context;
-use blkpipe_ops::input::open_input;
+use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::merge::{merge_patches, MergeOptions};
 use clap::{CommandFactory, Parser};
 
@@ -15,6 +15,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     common::guard_binary_stdout(args.force_tty)?;
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for path in &args.inputs {
+        refuse_terminal_stdin(
+            Some(path),
+            "blkmerge reads a patch stream from `-` (from blkread-chunks, blkdiff or a saved patch): pipe one in, or name the files",
+        )?;
         let (reader, _) =
             open_input(Some(path)).with_context(|| format!("{}: open", path.display()))?;
         inputs.push((path.display().to_string(), reader));

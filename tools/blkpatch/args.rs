@@ -7,8 +7,10 @@ use clap::Parser;
 use crate::common;
 
 /// Apply the patch stream on stdin to TARGET, a block device or an image file, verifying each
-/// record before any of its bytes are written: a damaged or cut-short stream never reaches
-/// the device, and only a complete stream with a valid end record exits 0.
+/// record before any of its bytes are written: a damaged record never reaches the device.
+/// Only a complete stream with a valid end record exits 0; if the stream is cut short, the
+/// records before the cut are written and the error says how far it got: rerun (or resume
+/// with --state) to finish.
 ///
 /// At the first fault (bad magic, checksum mismatch, misordered record, truncation) nothing
 /// more is written and the error names the record and offset. A file target is created if
@@ -95,7 +97,8 @@ Examples:
   blkpatch --undo undo.patch /dev/vg/lv < delta.patch && blkpatch /dev/vg/lv < undo.patch
   blkpatch --state st /dev/vg/lv < full.patch   # interrupted? then, on the sender:
   read -r id off < <(ssh dst blkpatch --state st --print-state)
-  echo \"0 $size\" | blkread-chunks --from \"$off\" --stream-id \"$id\" /dev/vg/lv | ssh dst blkpatch --state st /dev/vg/lv
+  echo \"0 $size\" | blkread-chunks --from \"$off\" --stream-id \"$id\" /dev/vg/lv \\
+      | ssh dst blkpatch --state st /dev/vg/lv
 
 Exit codes:
   0    success: the whole stream was applied (and verified, with --verify)
@@ -105,6 +108,6 @@ Exit codes:
   4    I/O error
   5    refused: target in use or mounted, too small, missing /dev path, --undo or --state
        that is a device, the target or the input, --state of another stream or target,
-       --verify of a stream that announces no source digest
+       --verify of a stream that announces no source digest, stdin is a terminal
   6    --verify found the target differs from the source
   141  broken pipe: the reader of --list went away (nothing is printed)";

@@ -9,7 +9,7 @@ use std::io::Write;
 use anyhow::Context;
 use blkpipe_dev::{Avoid, Device, TargetOptions};
 use blkpipe_ops::apply::{apply_stream, read_header, ApplyOptions};
-use blkpipe_ops::input::open_input;
+use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::state::{hex_id, ResumeState};
 use blkpipe_ops::OpError;
 use clap::Parser;
@@ -28,6 +28,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             .map_err(OpError::Output)?;
         return Ok(());
     }
+    refuse_terminal_stdin(
+        args.input.as_deref(),
+        "blkpatch reads a patch stream (from blkread-chunks, blkdiff or cowlist --data): pipe one in, or give --input FILE",
+    )?;
     // The input's file (if it is one) is never written: not as the target, undo or state.
     let avoid: Vec<Avoid> = match args.input.as_deref() {
         Some(p) if p != std::path::Path::new("-") => {

@@ -17,12 +17,15 @@ use args::Args;
 fn run(args: Args) -> anyhow::Result<()> {
     common::guard_binary_stdout(args.force_tty)?;
     let dev = Device::open_source(&args.dev, args.direct)?;
-    let ranges: Box<dyn Read> = match &args.ranges {
-        Some(p) => {
-            Box::new(File::open(p).with_context(|| format!("{}: open range list", p.display()))?)
-        }
-        None => Box::new(std::io::stdin().lock()),
+    let (ranges, name): (Box<dyn Read + Send>, String) = match &args.ranges {
+        Some(p) => (
+            Box::new(File::open(p).with_context(|| format!("{}: open range list", p.display()))?),
+            p.display().to_string(),
+        ),
+        None => (Box::new(std::io::stdin()), "stdin".into()),
     };
+    // A binary stream or compressed data is named, not parsed as text.
+    let ranges = blkpipe_ops::input::open_text(ranges, &name, "range list")?;
     let opts = ChunkOptions {
         lz4: args.lz4,
         from_offset: args.from,

@@ -35,6 +35,11 @@ pub enum FileId {
         /// `st_ino`.
         ino: u64,
     },
+    /// An NBD export: a hash (xxh3) of the URI it was opened by.
+    Export {
+        /// The hash of the URI.
+        uri_hash: u64,
+    },
 }
 
 impl FileId {
@@ -68,12 +73,17 @@ impl FileId {
         match self {
             FileId::Block { major, minor } => format!("block:{major}:{minor}"),
             FileId::Inode { dev, ino } => format!("inode:{dev}:{ino}"),
+            FileId::Export { uri_hash } => format!("nbd:{uri_hash:016x}"),
         }
     }
 
     /// Parse [`FileId::to_text`].
     pub fn from_text(s: &str) -> Option<FileId> {
         let (kind, rest) = s.split_once(':')?;
+        if kind == "nbd" {
+            let uri_hash = u64::from_str_radix(rest, 16).ok()?;
+            return Some(FileId::Export { uri_hash });
+        }
         let (a, b) = rest.split_once(':')?;
         let (a, b) = (a.parse().ok()?, b.parse().ok()?);
         match kind {
@@ -195,6 +205,7 @@ pub fn check(path: &Path, meta: &Metadata, role: Role, avoid: &[Avoid]) -> Resul
             match id {
                 FileId::Block { .. } => "device number",
                 FileId::Inode { .. } => "device and inode",
+                FileId::Export { .. } => "NBD URI",
             }
         ));
     }

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 mod aligned;
 pub mod guard;
 mod inuse;
+pub mod nbd;
 
 pub use aligned::AlignedBuf;
 pub use guard::{Avoid, FileId};
@@ -57,6 +58,17 @@ pub enum DevError {
     /// The path is neither a regular file nor a block device.
     #[error("{}: not a regular file or block device", .0.display())]
     NotADevice(PathBuf),
+    /// An NBD export could not be opened or used.
+    #[error("{uri}: {source}")]
+    Nbd {
+        /// The URI.
+        uri: String,
+        /// What went wrong.
+        source: nbd::NbdError,
+    },
+    /// An option that does not apply to an NBD export (`--direct`).
+    #[error("{0}")]
+    NotForNbd(String),
     /// The target is in use and `force` was not given.
     #[error("{path}: {why}; refusing to write to it (use --force to override)")]
     InUse {
@@ -88,10 +100,19 @@ impl DevError {
     }
 }
 
-/// An open file or block device.
+/// How a [`Device`] reaches its bytes.
+#[derive(Debug)]
+enum Engine {
+    /// A regular file or block device.
+    File(File),
+    /// An NBD export.
+    Nbd(Box<nbd::Client>),
+}
+
+/// An open file, block device or NBD export.
 #[derive(Debug)]
 pub struct Device {
-    file: File,
+    engine: Engine,
     path: PathBuf,
     is_block: bool,
     size: u64,
@@ -134,6 +155,62 @@ pub struct TargetOptions {
 }
 
 impl Device {
+    /// The file behind a file or block device; `None` for an NBD export.
+    pub fn file(&self) -> Option<&File> {
+        match &self.engine {
+            Engine::File(f) => Some(f),
+            Engine::Nbd(_) => None,
+        }
+    }
+
+    /// The NBD connection behind an NBD export; `None` for a file or block device.
+    pub fn nbd(&self) -> Option<&nbd::Client> {
+        match &self.engine {
+            Engine::Nbd(c) => Some(c),
+            Engine::File(_) => None,
+        }
+    }
+
+    fn nbd_err(&self, source: nbd::NbdError) -> DevError {
+        DevError::Nbd {
+            uri: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Open an NBD export by URI, asking for the meta contexts `contexts` (for
+    /// [`nbd::Client::block_status`]). With `write`, a read-only export is refused.
+    pub fn open_nbd(uri: &str, contexts: &[&str], write: bool) -> Result<Self, DevError> {
+        let err = |source| DevError::Nbd {
+            uri: uri.to_owned(),
+            source,
+        };
+        let parsed = nbd::uri::parse(uri).map_err(err)?;
+        let client = nbd::Client::connect(&parsed, contexts).map_err(err)?;
+        if write && client.read_only() {
+            return Err(err(nbd::NbdError::Unsupported(
+                "the export is read-only; refusing to write to it".into(),
+            )));
+        }
+        Ok(Device {
+            size: client.size(),
+            logical_block: client.min_block().max(512),
+            engine: Engine::Nbd(Box::new(client)),
+            path: PathBuf::from(uri),
+            is_block: true,
+        })
+    }
+
+    /// The NBD URI `path` spells, if it is one.
+    fn as_nbd_uri(path: &Path) -> Option<&str> {
+        path.to_str().filter(|s| nbd::is_nbd_uri(s))
+    }
+
+    /// An fd-based operation's file, or `None` for NBD (where it is then a no-op).
+    fn fd(&self) -> Option<libc::c_int> {
+        self.file().map(|f| f.as_raw_fd())
+    }
+
     fn io(&self, op: impl Into<String>, source: io::Error) -> DevError {
         DevError::Io {
             path: self.path.clone(),
@@ -166,7 +243,7 @@ impl Device {
             return Err(DevError::NotADevice(path.to_owned()));
         };
         Ok(Device {
-            file,
+            engine: Engine::File(file),
             path: path.to_owned(),
             is_block,
             size,
@@ -176,7 +253,16 @@ impl Device {
 
     /// Open a file or block device for reading. With `direct`, reads bypass the page cache
     /// (buffers and offsets must then be aligned to [`Device::logical_block_size`]).
+    /// An NBD URI (`nbd://`, `nbd+unix://`) opens that export instead.
     pub fn open_source(path: &Path, direct: bool) -> Result<Self, DevError> {
+        if let Some(uri) = Self::as_nbd_uri(path) {
+            if direct {
+                return Err(DevError::NotForNbd(format!(
+                    "{uri}: --direct is for local devices, not NBD exports"
+                )));
+            }
+            return Self::open_nbd(uri, &[], false);
+        }
         let flags = if direct { libc::O_DIRECT } else { 0 };
         // Opened without blocking, so a FIFO (or a terminal) is refused by its type rather
         // than waited on forever.
@@ -191,8 +277,13 @@ impl Device {
     /// Open a target for writing (or, with `opts.read_only`, for the checks of a dry run),
     /// through [`guard::open`]: a regular file or block device that is not one of `avoid`,
     /// not in use unless `opts.force`, a block device `O_EXCL` unless `opts.shared`, a new
-    /// file created `O_EXCL` and never under `/dev`.
+    /// file created `O_EXCL` and never under `/dev`. An NBD URI opens that export: the
+    /// in-use checks do not apply to it (the server decides who may write), and its size is
+    /// fixed.
     pub fn open_target(path: &Path, opts: TargetOptions, avoid: &[Avoid]) -> Result<Self, DevError> {
+        if let Some(uri) = Self::as_nbd_uri(path) {
+            return Self::open_nbd(uri, &[], !opts.read_only);
+        }
         let file = guard::open(
             path,
             guard::Role::Target { force: opts.force },
@@ -209,8 +300,17 @@ impl Device {
 
     /// What was opened, by identity (see [`FileId`]), and what tells this incarnation of it
     /// from a later one with the same identity (see [`guard::incarnation`]).
+    /// An NBD export is known by its URI.
     pub fn identity(&self) -> Result<(FileId, Option<String>), DevError> {
-        let meta = self.file.metadata().map_err(|e| self.io("stat", e))?;
+        let file = match &self.engine {
+            Engine::File(f) => f,
+            Engine::Nbd(_) => {
+                let uri = self.path.to_string_lossy();
+                let uri_hash = xxhash_rust::xxh3::xxh3_64(uri.as_bytes());
+                return Ok((FileId::Export { uri_hash }, None));
+            }
+        };
+        let meta = file.metadata().map_err(|e| self.io("stat", e))?;
         Ok((FileId::of(&meta), guard::incarnation(&meta)))
     }
 
@@ -224,7 +324,8 @@ impl Device {
         self.size
     }
 
-    /// Whether this is a block device (as opposed to a regular file).
+    /// Whether this is a block device or an NBD export (fixed size), as opposed to a regular
+    /// file.
     pub fn is_block_device(&self) -> bool {
         self.is_block
     }
@@ -237,16 +338,26 @@ impl Device {
     /// Whether it was opened with `O_DIRECT` (reads and writes bypass the page cache, and need
     /// buffers, offsets and lengths aligned to [`Device::logical_block_size`]).
     pub fn is_direct(&self) -> bool {
-        nix::fcntl::fcntl(self.file.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)
-            .is_ok_and(|fl| fl & libc::O_DIRECT != 0)
+        self.fd().is_some_and(|fd| {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
+                .is_ok_and(|fl| fl & libc::O_DIRECT != 0)
+        })
     }
 
     /// Read into `buf` at `offset`, retrying short reads; returns fewer bytes only at the end.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, DevError> {
+        let file = match &self.engine {
+            Engine::File(f) => f,
+            Engine::Nbd(c) => {
+                let n = (self.size.saturating_sub(offset)).min(buf.len() as u64) as usize;
+                c.read(&mut buf[..n], offset).map_err(|e| self.nbd_err(e))?;
+                return Ok(n);
+            }
+        };
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
-            match self.file.read_at(&mut buf[done..], at) {
+            match file.read_at(&mut buf[done..], at) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -262,6 +373,9 @@ impl Device {
     /// the pages it added once they are copied; without it, a range that was not wholly cached
     /// before the read is dropped after it (`posix_fadvise(DONTNEED)`).
     pub fn read_at_drop_behind(&self, buf: &mut [u8], offset: u64) -> Result<usize, DevError> {
+        if self.nbd().is_some() {
+            return self.read_at(buf, offset);
+        }
         if let Some(n) = self.read_at_dontcache(buf, offset)? {
             return Ok(n);
         }
@@ -277,6 +391,9 @@ impl Device {
     /// [`Device::read_at`] with `RWF_DONTCACHE`; `Ok(None)` when this kernel or file system
     /// does not support it (nothing was read).
     fn read_at_dontcache(&self, buf: &mut [u8], offset: u64) -> Result<Option<usize>, DevError> {
+        let Some(fd) = self.fd() else {
+            return Ok(None);
+        };
         let mut done = 0;
         while done < buf.len() {
             let at = offset + done as u64;
@@ -286,15 +403,7 @@ impl Device {
                 iov_len: rest.len(),
             };
             // SAFETY: one iovec describing the valid, writable `rest`.
-            let n = unsafe {
-                libc::preadv2(
-                    self.file.as_raw_fd(),
-                    &iov,
-                    1,
-                    at as i64,
-                    libc::RWF_DONTCACHE,
-                )
-            };
+            let n = unsafe { libc::preadv2(fd, &iov, 1, at as i64, libc::RWF_DONTCACHE) };
             if n > 0 {
                 done += n as usize;
                 continue;
@@ -314,14 +423,18 @@ impl Device {
 
     /// Write all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| self.io(format!("write at offset {offset}"), e))
+        match &self.engine {
+            Engine::File(f) => f
+                .write_all_at(buf, offset)
+                .map_err(|e| self.io(format!("write at offset {offset}"), e)),
+            Engine::Nbd(c) => c.write(buf, offset).map_err(|e| self.nbd_err(e)),
+        }
     }
 
     /// Make the range `offset..offset+len` read as zeros. With `discard`, files get a hole
     /// punched and block devices are zeroed with `BLKZEROOUT` (which may unmap); without it,
-    /// zeros are written from `zeros` (any length; reused as the write buffer).
+    /// zeros are written from `zeros` (any length; reused as the write buffer). An NBD export
+    /// gets `NBD_CMD_WRITE_ZEROES`, which may punch holes only with `discard`.
     pub fn zero_range(
         &self,
         offset: u64,
@@ -329,14 +442,22 @@ impl Device {
         discard: bool,
         zeros: &[u8],
     ) -> Result<(), DevError> {
+        let file = match &self.engine {
+            Engine::File(f) => f,
+            Engine::Nbd(c) => {
+                return c
+                    .write_zeroes(offset, len, discard)
+                    .map_err(|e| self.nbd_err(e))
+            }
+        };
         if discard {
             let done = if self.is_block {
                 let range = [offset, len];
                 // SAFETY: BLKZEROOUT reads two u64 from a valid pointer to a local array.
-                unsafe { blkzeroout(self.file.as_raw_fd(), &range) }.map(|_| ())
+                unsafe { blkzeroout(file.as_raw_fd(), &range) }.map(|_| ())
             } else {
                 nix::fcntl::fallocate(
-                    self.file.as_raw_fd(),
+                    file.as_raw_fd(),
                     nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
                         | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
                     offset as i64,
@@ -362,11 +483,13 @@ impl Device {
 
     /// Set a regular file's length (block devices are left alone).
     pub fn set_len(&mut self, len: u64) -> Result<(), DevError> {
+        let Engine::File(file) = &self.engine else {
+            return Ok(());
+        };
         if self.is_block {
             return Ok(());
         }
-        self.file
-            .set_len(len)
+        file.set_len(len)
             .map_err(|e| self.io(format!("resize to {len} bytes"), e))?;
         self.size = len;
         Ok(())
@@ -375,6 +498,7 @@ impl Device {
     /// How many pages of `offset..offset+len` are in the page cache, or `None` when the kernel
     /// cannot tell (before Linux 6.5).
     pub fn cached_pages(&self, offset: u64, len: u64) -> Option<u64> {
+        let fd = self.fd()?;
         let range = CachestatRange { off: offset, len };
         let mut st = Cachestat::default();
         // SAFETY: cachestat reads one struct and writes one struct through valid pointers to
@@ -382,7 +506,7 @@ impl Device {
         let r = unsafe {
             libc::syscall(
                 SYS_CACHESTAT,
-                self.file.as_raw_fd(),
+                fd,
                 &range as *const CachestatRange,
                 &mut st as *mut Cachestat,
                 0u32,
@@ -395,28 +519,28 @@ impl Device {
     /// reaches the disk while more is being written and the final [`Device::sync`] is short.
     /// Advisory: a failure to start is ignored (the sync will still write the range).
     pub fn start_writeback(&self, offset: u64, len: u64) {
+        let Some(fd) = self.fd() else {
+            return;
+        };
         // SAFETY: sync_file_range takes a file descriptor and plain integers.
         let _ = unsafe {
-            libc::sync_file_range(
-                self.file.as_raw_fd(),
-                offset as i64,
-                len as i64,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
+            libc::sync_file_range(fd, offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE)
         };
     }
 
     /// Write back `offset..offset+len` and wait until it is on the device. A write error is
     /// returned here (the kernel reports it once per open file, so it must not be dropped).
     /// Does not flush the device's volatile cache or file metadata: [`Device::sync`] does.
+    /// For an NBD export every write has been answered already: nothing to wait for.
     pub fn wait_writeback(&self, offset: u64, len: u64) -> Result<(), DevError> {
+        let Some(fd) = self.fd() else {
+            return Ok(());
+        };
         let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
             | libc::SYNC_FILE_RANGE_WRITE
             | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         // SAFETY: sync_file_range takes a file descriptor and plain integers.
-        let r = unsafe {
-            libc::sync_file_range(self.file.as_raw_fd(), offset as i64, len as i64, flags)
-        };
+        let r = unsafe { libc::sync_file_range(fd, offset as i64, len as i64, flags) };
         if r == 0 {
             return Ok(());
         }
@@ -434,14 +558,19 @@ impl Device {
         }
     }
 
-    /// Flush written data to stable storage.
+    /// Flush written data to stable storage (`NBD_CMD_FLUSH` for an NBD export).
     pub fn sync(&self) -> Result<(), DevError> {
-        self.file.sync_all().map_err(|e| self.io("fsync", e))
+        match &self.engine {
+            Engine::File(f) => f.sync_all().map_err(|e| self.io("fsync", e)),
+            Engine::Nbd(c) => c.flush().map_err(|e| self.nbd_err(e)),
+        }
     }
 
     /// Give the kernel advice on a range (0 length: to the end). Advisory: errors are ignored.
     fn fadvise(&self, offset: u64, len: u64, advice: nix::fcntl::PosixFadviseAdvice) {
-        let _ = nix::fcntl::posix_fadvise(self.file.as_raw_fd(), offset as i64, len as i64, advice);
+        if let Some(fd) = self.fd() {
+            let _ = nix::fcntl::posix_fadvise(fd, offset as i64, len as i64, advice);
+        }
     }
 
     /// Tell the kernel the range will not be needed again, so a full read does not push other
@@ -473,14 +602,9 @@ impl Device {
         self.fadvise(0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
     }
 
-    /// The underlying file.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     /// `(major, minor)` of a block device.
     pub fn rdev(&self) -> Option<(u64, u64)> {
-        let meta = self.file.metadata().ok()?;
+        let meta = self.file()?.metadata().ok()?;
         self.is_block.then(|| {
             (
                 libc::major(meta.rdev()) as u64,
@@ -490,12 +614,16 @@ impl Device {
     }
 }
 
-/// Issue `BLKDISCARD` on a range of a block device (not used for zeroing: discarded blocks
-/// need not read back as zeros).
+/// Issue `BLKDISCARD` on a range of a block device, or `NBD_CMD_TRIM` on an NBD export (not
+/// used for zeroing: discarded blocks need not read back as zeros).
 pub fn discard(dev: &Device, offset: u64, len: u64) -> Result<(), DevError> {
+    let file = match &dev.engine {
+        Engine::File(f) => f,
+        Engine::Nbd(c) => return c.trim(offset, len).map_err(|e| dev.nbd_err(e)),
+    };
     let range = [offset, len];
     // SAFETY: BLKDISCARD reads two u64 from a valid pointer to a local array.
-    unsafe { blkdiscard(dev.file.as_raw_fd(), &range) }
+    unsafe { blkdiscard(file.as_raw_fd(), &range) }
         .map(|_| ())
         .map_err(|e| dev.io(format!("discard at offset {offset}"), e.into()))
 }

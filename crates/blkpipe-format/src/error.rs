@@ -8,8 +8,9 @@ pub enum FormatError {
     /// Reading or writing the underlying stream failed.
     #[error(transparent)]
     Io(#[from] io::Error),
-    /// The stream does not start with the expected magic.
-    #[error("not a {stream} stream: bad magic {found:02x?} at byte 0")]
+    /// The stream does not start with the expected magic. The message says what it is
+    /// instead, when [`crate::kind::StreamKind`] recognises it.
+    #[error("not a {stream} stream: {}", crate::kind::describe(found))]
     BadMagic {
         /// Which stream was expected.
         stream: &'static str,

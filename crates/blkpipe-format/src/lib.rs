@@ -7,6 +7,7 @@
 //! - [`hash`]: the binary **hash stream** of per-block hashes that `blkhash` writes and `blkdiff`
 //!   reads. [`hash::HashWriter`] and [`hash::HashReader`].
 //! - [`digest`]: the block hash and whole-device digest all tools agree on.
+//! - [`kind`]: what a stream is, from its first bytes, for errors that name it.
 //!
 //! Every reader distrusts its input: magic and version first, a checksum before any field is
 //! used, every length checked against a fixed cap before anything is allocated, and truncation
@@ -35,6 +36,7 @@
 pub mod digest;
 mod error;
 pub mod hash;
+pub mod kind;
 pub mod patch;
 pub mod range;
 

@@ -1,15 +1,15 @@
 //! `blkread-chunks`: read a list of ranges from a device and emit them as a patch stream.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use blkpipe_dev::{AlignedBuf, Device};
 use blkpipe_format::patch::{PatchHeader, PatchWriter};
-use blkpipe_format::range::{coalesce, Range, RangeReader};
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::progress::Progress;
+use crate::ranges::{RangeIter, RangeLimits, SortedRanges};
 use crate::{OpError, Stats};
 
 /// Granularity of zero detection: a 4 KiB block (aligned to the device) that is all zeros
@@ -43,52 +43,6 @@ impl Default for ChunkOptions {
     }
 }
 
-/// Parse a range list, check every range against a device of `size` bytes, and return the
-/// ranges sorted and coalesced.
-pub fn load_ranges<R: Read>(input: R, size: u64, ignore_size: bool) -> Result<Vec<Range>, OpError> {
-    let mut reader = RangeReader::new(BufReader::new(input));
-    let mut ranges = Vec::new();
-    while let Some((line, r)) = reader.next_range().map_err(|e| match e {
-        blkpipe_format::FormatError::Io(io) => OpError::Input(io),
-        e => e.into(),
-    })? {
-        if r.end() > size {
-            return Err(OpError::BadRange(format!(
-                "line {line}: range {} {} ends at {}, past the end of the device ({size} bytes)",
-                r.offset,
-                r.length,
-                r.end()
-            )));
-        }
-        if ranges.is_empty() && !ignore_size {
-            if let Some(listed) = reader.header().and_then(|h| h.size) {
-                if listed != size {
-                    return Err(OpError::Refused(format!(
-                        "the range list is for a device of {listed} bytes, but this one has {size} bytes (--ignore-size to proceed)"
-                    )));
-                }
-            }
-        }
-        ranges.push(r);
-    }
-    Ok(coalesce(ranges))
-}
-
-/// Cut ranges below `from`.
-fn clip_below(ranges: Vec<Range>, from: u64) -> Vec<Range> {
-    ranges
-        .into_iter()
-        .filter(|r| r.end() > from)
-        .map(|r| {
-            let offset = r.offset.max(from);
-            Range {
-                offset,
-                length: r.end() - offset,
-            }
-        })
-        .collect()
-}
-
 /// One piece read from the device: the `len` bytes at `buf[skip..]` are the device's bytes at
 /// `offset`, at most [`MAX_RECORD_LEN`] of them.
 struct Piece {
@@ -107,11 +61,15 @@ pub fn read_chunks<R: Read, W: Write>(
     progress: &Progress,
 ) -> Result<Stats, OpError> {
     let started = Instant::now();
-    let ranges = clip_below(
-        load_ranges(ranges, dev.size(), opts.ignore_size)?,
+    let ranges = SortedRanges::load(
+        ranges,
+        dev.size(),
+        opts.ignore_size,
         opts.from_offset,
-    );
-    let total: u64 = ranges.iter().map(|r| r.length).sum();
+        RangeLimits::default(),
+    )?;
+    let total = ranges.total();
+    let range_iter = ranges.iter()?;
     progress.set_total(total);
     let header = PatchHeader {
         source_size: dev.size(),
@@ -136,7 +94,7 @@ pub fn read_chunks<R: Read, W: Write>(
     }
     let mut stats = Stats::default();
     std::thread::scope(|s| {
-        s.spawn(|| read_pieces(dev, align, &ranges, full_tx, empty_rx));
+        s.spawn(|| read_pieces(dev, align, range_iter, full_tx, empty_rx));
         // The channels are moved in, so an early return closes them and the reader stops.
         write_pieces(full_rx, empty_tx, &mut writer, &mut stats, progress)
     })?;
@@ -171,11 +129,18 @@ fn write_pieces<W: Write>(
 fn read_pieces(
     dev: &Device,
     align: Option<u64>,
-    ranges: &[Range],
+    ranges: RangeIter<'_>,
     full: SyncSender<Result<Piece, OpError>>,
     empty: Receiver<AlignedBuf>,
 ) {
     for r in ranges {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = full.send(Err(e));
+                return;
+            }
+        };
         let mut offset = r.offset;
         while offset < r.end() {
             // Pieces end on MAX_RECORD_LEN boundaries of the device, so reads stay aligned.

@@ -99,12 +99,13 @@ impl DirectWriter {
         if target.logical_block_size() > ALIGN {
             return None; // its direct I/O alignment is larger than records are aligned to
         }
+        let current = target.file()?.metadata().ok()?; // None for NBD: no local file
         let file = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(target.path())
             .ok()?;
-        let (a, b) = (file.metadata().ok()?, target.file().metadata().ok()?);
+        let (a, b) = (file.metadata().ok()?, current);
         if (a.dev(), a.ino(), a.rdev()) != (b.dev(), b.ino(), b.rdev()) {
             return None;
         }

@@ -81,6 +81,12 @@ pub fn dev_exit_code(e: &DevError) -> i32 {
         | DevError::NotADevice(_)
         | DevError::Refused { .. }
         | DevError::NoSuchDevice(_) => exit::REFUSED,
+        DevError::NotForNbd(_) => exit::USAGE,
+        DevError::Nbd { source, .. } => match source {
+            blkpipe_dev::nbd::NbdError::Uri(_) => exit::USAGE,
+            blkpipe_dev::nbd::NbdError::Unsupported(_) => exit::REFUSED,
+            _ => exit::IO,
+        },
         DevError::Io { source, .. } => io_code(source),
     }
 }
@@ -93,8 +99,15 @@ pub fn format_exit_code(e: &FormatError) -> i32 {
     }
 }
 
+/// The exit code for an I/O error: a compressed input that does not decode is bad input.
+pub fn io_exit_code(e: &io::Error) -> i32 {
+    io_code(e)
+}
+
 fn io_code(e: &io::Error) -> i32 {
-    if e.kind() == io::ErrorKind::BrokenPipe {
+    if crate::input::DecodeError::in_io(e).is_some() {
+        exit::BAD_INPUT
+    } else if e.kind() == io::ErrorKind::BrokenPipe {
         exit::BROKEN_PIPE
     } else {
         exit::IO

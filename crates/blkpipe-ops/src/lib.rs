@@ -35,13 +35,15 @@ pub mod direct;
 mod error;
 pub mod hash;
 pub mod input;
+mod lz4frame;
 pub mod merge;
 pub mod progress;
+pub mod ranges;
 pub mod scan;
 pub mod state;
 mod stats;
 
-pub use error::{dev_exit_code, exit, format_exit_code, OpError};
+pub use error::{dev_exit_code, exit, format_exit_code, io_exit_code, OpError};
 pub use stats::Stats;
 
 /// 16 random bytes from the kernel, for stream ids and seeds.

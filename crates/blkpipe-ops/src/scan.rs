@@ -322,7 +322,12 @@ fn read_chunk(
     how: ReadMode,
 ) -> Result<(), OpError> {
     let got = if how == ReadMode::Direct {
-        let file = dev.file();
+        let file = dev.file().ok_or_else(|| {
+            OpError::Refused(format!(
+                "{}: O_DIRECT needs a local device",
+                dev.path().display()
+            ))
+        })?;
         let request = len.div_ceil(4096) * 4096;
         let mut done = 0;
         while done < len {
