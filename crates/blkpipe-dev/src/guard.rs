@@ -180,7 +180,16 @@ pub fn check(path: &Path, meta: &Metadata, role: Role, avoid: &[Avoid]) -> Resul
             ));
         }
         Role::Aux(what) if !ft.is_file() => {
-            return refuse(format!("is not a regular file; the {what} must be one"));
+            let kind = if ft.is_dir() {
+                "a directory"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else {
+                "a socket"
+            };
+            return refuse(format!("is {kind}, not a regular file; the {what} must be one"));
         }
         Role::Target { .. } if !ft.is_file() && !ft.is_block_device() => {
             return Err(DevError::NotADevice(path.to_owned()));
@@ -264,6 +273,12 @@ pub fn open(path: &Path, role: Role, how: OpenHow, avoid: &[Avoid]) -> Result<Fi
                 .map_err(|e| io_err("create", e))?
         }
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            if matches!(role, Role::Target { force: true }) {
+                return Err(DevError::Refused {
+                    path: path.to_owned(),
+                    why: "device is busy (mounted, or opened exclusively elsewhere) and is opened O_EXCL even with --force; add --no-exclusive to open it anyway".into(),
+                });
+            }
             // Say who holds it, when that can be found out.
             if let Ok(meta) = fs::metadata(path) {
                 inuse::check(path, &meta)?;
