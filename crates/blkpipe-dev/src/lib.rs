@@ -55,7 +55,7 @@ pub enum DevError {
     #[error("{0}: not a regular file or block device")]
     NotADevice(PathBuf),
     /// An NBD export could not be opened or used.
-    #[error("{uri}: {source}")]
+    #[error("{uri}")]
     Nbd {
         /// The URI.
         uri: String,
