@@ -201,6 +201,7 @@ pub fn parse_nbdinfo_json(text: &str) -> Result<(u64, Vec<Range>), MetaError> {
         j.at += 1;
     } else {
         loop {
+            j.peek();
             let start = j.at;
             j.expect(b'{')?;
             let (mut off, mut len, mut ty, mut desc) = (None, None, None, String::new());
