@@ -31,7 +31,8 @@ use crate::common;
     after_long_help = AFTER_HELP
 )]
 pub struct Args {
-    /// Local device or image file: the source.
+    /// Local device or image file, or NBD URI (nbd://HOST[:PORT]/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH): the source.
     pub dev: PathBuf,
     /// Read the hash stream from FILE instead of stdin.
     #[arg(long, value_name = "FILE", help_heading = "Input")]

@@ -36,7 +36,8 @@ use crate::common;
     after_long_help = AFTER_HELP
 )]
 pub struct Args {
-    /// Device or image file to hash.
+    /// Device or image file to hash, or an NBD URI (nbd://HOST[:PORT]/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH).
     pub dev: PathBuf,
     /// Start at this byte offset, rounded down to a multiple of the block size, e.g. to resume
     /// from the offset `blkpatch --print-state` recorded.

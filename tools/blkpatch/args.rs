@@ -29,6 +29,13 @@ use crate::common;
 /// the host's other cached data. A write error is reported as soon as the disk returns it;
 /// exit 0 comes only after fsync.
 ///
+/// TARGET may be an NBD export (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH),
+/// e.g. a qcow2 image through qemu-nbd: records are written with NBD_CMD_WRITE, zero
+/// records with NBD_CMD_WRITE_ZEROES (allowed to punch holes only with --discard), and exit 0
+/// comes only after NBD_CMD_FLUSH. The in-use checks and --force do not apply to it (the
+/// server decides who may write; a read-only export is refused); --undo, --state and
+/// --verify work as for a local target. TLS (nbds://) is not supported yet.
+///
 /// Streams:
 ///   stdin   patch stream (or --input FILE) from blkread-chunks, blkdiff, cowlist --data,
 ///           blkmerge or an --undo file; zstd, lz4 and gzip are recognised and decompressed
@@ -43,7 +50,8 @@ use crate::common;
     after_long_help = AFTER_HELP
 )]
 pub struct Args {
-    /// Block device or image file to patch (optional with --list and --dry-run).
+    /// Block device or image file to patch, or an NBD URI (optional with --list and
+    /// --dry-run).
     #[arg(required_unless_present_any = ["list", "dry_run", "print_state"])]
     pub target: Option<PathBuf>,
     /// Read the patch stream from FILE instead of stdin.

@@ -27,7 +27,8 @@ use crate::common;
     after_long_help = AFTER_HELP
 )]
 pub struct Args {
-    /// Device or image file to read.
+    /// Device or image file to read, or an NBD URI (nbd://HOST[:PORT]/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH).
     pub dev: PathBuf,
     /// Read the range list from FILE instead of stdin.
     #[arg(long, value_name = "FILE", help_heading = "Input")]

@@ -33,6 +33,14 @@ use crate::common;
 /// from the XML) and era_invalidate (needs --block-size, the era target's block size) into the
 /// same range list.
 ///
+/// --nbd-bitmap NAME URI lists the dirty extents of the qemu dirty bitmap NAME of a running
+/// VM's or qemu-nbd's export (meta context qemu:dirty-bitmap:NAME; export it with the bitmap:
+/// qemu-nbd -B NAME, or block-export-add with bitmaps); --nbd-allocation URI lists the extents
+/// that hold data (base:allocation: holes and known-zero extents are left out, so use it for a
+/// first copy into a new sparse file or a zeroed device). --nbd-map FILE reads the same from
+/// `nbdinfo --map --json` (or --map=qemu:dirty-bitmap:NAME --json) output. The header
+/// carries the export's size.
+///
 /// Streams:
 ///   stdin   read only for --thin-delta - or --era-invalidate -
 ///   stdout  range list (text; first line `# blkranges v1 size=ORIGIN chunk=CHUNK`), or with
@@ -44,10 +52,12 @@ use crate::common;
     version,
     about = "List the chunks changed since an LVM snapshot was taken, as a range list",
     verbatim_doc_comment,
+    override_usage = "cowlist [OPTIONS] <SNAP | --cow FILE | --thin-delta FILE | --era-invalidate FILE>\n       \
+                      cowlist [OPTIONS] <--nbd-bitmap NAME URI | --nbd-allocation URI | --nbd-map FILE>",
     after_long_help = AFTER_HELP
 )]
 #[command(group(ArgGroup::new("source").required(true)
-    .args(["snap", "cow", "thin_delta", "era_invalidate"])))]
+    .args(["snap", "cow", "thin_delta", "era_invalidate", "nbd_allocation", "nbd_map"])))]
 pub struct Args {
     /// The snapshot: VG/LV, /dev/VG/LV or /dev/mapper/VG-LV.
     pub snap: Option<String>,
@@ -71,6 +81,15 @@ pub struct Args {
     /// Read era_invalidate XML from FILE ('-': stdin).
     #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub era_invalidate: Option<PathBuf>,
+    /// List the dirty extents of this qemu dirty bitmap of the NBD export SNAP (a URI).
+    #[arg(long, value_name = "NAME", requires = "snap", conflicts_with_all = ["cow", "data"], help_heading = "Input")]
+    pub nbd_bitmap: Option<String>,
+    /// List the allocated (data) extents of this NBD export.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["snap", "cow", "data"], help_heading = "Input")]
+    pub nbd_allocation: Option<String>,
+    /// Read `nbdinfo --map --json` output from FILE ('-': stdin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["snap", "cow", "data"], help_heading = "Input")]
+    pub nbd_map: Option<PathBuf>,
     /// Block size of the XML's blocks (bytes; s, K, M, G suffixes).
     #[arg(long, value_name = "SIZE", value_parser = size, help_heading = "Input")]
     pub block_size: Option<u64>,
@@ -91,6 +110,8 @@ Examples:
   cowlist --data vg/lv-snap | blkpatch --undo undo.patch /dev/vg/lv    # roll back
   thin_delta -m --thin1 1 --thin2 2 /dev/mapper/pool_tmeta | cowlist --thin-delta -
   era_invalidate --written-since 5 META | cowlist --era-invalidate - --block-size 64K
+  cowlist --nbd-bitmap b1 'nbd+unix:///vda?socket=/run/backup.sock' > ranges
+  nbdinfo --map --json nbd://host/disk | cowlist --nbd-map -
 
 Exit codes:
   0    success

@@ -6,12 +6,14 @@ mod args;
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
 use blkpipe_dev::Device;
+use blkpipe_format::range::Range;
+use blkpipe_meta::nbdmap::{self, MapKind};
 use blkpipe_meta::resolve::Resolver;
 use blkpipe_meta::snapshot::{self, ChangeList, ReadOptions, SnapshotView};
 use blkpipe_meta::xml::{self, BlockRanges};
@@ -52,6 +54,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         let r = xml::parse_era_invalidate(open_xml(path)?, block)
             .with_context(|| format!("{}: era_invalidate XML", path.display()))?;
         return write_blocks(&args, &r, started);
+    }
+    if let Some(r) = nbd_ranges(&args)? {
+        return write_nbd_ranges(&args, r, started);
     }
     if args.data {
         common::guard_binary_stdout(args.force_tty)?;
@@ -133,6 +138,57 @@ fn origin_size(args: &Args) -> anyhow::Result<Option<u64>> {
         (None, Some(dev)) => Some(Device::open_source(dev, false)?.size()),
         (None, None) => None,
     })
+}
+
+/// The export size and ranges of --nbd-bitmap, --nbd-allocation or --nbd-map.
+fn nbd_ranges(args: &Args) -> anyhow::Result<Option<(u64, Vec<Range>)>> {
+    if let (Some(name), Some(uri)) = (&args.nbd_bitmap, &args.snap) {
+        return Ok(Some(nbdmap::from_export(
+            uri,
+            MapKind::Dirty(name.clone()),
+        )?));
+    }
+    if let Some(uri) = &args.nbd_allocation {
+        return Ok(Some(nbdmap::from_export(uri, MapKind::Data)?));
+    }
+    if let Some(path) = &args.nbd_map {
+        let mut text = String::new();
+        open_xml(path)?
+            .read_to_string(&mut text)
+            .map_err(MetaError::Input)
+            .with_context(|| format!("{}: read", path.display()))?;
+        let r = nbdmap::parse_nbdinfo_json(&text)
+            .with_context(|| format!("{}: nbdinfo JSON", path.display()))?;
+        return Ok(Some(r));
+    }
+    Ok(None)
+}
+
+fn write_nbd_ranges(
+    args: &Args,
+    (size, ranges): (u64, Vec<Range>),
+    started: Instant,
+) -> anyhow::Result<()> {
+    // The header's chunk: the largest power of two (up to 1 MiB) every range is aligned to.
+    let align = ranges.iter().fold(1u64 << 20, |a, r| {
+        a.min(1 << (r.offset | r.length).trailing_zeros().min(20))
+    });
+    let bytes: u64 = ranges.iter().map(|r| r.length).sum();
+    let mut out = common::stdout_buffered();
+    snapshot::write_ranges(&mut out, Some(size), align, ranges.iter().copied())
+        .context("stdout")?;
+    if json_wanted(args) {
+        json_stats(ranges.len() as u64, bytes, 0, started);
+    } else if args.report.stats.is_some() {
+        eprintln!("cowlist: export size:      {size}");
+        eprintln!("cowlist: ranges:           {}", ranges.len());
+        eprintln!("cowlist: bytes to send:    {bytes}");
+        eprintln!(
+            "cowlist: seconds:          {:.3}",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 fn open_xml(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {

@@ -59,7 +59,7 @@ pub enum DevError {
     #[error("{}: not a regular file or block device", .0.display())]
     NotADevice(PathBuf),
     /// An NBD export could not be opened or used.
-    #[error("{uri}: {source}")]
+    #[error("{uri}")]
     Nbd {
         /// The URI.
         uri: String,

@@ -125,8 +125,7 @@ impl MetaError {
         match self {
             MetaError::Read { source, .. } => io_code(source),
             MetaError::Input(e) | MetaError::Output(e) => io_code(e),
-            MetaError::Dev(DevError::InUse { .. } | DevError::NotADevice(_)) => exit::REFUSED,
-            MetaError::Dev(e) => e.io_error().map_or(exit::IO, io_code),
+            MetaError::Dev(e) => blkpipe_ops::dev_exit_code(e),
             MetaError::BadMagic { .. }
             | MetaError::Uninitialised
             | MetaError::TooShort { .. }

@@ -37,6 +37,7 @@
 //! ```
 
 mod error;
+pub mod nbdmap;
 pub mod resolve;
 pub mod snapshot;
 pub mod xml;

@@ -35,8 +35,8 @@ pub fn is_nbd_uri(s: &str) -> bool {
     )
 }
 
-fn bad(uri: &str, why: impl std::fmt::Display) -> NbdError {
-    NbdError::Uri(format!("{uri}: {why}"))
+fn bad(_uri: &str, why: impl std::fmt::Display) -> NbdError {
+    NbdError::Uri(why.to_string())
 }
 
 fn percent_decode(uri: &str, s: &str) -> Result<String, NbdError> {
@@ -170,7 +170,6 @@ mod tests {
         ] {
             let e = parse(uri).unwrap_err().to_string();
             assert!(e.contains(why), "{uri}: {e}");
-            assert!(e.contains(uri), "{uri}: {e}");
         }
         assert!(is_nbd_uri("nbds://x/"));
         assert!(!is_nbd_uri("/dev/sda"));

@@ -1,0 +1,380 @@
+//! End-to-end tests of NBD exports as sources and targets, against real qemu-nbd (qemu-utils)
+//! and nbdinfo (libnbd-bin) over Unix sockets: qcow2 images with dirty bitmaps made by
+//! qemu-img and qemu-io, whole pipelines of the tools, guest views compared with
+//! `qemu-img compare`. A fake server that lies is in `nbd_lies.rs`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{bin, pattern, stderr};
+
+/// A qemu-nbd serving one image on a Unix socket, killed on drop.
+struct QemuNbd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl QemuNbd {
+    fn start(image: &Path, fmt: &str, extra: &[&str]) -> QemuNbd {
+        let sock = image.with_extension("sock");
+        let _ = fs::remove_file(&sock);
+        let child = Command::new("qemu-nbd")
+            .args(["-f", fmt, "-k"])
+            .arg(&sock)
+            .args(["-t", "--cache=writeback"])
+            .args(extra)
+            .arg(image)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd (apt-get install qemu-utils)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "qemu-nbd did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        QemuNbd { child, sock }
+    }
+
+    fn uri(&self) -> String {
+        format!("nbd+unix:///?socket={}", self.sock.display())
+    }
+}
+
+impl Drop for QemuNbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a bash pipeline (pipefail) with the built tools first on PATH.
+fn sh(script: &str) -> Output {
+    let dir = bin("blkpatch").parent().unwrap().to_owned();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    Command::new("bash")
+        .args(["-c", &format!("set -euo pipefail\n{script}")])
+        .env("PATH", path)
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "status {:?}\nstderr: {}",
+        o.status,
+        stderr(o)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn tool(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).output().expect(cmd)
+}
+
+/// `qemu-img compare` of two images' guest views (-U: they may be exported).
+fn same_guest_view(a: &Path, fa: &str, b: &Path, fb: &str) {
+    let o = tool(
+        "qemu-img",
+        &[
+            "compare",
+            "-U",
+            "-f",
+            fa,
+            "-F",
+            fb,
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "qemu-img compare: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+}
+
+fn qemu_io(img: &Path, cmds: &[&str]) {
+    let mut args = vec!["-f", "qcow2"];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.push(img.to_str().unwrap());
+    let o = tool("qemu-io", &args);
+    assert!(o.status.success(), "qemu-io: {}", stderr(&o));
+}
+
+fn qcow2(dir: &Path, name: &str, size: &str) -> PathBuf {
+    let p = dir.join(name);
+    let o = tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", p.to_str().unwrap(), size],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    p
+}
+
+/// Ranges of a range list body (header and comments skipped).
+fn ranges(list: &str) -> Vec<(u64, u64)> {
+    list.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The extents nbdinfo's map selects (type bit `bit` set, or clear with `want_set` false),
+/// merged.
+fn nbdinfo_map(uri: &str, map: &str, bit: u64, want_set: bool) -> Vec<(u64, u64)> {
+    let o = tool("nbdinfo", &[&format!("--map={map}"), uri]);
+    let text = ok(&o);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (off, len, ty): (u64, u64, u64) = (
+            f[0].parse().unwrap(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+        );
+        if (ty & bit != 0) == want_set {
+            match out.last_mut() {
+                Some(l) if l.0 + l.1 == off => l.1 += len,
+                _ => out.push((off, len)),
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn qcow2_source_into_raw_target_by_allocation_and_bitmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = qcow2(d, "src.qcow2", "48M");
+    qemu_io(
+        &img,
+        &[
+            "write -P 0x11 0 1M",
+            "write -P 0x22 5M 3M",
+            "write -z 6M 64k",
+            "write -P 0x33 47M 1M",
+        ],
+    );
+    // The first full copy, from the allocated extents, into a new sparse raw file.
+    let srv = QemuNbd::start(&img, "qcow2", &["-r"]);
+    let alloc = ok(&sh(&format!("cowlist --nbd-allocation '{}'", srv.uri())));
+    assert!(
+        alloc.starts_with("# blkranges v1 size=50331648 "),
+        "{alloc}"
+    );
+    assert_eq!(
+        ranges(&alloc),
+        nbdinfo_map(&srv.uri(), "base:allocation", 2, false),
+        "cowlist's data extents are nbdinfo's non-zero extents"
+    );
+    let raw = d.join("copy.raw");
+    ok(&sh(&format!(
+        "cowlist --nbd-allocation '{u}' | blkread-chunks '{u}' | blkpatch {r}",
+        u = srv.uri(),
+        r = raw.display()
+    )));
+    same_guest_view(&img, "qcow2", &raw, "raw");
+    drop(srv);
+
+    // Writes after a bitmap was added: only they are listed and sent.
+    let o = tool(
+        "qemu-img",
+        &["bitmap", "--add", img.to_str().unwrap(), "b1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    qemu_io(
+        &img,
+        &[
+            "write -P 0x44 2M 128k",
+            "write -P 0x55 5M 4k",
+            "write -z 47M 512k",
+        ],
+    );
+    let srv = QemuNbd::start(&img, "qcow2", &["-r", "-B", "b1"]);
+    let dirty = ok(&sh(&format!("cowlist --nbd-bitmap b1 '{}'", srv.uri())));
+    let want = nbdinfo_map(&srv.uri(), "qemu:dirty-bitmap:b1", 1, true);
+    assert_eq!(
+        ranges(&dirty),
+        want,
+        "cowlist's dirty extents are nbdinfo's"
+    );
+    let dirty_bytes: u64 = want.iter().map(|r| r.1).sum();
+    assert!(dirty_bytes < 2 << 20, "only the new writes: {want:?}");
+    // The same list from nbdinfo's JSON.
+    let json = ok(&sh(&format!(
+        "nbdinfo --map=qemu:dirty-bitmap:b1 --json '{}' | cowlist --nbd-map -",
+        srv.uri()
+    )));
+    assert_eq!(ranges(&json), want);
+    let st = ok(&sh(&format!(
+        "cowlist --nbd-bitmap b1 '{u}' | blkread-chunks --stats=json '{u}' 2>{e} | blkpatch {r}; cat {e}",
+        u = srv.uri(),
+        r = raw.display(),
+        e = d.join("stats").display()
+    )));
+    assert!(st.contains("\"records\""), "{st}");
+    same_guest_view(&img, "qcow2", &raw, "raw");
+}
+
+#[test]
+fn raw_source_into_qcow2_target_through_qemu_nbd() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size = 24usize << 20;
+    let mut src = pattern(size, 7);
+    src[3 << 20..5 << 20].fill(0); // zero records over the target's data
+    let raw = d.join("src.raw");
+    fs::write(&raw, &src).unwrap();
+    let img = qcow2(d, "dst.qcow2", "24M");
+    qemu_io(&img, &["write -P 0x99 0 8M", "write -P 0x77 20M 1M"]);
+    let before = d.join("before.raw");
+    let o = tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            img.to_str().unwrap(),
+            before.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success());
+    let srv = QemuNbd::start(&img, "qcow2", &[]);
+    let u = srv.uri();
+    let undo = d.join("undo.patch");
+    let state = d.join("state");
+    // Target hashed over NBD, diffed against the local raw source, patched over NBD.
+    let o = sh(&format!(
+        "blkhash '{u}' | blkdiff {r} | blkpatch --verify --undo {un} --state {st} --stats '{u}'",
+        r = raw.display(),
+        un = undo.display(),
+        st = state.display()
+    ));
+    ok(&o);
+    same_guest_view(&img, "qcow2", &raw, "raw");
+    // A second pass finds nothing to send.
+    let again = ok(&sh(&format!(
+        "blkhash '{u}' | blkdiff {r} | blkpatch --list '{u}'",
+        r = raw.display()
+    )));
+    assert!(again.trim().is_empty(), "second pass listed: {again}");
+    // The undo file rolls the export back to what it was.
+    ok(&sh(&format!("blkpatch '{u}' < {}", undo.display())));
+    same_guest_view(&img, "qcow2", &before, "raw");
+    // --discard: zero records may become holes; the guest view still matches.
+    ok(&sh(&format!(
+        "blkhash '{u}' | blkdiff {r} | blkpatch --discard '{u}'",
+        r = raw.display()
+    )));
+    same_guest_view(&img, "qcow2", &raw, "raw");
+}
+
+#[test]
+fn refusals_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = qcow2(d, "ro.qcow2", "4M");
+    let srv = QemuNbd::start(&img, "qcow2", &["-r"]);
+    let u = srv.uri();
+    let patch = ok(&sh(&format!(
+        "echo '0 4096' | blkread-chunks '{u}' > {p}; echo",
+        p = d.join("p").display()
+    )));
+    assert!(patch.trim().is_empty());
+    for (script, code, says) in [
+        (
+            format!("blkpatch '{u}' < {}", d.join("p").display()),
+            5,
+            "read-only",
+        ),
+        (
+            format!("cowlist --nbd-bitmap nope '{u}'"),
+            5,
+            "qemu-nbd -B nope",
+        ),
+        (
+            "blkhash 'nbds://host/disk'".into(),
+            2,
+            "TLS is not supported",
+        ),
+        ("blkhash 'nbd+unix:///disk'".into(), 2, "?socket=PATH"),
+        (format!("blkhash --direct '{u}'"), 2, "--direct"),
+        (
+            format!("blkhash 'nbd+unix:///nosuch?socket={}'", srv.sock.display()),
+            4,
+            "export `nosuch`",
+        ),
+    ] {
+        let o = sh(&script);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{script}: {e}");
+        assert!(e.contains(says), "{script}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{script}: one line: {e}");
+    }
+}
+
+/// Several threads read and write one connection at once (the tools' scan workers, reader
+/// thread and writers do): every reply reaches its own request.
+#[test]
+fn one_connection_serves_many_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = d.join("img.raw");
+    let size = 16usize << 20;
+    let data = pattern(size, 3);
+    fs::write(&raw, &data).unwrap();
+    let srv = QemuNbd::start(&raw, "raw", &[]);
+    let dev = blkpipe_dev::Device::open_nbd(&srv.uri(), &[], true).unwrap();
+    assert_eq!(dev.size(), size as u64);
+    let barrier = std::sync::Barrier::new(4);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (dev, data, barrier) = (&dev, &data, &barrier);
+            s.spawn(move || {
+                let mut buf = vec![0u8; 300_000];
+                for i in 0..40u64 {
+                    let off = (i * 7919 + t * 104_729) * 37 % (size as u64 - buf.len() as u64);
+                    let n = dev.read_at(&mut buf, off).unwrap();
+                    assert_eq!(n, buf.len());
+                    assert!(
+                        buf[..] == data[off as usize..off as usize + n],
+                        "thread {t} read {i}"
+                    );
+                }
+                // Then each thread writes its own region, unaligned at both ends.
+                barrier.wait();
+                let mine = 1 + t * (3 << 20);
+                let w = pattern(1 << 20, 100 + t);
+                dev.write_at(&w, mine).unwrap();
+            });
+        }
+    });
+    dev.zero_range(5, 70_000, false, &[0u8; 4096]).unwrap();
+    dev.sync().unwrap();
+    let mut want = data.clone();
+    for t in 0..4usize {
+        let mine = 1 + t * (3 << 20);
+        want[mine..mine + (1 << 20)].copy_from_slice(&pattern(1 << 20, 100 + t as u64));
+    }
+    want[5..70_005].fill(0);
+    let mut back = vec![0u8; size + 100];
+    assert_eq!(dev.read_at(&mut back, 0).unwrap(), size, "short at the end");
+    assert!(back[..size] == want[..], "contents over NBD");
+    drop(dev);
+    drop(srv);
+    assert!(fs::read(&raw).unwrap() == want, "contents on disk");
+}
