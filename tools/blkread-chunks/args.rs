@@ -14,6 +14,11 @@ use crate::common;
 /// lines ignored), as cowlist writes it. Ranges are sorted and merged; a range past the end
 /// of DEV is an error naming its line. All-zero 4 KiB blocks become zero records.
 ///
+/// The whole list is read and checked before the first byte of output, in bounded memory: a
+/// list of more than 524,288 ranges goes to a temporary file in $TMPDIR (or /tmp; created
+/// exclusively and unlinked at once), 16 bytes a range. A sorted list may have any length;
+/// an unsorted one is sorted there up to 268,435,456 ranges and refused beyond (exit 5).
+///
 /// Streams:
 ///   stdin   range list (or --ranges FILE), e.g. from cowlist
 ///   stdout  patch stream (binary; refused on a terminal unless --force-tty)
