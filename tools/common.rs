@@ -65,7 +65,7 @@ pub fn progress(tool: &str, wanted: bool) -> blkpipe_ops::progress::Progress {
 pub enum When {
     /// Only when stderr is a terminal.
     Auto,
-    /// Always, even into a file or pipe.
+    /// Also into a file or pipe, one plain line per second.
     Always,
 }
 
@@ -82,8 +82,9 @@ pub enum StatsFormat {
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Reporting")]
 pub struct Reporting {
-    /// Draw a progress line on stderr: bytes, rate, ETA when the total is known
-    /// (`--progress` = auto: only when stderr is a terminal; `--progress=always`).
+    /// Show progress on stderr: bytes, total, percent, rate and ETA (`--progress` = auto: a
+    /// line redrawn on a terminal; `--progress=always`: also into a file or pipe, one line a
+    /// second).
     #[arg(long, value_name = "WHEN", num_args = 0..=1, require_equals = true, default_missing_value = "auto", value_enum)]
     pub progress: Option<When>,
     /// Write `bytes_done bytes_total` once per second to file descriptor FD, for wrappers.
@@ -98,15 +99,13 @@ impl Reporting {
     /// The progress reporter these options ask for.
     pub fn progress(&self, tool: &str) -> anyhow::Result<blkpipe_ops::progress::Progress> {
         use blkpipe_ops::progress::Progress;
-        let draw = match self.progress {
-            Some(When::Always) => true,
-            Some(When::Auto) => io::stderr().is_terminal(),
-            None => false,
-        };
-        let p = if draw {
-            Progress::stderr(tool, None)
-        } else {
-            Progress::hidden()
+        // A line redrawn in place on a terminal; plain lines once a second into a file or
+        // pipe, where a redrawn line would be unreadable.
+        let tty = io::stderr().is_terminal();
+        let p = match self.progress {
+            Some(_) if tty => Progress::stderr(tool, None),
+            Some(When::Always) => Progress::lines(tool),
+            Some(When::Auto) | None => Progress::hidden(),
         };
         Ok(match self.progress_fd {
             Some(fd) => p.with_feed(fd)?,

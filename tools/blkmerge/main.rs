@@ -7,6 +7,7 @@ mod common;
 use anyhow::Context;
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::merge::{merge_patches, MergeOptions};
+use blkpipe_ops::progress::ProgressWriter;
 use clap::{CommandFactory, Parser};
 
 use args::Args;
@@ -24,7 +25,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         inputs.push((path.display().to_string(), reader));
     }
     let opts = MergeOptions { lz4: args.lz4 };
-    let stats = merge_patches(inputs, common::stdout_buffered(), &opts)?;
+    let progress = args.report.progress("blkmerge")?;
+    let out = ProgressWriter::new(common::stdout_buffered(), progress.clone());
+    let stats = merge_patches(inputs, out, &opts)?;
+    progress.finish();
     args.report.print_stats("blkmerge", &stats);
     Ok(())
 }

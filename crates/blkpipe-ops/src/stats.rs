@@ -49,10 +49,10 @@ impl Stats {
         let secs = self.elapsed.as_secs_f64();
         let mut s = String::new();
         let mut line = |k: &str, v: String| {
-            let _ = writeln!(s, "{tool}: {k:<18}{v}");
+            let _ = writeln!(s, "{tool}: {k:<25}{v}");
         };
         line("records:", self.records.to_string());
-        line("bytes read:", self.bytes_read.to_string());
+        line("bytes read from devices:", self.bytes_read.to_string());
         line("bytes written:", self.bytes_written.to_string());
         line("data bytes:", self.data_bytes.to_string());
         line("zero bytes:", self.zero_bytes.to_string());
@@ -61,14 +61,17 @@ impl Stats {
             line("blocks different:", self.blocks_different.to_string());
         }
         if let Some(n) = self.storage_read {
-            line("storage read:", format!("{n} (/proc/self/io read_bytes)"));
+            line(
+                "bytes read from disk:",
+                format!("{n} (what the kernel read from storage for this process)"),
+            );
         }
         let rate = if secs > 0.0 {
-            (self.bytes_read.max(self.bytes_written)) as f64 / secs / 1e6
+            (self.bytes_read.max(self.bytes_written)) as f64 / secs / (1u64 << 20) as f64
         } else {
             0.0
         };
-        line("seconds:", format!("{secs:.3} ({rate:.1} MB/s)"));
+        line("seconds:", format!("{secs:.3} ({rate:.1} MiB/s)"));
         s
     }
 }
