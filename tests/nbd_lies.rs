@@ -25,6 +25,9 @@ enum Lie {
 
 const SIZE: u64 = 8 << 20;
 
+/// The requests the server received: (command, offset, length).
+type Log = Arc<Mutex<Vec<(u16, u64, u32)>>>;
+
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes(b[..4].try_into().unwrap())
 }
@@ -59,7 +62,7 @@ fn simple(error: u32, cookie: u64) -> Vec<u8> {
 }
 
 /// Serve one connection; `log` gets (command, offset, length) of every request.
-fn serve(mut s: UnixStream, lie: Lie, honest: usize, log: Arc<Mutex<Vec<(u16, u64, u32)>>>) {
+fn serve(mut s: UnixStream, lie: Lie, honest: usize, log: Log) {
     let data = pattern(SIZE as usize, 5);
     let mut hello = 0x4e42_444d_4147_4943u64.to_be_bytes().to_vec();
     hello.extend_from_slice(&0x4948_4156_454f_5054u64.to_be_bytes());
@@ -153,7 +156,7 @@ fn serve(mut s: UnixStream, lie: Lie, honest: usize, log: Arc<Mutex<Vec<(u16, u6
 }
 
 /// A lying server on a socket in `dir`; returns its URI and the request log.
-fn liar(dir: &Path, lie: Lie, honest: usize) -> (String, Arc<Mutex<Vec<(u16, u64, u32)>>>) {
+fn liar(dir: &Path, lie: Lie, honest: usize) -> (String, Log) {
     let sock = dir.join(format!("{lie:?}.sock"));
     let l = UnixListener::bind(&sock).unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
