@@ -216,15 +216,16 @@ impl Client {
                 }
                 continue;
             }
+            // After a fault nothing is trusted, not even replies that completed before it.
+            if let Some(f) = &st.fault {
+                return Err(f.clone());
+            }
             if ops.iter().all(|o| o.done) {
                 drop(st);
                 if let Some(e) = ops.iter_mut().find_map(|o| o.error.take()) {
                     return Err(self.poison(e));
                 }
                 return Ok(());
-            }
-            if let Some(f) = &st.fault {
-                return Err(f.clone());
             }
             if let Some(mut rd) = st.reader.take() {
                 drop(st);

@@ -567,6 +567,27 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_seeds_decode() {
+        let seed = include_bytes!("../../../../fuzz/corpus/nbd_reply/seed-structured");
+        assert_eq!(fuzz_replies(seed), 4);
+        let seed = include_bytes!("../../../../fuzz/corpus/nbd_reply/seed-extended");
+        assert_eq!(fuzz_replies(seed), 1);
+        let mut out = Vec::new();
+        let p = &seed[33..];
+        assert_eq!(
+            decode_block_status(REPLY_BLOCK_STATUS_EXT, p, 4, &mut out).unwrap(),
+            1
+        );
+        assert_eq!(
+            out,
+            vec![Extent {
+                len: 65536,
+                flags: 1
+            }]
+        );
+    }
+
+    #[test]
     fn fuzz_body_survives_garbage() {
         for seed in 0u64..2000 {
             let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
