@@ -210,3 +210,31 @@ fn damaged_compressed_input_is_bad_input_naming_input_and_format() {
     );
     assert!(Path::new(&f.src).exists());
 }
+
+#[test]
+fn a_cut_stream_says_how_much_was_written_and_how_to_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    fs::write(&src, pattern(1 << 20, 5)).unwrap();
+    let stream = run(
+        "blkread-chunks",
+        &[src.to_str().unwrap()],
+        b"0 4096\n65536 4096\n131072 4096\n",
+    );
+    assert!(stream.status.success());
+    // Cut inside the third record: two are verified and written.
+    let cut = &stream.stdout[..stream.stdout.len() - 2000];
+    let dst = dir.path().join("dst.img");
+    let out = run("blkpatch", &[dst.to_str().unwrap()], cut);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("truncated")
+            && err.contains("the 2 records before the cut are written: rerun to finish"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // --dry-run writes nothing, so it does not say so.
+    let out = run("blkpatch", &["--dry-run"], cut);
+    assert!(!stderr(&out).contains("written"), "{}", stderr(&out));
+}

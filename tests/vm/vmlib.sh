@@ -39,10 +39,10 @@ vm_need_host_tools() {
     done
     if ((${#missing[@]} > 0)); then
         vm_log "installing host packages: ${missing[*]}"
-        vm_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2 ||
+        vm_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-remove "${missing[@]}" >&2 ||
             {
                 vm_as_root apt-get update -q >&2
-                vm_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
+                vm_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-remove "${missing[@]}" >&2
             }
     fi
 }

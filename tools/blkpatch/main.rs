@@ -8,6 +8,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use blkpipe_dev::{Avoid, Device, TargetOptions};
+use blkpipe_format::FormatError;
 use blkpipe_ops::apply::{apply_stream, read_header, ApplyOptions};
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::state::{hex_id, ResumeState};
@@ -80,7 +81,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let progress = args.report.progress("blkpatch")?;
     let mut stdout = common::stdout_buffered();
     let list: Option<&mut dyn std::io::Write> = if args.list { Some(&mut stdout) } else { None };
-    let applied = apply_stream(target.as_mut(), reader, &opts, &progress, list)?;
+    let applied = apply_stream(target.as_mut(), reader, &opts, &progress, list).map_err(|e| {
+        if write {
+            say_how_far(e)
+        } else {
+            e
+        }
+    })?;
     std::io::Write::flush(&mut stdout).context("stdout")?;
     if args.dry_run {
         eprintln!(
@@ -90,6 +97,23 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     args.report.print_stats("blkpatch", &applied.stats);
     Ok(())
+}
+
+/// A stream cut short after some records were written: say so, and how to finish (the
+/// records before the cut are verified and on the target).
+fn say_how_far(e: OpError) -> OpError {
+    match e {
+        OpError::Format(FormatError::Truncated { record, .. }) if record > 0 => {
+            let written = match record {
+                1 => "the record before the cut is written".to_owned(),
+                n => format!("the {n} records before the cut are written"),
+            };
+            OpError::BadRange(format!(
+                "{e}; {written}: rerun to finish (with --state, a rerun skips what is applied)"
+            ))
+        }
+        e => e,
+    }
 }
 
 fn main() {

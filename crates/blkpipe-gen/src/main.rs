@@ -1,11 +1,13 @@
 //! `blkpipe-gen OUTDIR`: the build step that writes the man pages and shell completions of the
 //! six blkpipe tools from the same clap definitions their `--help` comes from
-//! (`tools/<tool>/args.rs`), plus the hand-written `blkpipe(7)` overview.
+//! (`tools/<tool>/args.rs`), the man pages of the shell workflows (blksync, lvmigrate,
+//! lvbackup) from the `--help` text in each script, plus the hand-written `blkpipe(7)`
+//! overview.
 //!
 //! Not one of the tools and never installed: `packaging/build-docs` runs it.
 //!
 //! ```text
-//! OUTDIR/man/man1/<tool>.1            one page per tool
+//! OUTDIR/man/man1/<tool>.1            one page per tool and per shell workflow
 //! OUTDIR/man/man7/blkpipe.7           formats and pipelines
 //! OUTDIR/completions/bash/<tool>      for /usr/share/bash-completion/completions
 //! OUTDIR/completions/zsh/_<tool>      for /usr/share/zsh/vendor-completions
@@ -47,6 +49,42 @@ mod cowlist;
 
 /// The overview page, hand-written; `@VERSION@` and `@DATE@` are replaced.
 const OVERVIEW_7: &str = include_str!("../../../packaging/blkpipe.7");
+
+/// The shell workflows: name, the NAME line's summary, the script (its `usage()` text, a
+/// quoted here-document, is the page) and the pages it refers to.
+const SCRIPTS: [(&str, &str, &str, &[&str]); 3] = [
+    (
+        "blksync",
+        "make a device or image file, on another host or this one, equal to a local one",
+        include_str!("../../../shell/blksync"),
+        &["blkhash", "blkdiff", "blkpatch", "ssh"],
+    ),
+    (
+        "lvmigrate",
+        "move a logical volume to another host while it stays in use",
+        include_str!("../../../shell/lvmigrate"),
+        &[
+            "cowlist",
+            "blkread-chunks",
+            "blkpatch",
+            "blkhash",
+            "blkdiff",
+            "lvcreate",
+        ],
+    ),
+    (
+        "lvbackup",
+        "incremental backups of a logical volume with a rotating snapshot",
+        include_str!("../../../shell/lvbackup"),
+        &[
+            "cowlist",
+            "blkread-chunks",
+            "blkpatch",
+            "blkmerge",
+            "lvcreate",
+        ],
+    ),
+];
 
 /// Every tool's command, in the order the pipelines use them.
 fn tools() -> Vec<clap::Command> {
@@ -92,6 +130,10 @@ fn generate(out: &Path) -> anyhow::Result<()> {
         let page = man_page(cmd.clone(), &see_also)?;
         write(&man1.join(format!("{name}.1")), &page)?;
     }
+    for (name, summary, script, refs) in SCRIPTS {
+        let page = script_page(name, summary, script, refs)?;
+        write(&man1.join(format!("{name}.1")), &page)?;
+    }
     let overview = OVERVIEW_7
         .replace("@VERSION@", env!("CARGO_PKG_VERSION"))
         .replace("@DATE@", &page_date());
@@ -123,6 +165,7 @@ fn man_page(cmd: clap::Command, see_also: &[&str]) -> anyhow::Result<Vec<u8>> {
         .or(cmd.get_about())
         .map(|s| s.to_string());
     let after = cmd.get_after_long_help().map(|s| s.to_string());
+    let cmd_for_synopsis = cmd.clone();
     let man = Man::new(cmd)
         .date(page_date())
         .source(format!("blkpipe {version}"))
@@ -130,8 +173,8 @@ fn man_page(cmd: clap::Command, see_also: &[&str]) -> anyhow::Result<Vec<u8>> {
     let mut page = Vec::new();
     man.render_title(&mut page)?;
     man.render_name_section(&mut page)?;
-    man.render_synopsis_section(&mut page)?;
     let mut roff = Roff::new();
+    synopsis(&mut roff, &cmd_for_synopsis);
     if let Some(text) = description {
         roff.control("SH", ["DESCRIPTION"]);
         help_text(&mut roff, &text, false)?;
@@ -149,6 +192,119 @@ fn man_page(cmd: clap::Command, see_also: &[&str]) -> anyhow::Result<Vec<u8>> {
     roff.text([roman(refs.join(", "))]);
     page.extend(roff.render().into_bytes());
     Ok(page)
+}
+
+/// SYNOPSIS with every option's value name (`[--input FILE]`, `[--progress[=WHEN]]`), which
+/// clap_mangen leaves out.
+fn synopsis(roff: &mut Roff, cmd: &clap::Command) {
+    use clap_mangen::roff::{bold, italic, Inline};
+    roff.control("SH", ["SYNOPSIS"]);
+    let mut cmd = cmd.clone();
+    cmd.build(); // fills in each argument's number of values
+    let mut line: Vec<Inline> = vec![bold(cmd.get_name().to_owned())];
+    // Options first, then the operands, as clap's own usage line has them.
+    let args = cmd.get_arguments().filter(|a| !a.is_positional());
+    for arg in args.chain(cmd.get_arguments().filter(|a| a.is_positional())) {
+        if arg.is_hide_set() || matches!(arg.get_id().as_str(), "help" | "version") {
+            continue;
+        }
+        let values: Vec<String> = arg
+            .get_value_names()
+            .map(|v| v.iter().map(|n| n.to_string()).collect())
+            .unwrap_or_else(|| vec![arg.get_id().as_str().to_uppercase()]);
+        line.push(roman(" "));
+        if arg.is_positional() {
+            let v = values.join(" ");
+            if arg.is_required_set() {
+                line.push(italic(v));
+            } else {
+                line.extend([roman("["), italic(v), roman("]")]);
+            }
+            continue;
+        }
+        line.push(roman("["));
+        match (arg.get_short(), arg.get_long()) {
+            (Some(s), Some(l)) => line.push(bold(format!("-{s}|--{l}"))),
+            (Some(s), None) => line.push(bold(format!("-{s}"))),
+            (None, Some(l)) => line.push(bold(format!("--{l}"))),
+            (None, None) => {}
+        }
+        let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+        if takes_value {
+            let optional = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
+            if optional {
+                line.extend([roman("[="), italic(values.join(" ")), roman("]")]);
+            } else {
+                line.extend([roman(" "), italic(values.join(" "))]);
+            }
+        }
+        line.push(roman("]"));
+    }
+    roff.text(line);
+}
+
+/// The text of a script's `usage()`: the lines of its `cat <<'EOF'` here-document.
+fn script_usage(script: &str) -> Option<&str> {
+    let start = script.find("usage() {")?;
+    let body = &script[start..];
+    let open = body.find("<<'EOF'\n")? + "<<'EOF'\n".len();
+    let len = body[open..].find("\nEOF\n")?;
+    Some(&body[open..open + len])
+}
+
+/// A shell workflow's page from its `--help` text: the `Usage:` lines are the SYNOPSIS, the
+/// prose up to the first heading the DESCRIPTION, `Options:` and `Examples:` blocks their own
+/// sections, and the closing `Exit status:` paragraph EXIT STATUS.
+fn script_page(name: &str, summary: &str, script: &str, refs: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let usage =
+        script_usage(script).with_context(|| format!("shell/{name}: no usage() here-document"))?;
+    let mut lines = usage.lines().peekable();
+    let mut synopsis = Vec::new();
+    while let Some(line) = lines.next_if(|l| !l.trim().is_empty()) {
+        // Continuation lines keep their indentation under the first, without `Usage: `.
+        let line = line.strip_prefix("Usage: ").unwrap_or(line);
+        synopsis.push(line.strip_prefix("       ").unwrap_or(line).to_owned());
+    }
+    let rest: Vec<&str> = lines.collect();
+    let rest = rest.join("\n");
+    let (body, exit) = match rest.find("\nExit status: ") {
+        Some(at) => (&rest[..at], Some(&rest[at + "\nExit status: ".len()..])),
+        None => (rest.as_str(), None),
+    };
+    let mut roff = Roff::new();
+    roff.control(
+        "TH",
+        [
+            name.to_uppercase().as_str(),
+            "1",
+            page_date().as_str(),
+            &format!("blkpipe {}", env!("CARGO_PKG_VERSION")),
+            "blkpipe manual",
+        ],
+    );
+    roff.control("SH", ["NAME"]);
+    roff.text([roman(format!("{name} - {summary}"))]);
+    roff.control("SH", ["SYNOPSIS"]);
+    roff.control("nf", []);
+    for line in &synopsis {
+        roff.text([roman(line.as_str())]);
+    }
+    roff.control("fi", []);
+    roff.control("SH", ["DESCRIPTION"]);
+    help_text(&mut roff, body.trim_start_matches('\n'), true)?;
+    if let Some(exit) = exit {
+        roff.control("SH", ["EXIT STATUS"]);
+        help_text(&mut roff, exit, true)?;
+    }
+    roff.control("SH", ["SEE ALSO"]);
+    let see: Vec<String> = std::iter::once("blkpipe(7)".to_owned())
+        .chain(refs.iter().map(|r| match *r {
+            "lvcreate" => "lvcreate(8)".to_owned(),
+            r => format!("{r}(1)"),
+        }))
+        .collect();
+    roff.text([roman(see.join(", "))]);
+    Ok(roff.render().into_bytes())
 }
 
 /// Help text to roff. Unindented lines are prose (filled); a blank line starts a paragraph; an
@@ -257,6 +413,23 @@ mod tests {
             ] {
                 assert!(page.contains(want), "{name}.1 lacks {want}");
             }
+            // SYNOPSIS names each option's value: `[--undo FILE]`.
+            let synopsis = page.split(".SH DESCRIPTION").next().unwrap();
+            let mut built = cmd.clone();
+            built.build();
+            for arg in built.get_arguments().filter(|a| {
+                a.get_long().is_some() && a.get_num_args().is_some_and(|n| n.takes_values())
+            }) {
+                let long = arg.get_long().unwrap().replace('-', "\\-");
+                if let Some(value) = arg.get_value_names().and_then(|v| v.first()) {
+                    let want_plain = format!("\\-{long}\\fR \\fI{value}\\fR]");
+                    let want_optional = format!("\\-{long}\\fR[=\\fI{value}\\fR]]");
+                    assert!(
+                        synopsis.contains(&want_plain) || synopsis.contains(&want_optional),
+                        "{name}.1 SYNOPSIS lacks the value of --{long}: {synopsis}"
+                    );
+                }
+            }
             for arg in cmd.get_arguments().filter_map(|a| a.get_long()) {
                 assert!(
                     page.contains(&arg.replace('-', "\\-")),
@@ -272,7 +445,38 @@ mod tests {
                 assert!(text.contains(name), "{file}");
             }
         }
+        for (name, ..) in SCRIPTS {
+            let page = fs::read_to_string(dir.path().join(format!("man/man1/{name}.1"))).unwrap();
+            for want in [
+                ".SH NAME",
+                ".SH SYNOPSIS",
+                ".SH DESCRIPTION",
+                ".SH OPTIONS",
+                ".SH EXAMPLES",
+                ".SH \"EXIT STATUS\"",
+                "blkpipe(7)",
+                "\\-\\-help",
+            ] {
+                assert!(page.contains(want), "{name}.1 lacks {want}");
+            }
+            // Every option of the script's --help is on its page.
+            let usage = script_usage(SCRIPTS.iter().find(|s| s.0 == name).unwrap().2).unwrap();
+            for opt in usage.split_whitespace().filter(|w| w.starts_with("--")) {
+                let opt = opt.split(['=', '[', ',', ')', '.']).next().unwrap();
+                assert!(
+                    page.contains(&opt.replace('-', "\\-")),
+                    "{name}.1 lacks {opt}"
+                );
+            }
+        }
         let overview = fs::read_to_string(dir.path().join("man/man7/blkpipe.7")).unwrap();
+        for name in ["blksync(1)", "lvmigrate(1)", "lvbackup(1)"] {
+            let (page, section) = name.split_once('(').unwrap();
+            assert!(
+                overview.contains(&format!(".BR {page} ({section}")),
+                "blkpipe.7 does not mention {name}"
+            );
+        }
         assert!(overview.contains(env!("CARGO_PKG_VERSION")) && !overview.contains('@'));
     }
 }
