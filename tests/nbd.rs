@@ -378,3 +378,99 @@ fn one_connection_serves_many_threads() {
     drop(srv);
     assert!(fs::read(&raw).unwrap() == want, "contents on disk");
 }
+
+/// A qemu without a guest (`-machine none`) holding a qcow2 disk node, driven over QMP; the
+/// "guest's" writes are qemu-io commands through the human monitor.
+struct Qemu {
+    child: Child,
+    qmp: PathBuf,
+}
+
+impl Qemu {
+    fn start(dir: &Path, img: &Path) -> Qemu {
+        let qmp = dir.join("qmp.sock");
+        let child = Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "none",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-qmp",
+            ])
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .arg("-blockdev")
+            .arg(format!(
+                "driver=qcow2,node-name=disk0,file.driver=file,file.filename={}",
+                img.display()
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !qmp.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "qemu did not create its QMP socket"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Qemu { child, qmp }
+    }
+
+    fn qemu_io(&self, cmd: &str) {
+        let script = format!(
+            "printf '%s\\n' '{{\"execute\":\"qmp_capabilities\"}}' \
+             '{{\"execute\":\"human-monitor-command\",\"arguments\":{{\"command-line\":\"qemu-io disk0 \\\"{cmd}\\\"\"}}}}' \
+             | socat -t 2 - UNIX-CONNECT:{}",
+            self.qmp.display()
+        );
+        let out = ok(&sh(&script));
+        assert!(out.matches("\"return\"").count() == 2, "{cmd}: {out}");
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn vmsync_rounds_follow_the_bitmaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = qcow2(d, "vm.qcow2", "32M");
+    qemu_io(&img, &["write -P 1 0 6M", "write -P 2 30M 2M"]);
+    let qemu = Qemu::start(d, &img);
+    let copy = d.join("copy.raw");
+    let vmsync = Path::new(env!("CARGO_MANIFEST_DIR")).join("shell/vmsync");
+    let round = |target: &Path, extra: &str| {
+        sh(&format!(
+            "{} --qmp {} --node disk0 {extra} {}",
+            vmsync.display(),
+            qemu.qmp.display(),
+            target.display()
+        ))
+    };
+    let o = round(&copy, "");
+    assert!(stderr(&o).contains("full copy applied"), "{}", stderr(&o));
+    ok(&o);
+    qemu.qemu_io("write -P 3 1M 64k");
+    qemu.qemu_io("write -P 4 20M 1M");
+    // A round that fails keeps its changes for the next one.
+    let o = round(&d.join("no/such/dir/copy.raw"), "");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bitmaps kept"), "{}", stderr(&o));
+    qemu.qemu_io("write -P 5 9M 4k");
+    // The last round stops the "guest" (qemu flushes the image), so the copy equals it.
+    let o = round(&copy, "--pause");
+    ok(&o);
+    assert!(
+        stderr(&o).contains("changes since blkpipe-2"),
+        "{}",
+        stderr(&o)
+    );
+    same_guest_view(&img, "qcow2", &copy, "raw");
+}
