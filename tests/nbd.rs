@@ -24,7 +24,7 @@ impl QemuNbd {
         let child = Command::new("qemu-nbd")
             .args(["-f", fmt, "-k"])
             .arg(&sock)
-            .args(["-t", "--cache=writeback"])
+            .args(["-t", "-e", "8", "--cache=writeback"])
             .args(extra)
             .arg(image)
             .stdin(Stdio::null())
@@ -328,22 +328,16 @@ fn refusals_are_clear() {
 }
 
 /// Several threads read and write one connection at once (the tools' scan workers, reader
-/// thread and writers do): every reply reaches its own request.
-#[test]
-fn one_connection_serves_many_threads() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let raw = d.join("img.raw");
-    let size = 16usize << 20;
-    let data = pattern(size, 3);
-    fs::write(&raw, &data).unwrap();
-    let srv = QemuNbd::start(&raw, "raw", &[]);
-    let dev = blkpipe_dev::Device::open_nbd(&srv.uri(), &[], true).unwrap();
+/// thread and writers do): every reply reaches its own request. `data` is the export's
+/// initial contents; checked over NBD at the end and returned as the expected contents.
+fn exercise_threads(uri: &str, data: &[u8]) -> Vec<u8> {
+    let size = data.len();
+    let dev = blkpipe_dev::Device::open_nbd(uri, &[], true).unwrap();
     assert_eq!(dev.size(), size as u64);
     let barrier = std::sync::Barrier::new(4);
     std::thread::scope(|s| {
         for t in 0..4u64 {
-            let (dev, data, barrier) = (&dev, &data, &barrier);
+            let (dev, barrier) = (&dev, &barrier);
             s.spawn(move || {
                 let mut buf = vec![0u8; 300_000];
                 for i in 0..40u64 {
@@ -364,17 +358,168 @@ fn one_connection_serves_many_threads() {
         }
     });
     dev.zero_range(5, 70_000, false, &[0u8; 4096]).unwrap();
+    dev.zero_range(8 << 20, 3 << 20, true, &[0u8; 4096])
+        .unwrap();
     dev.sync().unwrap();
-    let mut want = data.clone();
+    let mut want = data.to_vec();
     for t in 0..4usize {
         let mine = 1 + t * (3 << 20);
         want[mine..mine + (1 << 20)].copy_from_slice(&pattern(1 << 20, 100 + t as u64));
     }
     want[5..70_005].fill(0);
+    want[8 << 20..11 << 20].fill(0);
     let mut back = vec![0u8; size + 100];
     assert_eq!(dev.read_at(&mut back, 0).unwrap(), size, "short at the end");
     assert!(back[..size] == want[..], "contents over NBD");
-    drop(dev);
+    want
+}
+
+#[test]
+fn one_connection_serves_many_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("img.raw");
+    let data = pattern(16 << 20, 3);
+    fs::write(&raw, &data).unwrap();
+    let srv = QemuNbd::start(&raw, "raw", &[]);
+    let want = exercise_threads(&srv.uri(), &data);
     drop(srv);
     assert!(fs::read(&raw).unwrap() == want, "contents on disk");
+}
+
+/// nbdkit (no extended headers) with structured replies, with simple replies only, and with
+/// a 4 KiB minimum and 64 KiB maximum block size that it enforces: reads and writes are
+/// aligned and split as it asks.
+#[test]
+fn nbdkit_simple_replies_and_block_size_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = [
+        "blocksize-minimum=4096",
+        "blocksize-preferred=4096",
+        "blocksize-maximum=65536",
+        "blocksize-error-policy=error",
+    ];
+    for (i, (flags, params)) in [
+        (&[][..], &[][..]),
+        (&["--no-sr"][..], &[][..]),
+        (&["--filter=blocksize-policy"][..], &policy[..]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let sock = dir.path().join(format!("k{i}.sock"));
+        let mut child = Command::new("nbdkit")
+            .args(["-f", "-U"])
+            .arg(&sock)
+            .args(*flags)
+            .args(["memory", "size=16M"])
+            .args(*params)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("nbdkit");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "nbdkit did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let uri = format!("nbd+unix:///?socket={}", sock.display());
+        exercise_threads(&uri, &vec![0u8; 16 << 20]);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A qemu without a guest (`-machine none`) holding a qcow2 disk node, driven over QMP; the
+/// "guest's" writes are qemu-io commands through the human monitor.
+struct Qemu {
+    child: Child,
+    qmp: PathBuf,
+}
+
+impl Qemu {
+    fn start(dir: &Path, img: &Path) -> Qemu {
+        let qmp = dir.join("qmp.sock");
+        let child = Command::new("qemu-system-x86_64")
+            .args([
+                "-machine",
+                "none",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-qmp",
+            ])
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .arg("-blockdev")
+            .arg(format!(
+                "driver=qcow2,node-name=disk0,file.driver=file,file.filename={}",
+                img.display()
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !qmp.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "qemu did not create its QMP socket"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Qemu { child, qmp }
+    }
+
+    fn qemu_io(&self, cmd: &str) {
+        let script = format!(
+            "printf '%s\\n' '{{\"execute\":\"qmp_capabilities\"}}' \
+             '{{\"execute\":\"human-monitor-command\",\"arguments\":{{\"command-line\":\"qemu-io disk0 \\\"{cmd}\\\"\"}}}}' \
+             | socat -t 2 - UNIX-CONNECT:{}",
+            self.qmp.display()
+        );
+        let out = ok(&sh(&script));
+        assert!(out.matches("\"return\"").count() == 2, "{cmd}: {out}");
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn vmsync_rounds_follow_the_bitmaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = qcow2(d, "vm.qcow2", "32M");
+    qemu_io(&img, &["write -P 1 0 6M", "write -P 2 30M 2M"]);
+    let qemu = Qemu::start(d, &img);
+    let copy = d.join("copy.raw");
+    let vmsync = Path::new(env!("CARGO_MANIFEST_DIR")).join("shell/vmsync");
+    let round = |target: &Path, extra: &str| {
+        sh(&format!(
+            "{} --qmp {} --node disk0 {extra} {}",
+            vmsync.display(),
+            qemu.qmp.display(),
+            target.display()
+        ))
+    };
+    let o = round(&copy, "");
+    assert!(stderr(&o).contains("full copy applied"), "{}", stderr(&o));
+    ok(&o);
+    qemu.qemu_io("write -P 3 1M 64k");
+    qemu.qemu_io("write -P 4 20M 1M");
+    // A round that fails keeps its changes for the next one.
+    let o = round(&d.join("no/such/dir/copy.raw"), "");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bitmaps kept"), "{}", stderr(&o));
+    qemu.qemu_io("write -P 5 9M 4k");
+    // The last round stops the "guest" (qemu flushes the image), so the copy equals it.
+    let o = round(&copy, "--pause");
+    ok(&o);
+    assert!(
+        stderr(&o).contains("changes since blkpipe-2"),
+        "{}",
+        stderr(&o)
+    );
+    same_guest_view(&img, "qcow2", &copy, "raw");
 }

@@ -193,7 +193,7 @@ impl BlockSource for [u8] {
 /// buffered reads where the device refuses it. Returns the device and whether reads are direct.
 pub fn open_cow(path: &Path) -> Result<(Device, bool), MetaError> {
     let buffered = Device::open_source(path, false)?;
-    if !buffered.is_block_device() {
+    if !buffered.is_block_device() || buffered.nbd().is_some() {
         buffered.fadvise_random();
         return Ok((buffered, false));
     }

@@ -19,6 +19,8 @@ const DEFAULT_MAX_PAYLOAD: u64 = 32 << 20;
 const PIECE: u64 = 1 << 20;
 /// ... of which at most this many are in flight for one call.
 const WINDOW: usize = 8;
+/// How long the handshake may wait for the server.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// The most extents accepted in one block status chunk.
 const MAX_EXTENTS: usize = 1 << 16;
 
@@ -100,7 +102,20 @@ impl Client {
                 Stream::Tcp(t)
             }
         };
-        let hs = handshake(&mut s, &uri.export, contexts)?;
+        // A server that accepted the connection but serves one client at a time (qemu-nbd
+        // without -e) never greets a second one: say so instead of waiting forever.
+        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(|e| io_err("socket", e))?;
+        let hs = handshake(&mut s, &uri.export, contexts).map_err(|e| match e {
+            NbdError::Io(m) if m.contains("timed out") || m.contains("temporarily unavailable") => {
+                NbdError::Io(format!(
+                    "no answer from the server within {} s during the handshake (qemu-nbd serves one client at a time unless started with -e N)",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                ))
+            }
+            e => e,
+        })?;
+        s.set_read_timeout(None).map_err(|e| io_err("socket", e))?;
         let writer = s.try_clone().map_err(|e| io_err("socket", e))?;
         Ok(Client {
             writer: Mutex::new(writer),
