@@ -193,7 +193,10 @@ fn item02_undo_or_state_on_a_block_device_is_refused() {
     symlink(&victim, f.path("st.tmp")).unwrap();
     let out = patch(&["--state", s(&state), s(&target)], &f.stream);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(fs::read(&victim).unwrap() == victim_before, "st.tmp symlink followed");
+    assert!(
+        fs::read(&victim).unwrap() == victim_before,
+        "st.tmp symlink followed"
+    );
     assert!(fs::read(&target).unwrap() == f.src_bytes);
     // An undo file that backs a loop device is refused like a target that does.
     let backing = f.path("fs.img");
@@ -218,10 +221,7 @@ fn item03_undo_that_is_the_target_or_the_input_is_refused() {
         assert!(fs::read(&target).unwrap() == before);
     }
     for undo in [&input, &input_link] {
-        let out = patch(
-            &["--undo", s(undo), "--input", s(&input), s(&target)],
-            &[],
-        );
+        let out = patch(&["--undo", s(undo), "--input", s(&input), s(&target)], &[]);
         assert_refused(&out, "the input");
         assert!(fs::read(&input).unwrap() == f.stream, "input overwritten");
         assert!(fs::read(&target).unwrap() == before);
@@ -314,7 +314,10 @@ fn item06_verify_without_a_source_digest_refuses_before_writing() {
     let before = fs::read(&target).unwrap();
     let out = patch(&["--verify", s(&target)], &f.stream);
     assert_refused(&out, "does not announce a source digest");
-    assert!(fs::read(&target).unwrap() == before, "written, then refused");
+    assert!(
+        fs::read(&target).unwrap() == before,
+        "written, then refused"
+    );
     let new = f.path("new.img");
     let out = patch(&["--verify", s(&new)], &f.stream);
     assert_refused(&out, "source digest");
@@ -330,7 +333,10 @@ fn item06_verify_without_a_source_digest_refuses_before_writing() {
 }
 
 fn full_stdout(cmd: &mut Command) -> Output {
-    let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
     // SAFETY: close(2) is async-signal-safe; the child closes its own stdin before exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -357,11 +363,8 @@ fn item08_print_state_to_a_full_stdout_is_an_io_error() {
     let out = patch(&["--state", s(&state), s(&target)], &f.stream);
     assert!(out.status.success(), "{}", stderr(&out));
     for st in [&state, &f.path("none")] {
-        let out = full_stdout(Command::new(bin("blkpatch")).args([
-            "--print-state",
-            "--state",
-            s(st),
-        ]));
+        let out =
+            full_stdout(Command::new(bin("blkpatch")).args(["--print-state", "--state", s(st)]));
         assert_no_panic(&out, 4, "--print-state > /dev/full");
     }
 }
@@ -490,9 +493,15 @@ fn item11_force_keeps_o_excl_unless_asked() {
     assert!(out.status.success(), "{}", stderr(&out));
     drop(holder);
     assert!(fs::read(dev.path()).unwrap() == f.src_bytes);
-    let help = Command::new(bin("blkpatch")).arg("--help").output().unwrap();
+    let help = Command::new(bin("blkpatch"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(text.contains("--no-exclusive") && text.contains("O_EXCL"), "{text}");
+    assert!(
+        text.contains("--no-exclusive") && text.contains("O_EXCL"),
+        "{text}"
+    );
 }
 
 /// Every tool with typical arguments, stdout on /dev/full and stdin closed: never a panic,
@@ -525,15 +534,50 @@ fn no_tool_panics_with_a_full_stdout_and_closed_stdin() {
         ("blkhash", vec!["--text".into(), p(&f.src)], 4),
         ("blkdiff", vec![p(&f.src)], 3),
         ("blkpatch", vec![p(&target)], 3),
-        ("blkpatch", vec!["--list".into(), "--input".into(), p(&patch_file)], 4),
-        ("blkpatch", vec!["--dry-run".into(), "--input".into(), p(&patch_file)], 0),
-        ("blkpatch", vec!["--print-state".into(), "--state".into(), p(&state)], 4),
-        ("cowlist", vec!["--cow".into(), p(&cow), "--origin-size".into(), "128K".into()], 4),
-        ("cowlist", vec!["--data".into(), "--cow".into(), p(&cow), "--origin".into(), p(&f.src)], 4),
+        (
+            "blkpatch",
+            vec!["--list".into(), "--input".into(), p(&patch_file)],
+            4,
+        ),
+        (
+            "blkpatch",
+            vec!["--dry-run".into(), "--input".into(), p(&patch_file)],
+            0,
+        ),
+        (
+            "blkpatch",
+            vec!["--print-state".into(), "--state".into(), p(&state)],
+            4,
+        ),
+        (
+            "cowlist",
+            vec![
+                "--cow".into(),
+                p(&cow),
+                "--origin-size".into(),
+                "128K".into(),
+            ],
+            4,
+        ),
+        (
+            "cowlist",
+            vec![
+                "--data".into(),
+                "--cow".into(),
+                p(&cow),
+                "--origin".into(),
+                p(&f.src),
+            ],
+            4,
+        ),
         ("cowlist", vec!["--thin-delta".into(), p(&thin)], 4),
         ("cowlist", vec!["--thin-delta".into(), "-".into()], 3),
         ("blkread-chunks", vec![p(&f.src)], 4),
-        ("blkread-chunks", vec!["--ranges".into(), p(&ranges), p(&f.src)], 4),
+        (
+            "blkread-chunks",
+            vec!["--ranges".into(), p(&ranges), p(&f.src)],
+            4,
+        ),
         ("blkmerge", vec![p(&patch_file), p(&patch_file)], 4),
         ("blkmerge", vec!["-".into()], 3),
     ];
@@ -548,7 +592,10 @@ fn no_tool_panics_with_a_full_stdout_and_closed_stdin() {
         ("blkread-chunks", vec![p(&f.src)], &ranges),
         ("blkmerge", vec!["-".into(), p(&patch_file)], &patch_file),
     ] {
-        let full = fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
         let out = Command::new(bin(tool))
             .args(&args)
             .stdin(fs::File::open(input).unwrap())
@@ -578,4 +625,45 @@ fn no_tool_panics_with_a_full_stdout_and_closed_stdin() {
 
 fn out_ref(o: &Output) -> &Output {
     o
+}
+
+/// Found beyond the list: an image file open for writing in another process (a running VM's
+/// disk) is in use like a mounted device; progress lines on stdout would corrupt the stream.
+#[test]
+fn beyond_file_open_for_writing_elsewhere_and_progress_on_stdout() {
+    let f = fx();
+    let target = f.file("vm.img", SIZE, 2);
+    let before = fs::read(&target).unwrap();
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<>\"$0\"; exec sleep 30")
+        .arg(&target)
+        .spawn()
+        .unwrap();
+    // Wait until the holder has the file open.
+    let start = Instant::now();
+    let pid = holder.id();
+    while !fs::read_link(format!("/proc/{pid}/fd/3")).is_ok_and(|p| p == target) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "holder never opened it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = patch(&[s(&target)], &f.stream);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_refused(&out, &format!("open for writing in process {pid}"));
+    assert!(fs::read(&target).unwrap() == before);
+    let out = patch(&[s(&target)], &f.stream);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    for (tool, args) in [
+        ("blkhash", vec!["--progress-fd", "1", s(&f.src)]),
+        ("blkread-chunks", vec!["--progress-fd", "1", s(&f.src)]),
+    ] {
+        let out = run(tool, &args, b"0 4096\n");
+        assert_refused(&out, "stdout carries");
+        assert!(out.stdout.is_empty(), "{tool}");
+    }
 }

@@ -109,6 +109,14 @@ impl Reporting {
             Progress::hidden()
         };
         Ok(match self.progress_fd {
+            // Every tool but blkpatch writes its stream on stdout: progress lines there would
+            // corrupt it (the reader would stop at the first, but the run would be lost).
+            Some(1) if tool != "blkpatch" => {
+                return Err(OpError::Refused(format!(
+                    "--progress-fd 1: stdout carries the {tool} stream; give another descriptor (e.g. --progress-fd 3 3>&2)"
+                ))
+                .into())
+            }
             Some(fd) => p.with_feed(fd)?,
             None => p,
         })

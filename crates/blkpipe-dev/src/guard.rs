@@ -189,7 +189,9 @@ pub fn check(path: &Path, meta: &Metadata, role: Role, avoid: &[Avoid]) -> Resul
             } else {
                 "a socket"
             };
-            return refuse(format!("is {kind}, not a regular file; the {what} must be one"));
+            return refuse(format!(
+                "is {kind}, not a regular file; the {what} must be one"
+            ));
         }
         Role::Target { .. } if !ft.is_file() && !ft.is_block_device() => {
             return Err(DevError::NotADevice(path.to_owned()));
@@ -200,7 +202,11 @@ pub fn check(path: &Path, meta: &Metadata, role: Role, avoid: &[Avoid]) -> Resul
     if let Some(a) = avoid.iter().find(|a| a.id == id) {
         return refuse(format!(
             "is the same {} as {} (same {}); refusing to write it",
-            if ft.is_block_device() { "device" } else { "file" },
+            if ft.is_block_device() {
+                "device"
+            } else {
+                "file"
+            },
             a.what,
             match id {
                 FileId::Block { .. } => "device number",
@@ -267,7 +273,11 @@ pub fn open(path: &Path, role: Role, how: OpenHow, avoid: &[Avoid]) -> Result<Fi
                 .read(true)
                 .write(true)
                 .create_new(true)
-                .mode(if matches!(role, Role::Aux(_)) { 0o600 } else { 0o666 })
+                .mode(if matches!(role, Role::Aux(_)) {
+                    0o600
+                } else {
+                    0o666
+                })
                 .custom_flags(libc::O_NOCTTY)
                 .open(path)
                 .map_err(|e| io_err("create", e))?
@@ -286,7 +296,7 @@ pub fn open(path: &Path, role: Role, how: OpenHow, avoid: &[Avoid]) -> Result<Fi
             return Err(DevError::InUse {
                 path: path.to_owned(),
                 why: "device is busy (mounted or opened exclusively elsewhere)".into(),
-            })
+            });
         }
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
             // A FIFO without a reader (write-only open) or a device node without a device.

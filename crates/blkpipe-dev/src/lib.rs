@@ -280,7 +280,11 @@ impl Device {
     /// file created `O_EXCL` and never under `/dev`. An NBD URI opens that export: the
     /// in-use checks do not apply to it (the server decides who may write), and its size is
     /// fixed.
-    pub fn open_target(path: &Path, opts: TargetOptions, avoid: &[Avoid]) -> Result<Self, DevError> {
+    pub fn open_target(
+        path: &Path,
+        opts: TargetOptions,
+        avoid: &[Avoid],
+    ) -> Result<Self, DevError> {
         if let Some(uri) = Self::as_nbd_uri(path) {
             return Self::open_nbd(uri, &[], !opts.read_only);
         }

@@ -145,9 +145,7 @@ impl ResumeState {
                 Some(("size", v)) => size = v.parse().ok(),
                 Some(("applied", v)) => applied = v.parse().ok(),
                 Some(("target", v)) if v2 => target = Some(FileId::from_text(v).ok_or_else(bad)?),
-                Some(("target_size", v)) if v2 => {
-                    target_size = Some(v.parse().map_err(|_| bad())?)
-                }
+                Some(("target_size", v)) if v2 => target_size = Some(v.parse().map_err(|_| bad())?),
                 Some(("incarnation", v)) if v2 => incarnation = Some(v.to_owned()),
                 None if w == "complete" => complete = true,
                 _ => return Err(bad()),
