@@ -605,6 +605,54 @@ fn no_tool_panics_with_a_full_stdout_and_closed_stdin() {
             .unwrap();
         assert_no_panic(&out, 4, &format!("{tool} {args:?} < {}", input.display()));
     }
+    // A full stderr loses the message, never the exit code (std's eprintln! would panic).
+    let missing = f.path("missing.img");
+    for (tool, args, code) in [
+        ("blkhash", vec![p(&missing)], 4),
+        (
+            "blkhash",
+            vec!["--stats".into(), "--digest".into(), p(&f.src)],
+            0,
+        ),
+        (
+            "blkpatch",
+            vec![
+                "--stats".into(),
+                "--dry-run".into(),
+                "--input".into(),
+                p(&patch_file),
+            ],
+            0,
+        ),
+        ("blkpatch", vec![p(&target)], 3),
+        (
+            "cowlist",
+            vec![
+                "--stats".into(),
+                "--cow".into(),
+                p(&cow),
+                "--origin-size".into(),
+                "128K".into(),
+            ],
+            0,
+        ),
+        ("blkread-chunks", vec![p(&missing)], 4),
+        ("blkmerge", vec![p(&missing)], 4),
+        ("blkdiff", vec![p(&missing)], 4),
+    ] {
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(bin(tool))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(full)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{tool} {args:?} 2>/dev/full");
+    }
     // --help and --version into a full stdout.
     for tool in [
         "blkhash",

@@ -3,6 +3,25 @@
 
 use std::io::{self, IsTerminal};
 
+/// `eprintln!` that never panics: with stderr full or closed the message is lost, the exit
+/// code is not (std's `eprintln!` panics, exit 101). Shadows std's in every tool.
+#[allow(unused_macros)]
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`eprintln!`]).
+#[allow(unused_macros)]
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use blkpipe_ops::{exit, OpError};
 
 /// Print `tool: error` (unless it is only a broken pipe) and exit with the error's code.
