@@ -298,6 +298,14 @@ fn item05_missing_dev_path_is_not_created() {
     let out = patch(&[&name], &f.stream);
     assert_refused(&out, &format!("no such device: {name}"));
     assert!(!missing.exists(), "a file was created in /dev");
+    // A missing volume group directory is a missing device too.
+    let lv = format!("/dev/blkpipe-hostile-vg-{}/lv", std::process::id());
+    let out = patch(&[&lv], &f.stream);
+    assert_refused(&out, &format!("no such device: {lv}"));
+    // /dev/shm is a tmpfs of its own, not devtmpfs: files are created there as anywhere.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = patch(&[s(&shm.path().join("t.img"))], &f.stream);
+    assert!(out.status.success(), "{}", stderr(&out));
     // Nor as an undo or state file.
     let target = f.file("t.img", SIZE, 2);
     for opt in ["--undo", "--state"] {
