@@ -298,6 +298,14 @@ fn item05_missing_dev_path_is_not_created() {
     let out = patch(&[&name], &f.stream);
     assert_refused(&out, &format!("no such device: {name}"));
     assert!(!missing.exists(), "a file was created in /dev");
+    // A missing volume group directory is a missing device too.
+    let lv = format!("/dev/blkpipe-hostile-vg-{}/lv", std::process::id());
+    let out = patch(&[&lv], &f.stream);
+    assert_refused(&out, &format!("no such device: {lv}"));
+    // /dev/shm is a tmpfs of its own, not devtmpfs: files are created there as anywhere.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let out = patch(&[s(&shm.path().join("t.img"))], &f.stream);
+    assert!(out.status.success(), "{}", stderr(&out));
     // Nor as an undo or state file.
     let target = f.file("t.img", SIZE, 2);
     for opt in ["--undo", "--state"] {
@@ -605,6 +613,54 @@ fn no_tool_panics_with_a_full_stdout_and_closed_stdin() {
             .unwrap();
         assert_no_panic(&out, 4, &format!("{tool} {args:?} < {}", input.display()));
     }
+    // A full stderr loses the message, never the exit code (std's eprintln! would panic).
+    let missing = f.path("missing.img");
+    for (tool, args, code) in [
+        ("blkhash", vec![p(&missing)], 4),
+        (
+            "blkhash",
+            vec!["--stats".into(), "--digest".into(), p(&f.src)],
+            0,
+        ),
+        (
+            "blkpatch",
+            vec![
+                "--stats".into(),
+                "--dry-run".into(),
+                "--input".into(),
+                p(&patch_file),
+            ],
+            0,
+        ),
+        ("blkpatch", vec![p(&target)], 3),
+        (
+            "cowlist",
+            vec![
+                "--stats".into(),
+                "--cow".into(),
+                p(&cow),
+                "--origin-size".into(),
+                "128K".into(),
+            ],
+            0,
+        ),
+        ("blkread-chunks", vec![p(&missing)], 4),
+        ("blkmerge", vec![p(&missing)], 4),
+        ("blkdiff", vec![p(&missing)], 4),
+    ] {
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(bin(tool))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(full)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{tool} {args:?} 2>/dev/full");
+    }
     // --help and --version into a full stdout.
     for tool in [
         "blkhash",
@@ -625,4 +681,45 @@ fn no_tool_panics_with_a_full_stdout_and_closed_stdin() {
 
 fn out_ref(o: &Output) -> &Output {
     o
+}
+
+/// Found beyond the list: an image file open for writing in another process (a running VM's
+/// disk) is in use like a mounted device; progress lines on stdout would corrupt the stream.
+#[test]
+fn beyond_file_open_for_writing_elsewhere_and_progress_on_stdout() {
+    let f = fx();
+    let target = f.file("vm.img", SIZE, 2);
+    let before = fs::read(&target).unwrap();
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 3<>\"$0\"; exec sleep 30")
+        .arg(&target)
+        .spawn()
+        .unwrap();
+    // Wait until the holder has the file open.
+    let start = Instant::now();
+    let pid = holder.id();
+    while !fs::read_link(format!("/proc/{pid}/fd/3")).is_ok_and(|p| p == target) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "holder never opened it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = patch(&[s(&target)], &f.stream);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_refused(&out, &format!("open for writing in process {pid}"));
+    assert!(fs::read(&target).unwrap() == before);
+    let out = patch(&[s(&target)], &f.stream);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    for (tool, args) in [
+        ("blkhash", vec!["--progress-fd", "1", s(&f.src)]),
+        ("blkread-chunks", vec!["--progress-fd", "1", s(&f.src)]),
+    ] {
+        let out = run(tool, &args, b"0 4096\n");
+        assert_refused(&out, "stdout carries");
+        assert!(out.stdout.is_empty(), "{tool}");
+    }
 }

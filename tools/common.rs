@@ -3,6 +3,25 @@
 
 use std::io::{self, IsTerminal};
 
+/// `eprintln!` that never panics: with stderr full or closed the message is lost, the exit
+/// code is not (std's `eprintln!` panics, exit 101). Shadows std's in every tool.
+#[allow(unused_macros)]
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`eprintln!`]).
+#[allow(unused_macros)]
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 use blkpipe_ops::{exit, OpError};
 
 /// Print `tool: error` (unless it is only a broken pipe) and exit with the error's code.
@@ -108,6 +127,14 @@ impl Reporting {
             Some(When::Auto) | None => Progress::hidden(),
         };
         Ok(match self.progress_fd {
+            // Every tool but blkpatch writes its stream on stdout: progress lines there would
+            // corrupt it (the reader would stop at the first, but the run would be lost).
+            Some(1) if tool != "blkpatch" => {
+                return Err(OpError::Refused(format!(
+                    "--progress-fd 1: stdout carries the {tool} stream; give another descriptor (e.g. --progress-fd 3 3>&2)"
+                ))
+                .into())
+            }
             Some(fd) => p.with_feed(fd)?,
             None => p,
         })

@@ -1,6 +1,7 @@
 //! `blkdiff DEV`: compare DEV with a remote hash stream and write a patch of what differs.
 
 mod args;
+#[macro_use]
 #[path = "../common.rs"]
 mod common;
 

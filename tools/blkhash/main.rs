@@ -1,6 +1,7 @@
 //! `blkhash DEV`: hash every block of a device into a hash stream for `blkdiff`.
 
 mod args;
+#[macro_use]
 #[path = "../common.rs"]
 mod common;
 

@@ -1,6 +1,7 @@
 //! `blkmerge PATCH...`: combine patch streams, oldest first, into one where later records win.
 
 mod args;
+#[macro_use]
 #[path = "../common.rs"]
 mod common;
 

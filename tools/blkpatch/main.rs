@@ -1,6 +1,7 @@
 //! `blkpatch TARGET`: apply a patch stream to a device or image file, safely.
 
 mod args;
+#[macro_use]
 #[path = "../common.rs"]
 mod common;
 

@@ -1,6 +1,7 @@
 //! `blkread-chunks DEV`: read a list of byte ranges from DEV and write them as a patch stream.
 
 mod args;
+#[macro_use]
 #[path = "../common.rs"]
 mod common;
 

@@ -2,6 +2,7 @@
 //! exception store; also thin_delta and era_invalidate XML as the same range list.
 
 mod args;
+#[macro_use]
 #[path = "../common.rs"]
 mod common;
 

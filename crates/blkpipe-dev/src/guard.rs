@@ -138,29 +138,31 @@ pub enum Role {
     Aux(&'static str),
 }
 
-/// Whether `path` lies under `/dev` (by its canonical parent directory, or by being on the
-/// file system mounted at `/dev`), where a missing name means a missing device.
+/// Whether `path` lies on the file system mounted at `/dev` (devtmpfs), where a missing name
+/// means a missing device. Decided by the nearest existing ancestor directory: on /dev's file
+/// system (however reached: a symlink, a bind mount) it is; `/dev/shm`, a tmpfs of its own,
+/// is not. Where /dev is no file system of its own, by its canonical path.
 pub fn is_under_dev(path: &Path) -> bool {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+    let abs = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(path),
+            Err(_) => return false,
+        }
     };
-    let Ok(canon) = fs::canonicalize(parent) else {
-        return path.starts_with("/dev");
-    };
-    if canon.starts_with("/dev") {
-        return true;
+    let (dev, root) = (fs::metadata("/dev"), fs::metadata("/"));
+    let mut dir = abs.parent();
+    while let Some(d) = dir {
+        if let Ok(canon) = fs::canonicalize(d) {
+            return match (&dev, &root, fs::metadata(&canon)) {
+                (Ok(dev), Ok(root), Ok(m)) if dev.dev() != root.dev() => m.dev() == dev.dev(),
+                _ => canon.starts_with("/dev"),
+            };
+        }
+        dir = d.parent();
     }
-    // /dev bind-mounted elsewhere: same file system as /dev, when /dev is a file system of
-    // its own (devtmpfs) and not a directory of the root file system.
-    match (
-        fs::metadata("/dev"),
-        fs::metadata("/"),
-        fs::metadata(&canon),
-    ) {
-        (Ok(dev), Ok(root), Ok(p)) => dev.dev() != root.dev() && p.dev() == dev.dev(),
-        _ => false,
-    }
+    false
 }
 
 /// The check itself, on what an open descriptor reached: the type fits the role, it is not a

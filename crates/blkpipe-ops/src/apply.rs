@@ -64,7 +64,7 @@ struct Undo {
 }
 
 impl Undo {
-    fn create(path: &PathBuf, target: &Device, avoid: &[Avoid]) -> Result<Self, OpError> {
+    fn create(path: &std::path::Path, target: &Device, avoid: &[Avoid]) -> Result<Self, OpError> {
         // Not a device, not in use, not the target or the input; created O_EXCL when new.
         let file = guard::open(
             path,

@@ -396,17 +396,24 @@ mod tests {
         assert!(r.next_record().unwrap().is_none());
         let sd = r.end().unwrap().source_digest.unwrap();
         assert_eq!(sd.digest, blkpipe_format::digest::digest_of(&src, 4096, 11));
-        // A stream that itself starts later is honoured the same way.
+        // A stream that itself starts later is refused without the same --from (the blocks
+        // below its start would never be compared), and honoured with it.
         let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 48 << 10);
         let mut patch = Vec::new();
-        diff_device(
+        let refused = diff_device(
             &dev,
             &hashes[..],
             &mut patch,
             &DiffOptions::default(),
             &Progress::hidden(),
-        )
-        .unwrap();
+        );
+        assert!(matches!(refused, Err(OpError::Refused(_))), "{refused:?}");
+        assert!(patch.is_empty(), "nothing written before the refusal");
+        let opts = DiffOptions {
+            from_offset: 48 << 10,
+            ..DiffOptions::default()
+        };
+        diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
         let mut r = PatchReader::new(&patch[..]).unwrap();
         let rec = r.next_record().unwrap().unwrap();
         assert_eq!((rec.offset, rec.length), (48 << 10, 16 << 10));
