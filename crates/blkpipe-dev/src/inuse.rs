@@ -62,9 +62,9 @@ pub(crate) fn check(path: &Path, meta: &fs::Metadata) -> Result<(), DevError> {
                 }
             }
         }
-        if let Some(pid) =
-            opened_by_other(|m| m.file_type().is_block_device() && m.rdev() == meta.rdev())
-        {
+        if let Some(pid) = opened_by_other(false, |m| {
+            m.file_type().is_block_device() && m.rdev() == meta.rdev()
+        }) {
             return in_use(format!("open in process {pid}"));
         }
     } else if meta.file_type().is_file() {
@@ -72,7 +72,7 @@ pub(crate) fn check(path: &Path, meta: &fs::Metadata) -> Result<(), DevError> {
             return in_use(format!("backs loop device {loopdev}"));
         }
         let same = |m: &fs::Metadata| m.dev() == meta.dev() && m.ino() == meta.ino();
-        if let Some(pid) = opened_for_writing_by_other(same) {
+        if let Some(pid) = opened_by_other(true, same) {
             return in_use(format!("open for writing in process {pid}"));
         }
     }
@@ -98,30 +98,9 @@ fn first_entry(dir: &str) -> Option<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
 }
 
-/// Another process holding an fd whose target matches.
-fn opened_by_other(matches: impl Fn(&fs::Metadata) -> bool) -> Option<u32> {
-    let me = std::process::id();
-    for proc_entry in fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(proc_entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if fs::metadata(fd.path()).is_ok_and(|m| matches(&m)) {
-                return Some(pid);
-            }
-        }
-    }
-    None
-}
-
-/// Another process holding an fd open for writing whose target matches.
-fn opened_for_writing_by_other(matches: impl Fn(&fs::Metadata) -> bool) -> Option<u32> {
+/// Another process holding an fd whose target matches (with `writers_only`, one open for
+/// writing).
+fn opened_by_other(writers_only: bool, matches: impl Fn(&fs::Metadata) -> bool) -> Option<u32> {
     let me = std::process::id();
     for proc_entry in fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -136,6 +115,9 @@ fn opened_for_writing_by_other(matches: impl Fn(&fs::Metadata) -> bool) -> Optio
         for fd in fds.flatten() {
             if !fs::metadata(fd.path()).is_ok_and(|m| matches(&m)) {
                 continue;
+            }
+            if !writers_only {
+                return Some(pid);
             }
             let info = proc_entry.path().join("fdinfo").join(fd.file_name());
             let flags = fs::read_to_string(info).ok().and_then(|t| {
