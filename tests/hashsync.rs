@@ -628,10 +628,11 @@ fn text_output_and_from_offset() {
     assert!(text
         .lines()
         .all(|l| l.split(' ').nth(1).unwrap().len() == 16));
-    // A stream that starts at 8192 makes blkdiff leave everything below it alone.
+    // A stream that starts at 8192 and blkdiff --from 8192 leave everything below it alone
+    // (blkdiff without --from refuses such a stream: tests/hostile.rs).
     let src = dir.path().join("src.img");
     fs::write(&src, pattern(5 * BS + 10, 32)).unwrap();
-    let patch = hash_diff(&file, &src, &["--from", "8192"], &[]);
+    let patch = hash_diff(&file, &src, &["--from", "8192"], &["--from", "8192"]);
     assert_eq!(
         list(&patch),
         [("data".to_owned(), 8192, (3 * BS + 10) as u64)]
