@@ -1,7 +1,7 @@
 //! `blkpipe-gen OUTDIR`: the build step that writes the man pages and shell completions of the
 //! six blkpipe tools from the same clap definitions their `--help` comes from
 //! (`tools/<tool>/args.rs`), the man pages of the shell workflows (blksync, lvmigrate,
-//! lvbackup) from the `--help` text in each script, plus the hand-written `blkpipe(7)`
+//! lvbackup, vmsync) from the `--help` text in each script, plus the hand-written `blkpipe(7)`
 //! overview.
 //!
 //! Not one of the tools and never installed: `packaging/build-docs` runs it.
@@ -52,7 +52,7 @@ const OVERVIEW_7: &str = include_str!("../../../packaging/blkpipe.7");
 
 /// The shell workflows: name, the NAME line's summary, the script (its `usage()` text, a
 /// quoted here-document, is the page) and the pages it refers to.
-const SCRIPTS: [(&str, &str, &str, &[&str]); 3] = [
+const SCRIPTS: [(&str, &str, &str, &[&str]); 4] = [
     (
         "blksync",
         "make a device or image file, on another host or this one, equal to a local one",
@@ -83,6 +83,12 @@ const SCRIPTS: [(&str, &str, &str, &[&str]); 3] = [
             "blkmerge",
             "lvcreate",
         ],
+    ),
+    (
+        "vmsync",
+        "copy a running qemu VM's disk, then only what changed, from its dirty bitmaps over NBD",
+        include_str!("../../../shell/vmsync"),
+        &["cowlist", "blkread-chunks", "blkpatch"],
     ),
 ];
 
@@ -470,7 +476,7 @@ mod tests {
             }
         }
         let overview = fs::read_to_string(dir.path().join("man/man7/blkpipe.7")).unwrap();
-        for name in ["blksync(1)", "lvmigrate(1)", "lvbackup(1)"] {
+        for name in ["blksync(1)", "lvmigrate(1)", "lvbackup(1)", "vmsync(1)"] {
             let (page, section) = name.split_once('(').unwrap();
             assert!(
                 overview.contains(&format!(".BR {page} ({section}")),
