@@ -150,6 +150,30 @@ impl Reporting {
     }
 }
 
+/// `--key FILE`, shared by every tool that writes or reads patch and hash streams (one
+/// definition, flattened into each tool's arguments).
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Sealing")]
+pub struct KeyArg {
+    /// Sealed streams: the 32-byte key in FILE authenticates every record with a BLAKE3 MAC
+    /// (and keys hash streams' block hashes). Streams written are sealed; streams read must be
+    /// sealed with this key (an unsealed one, or one sealed with another key, is refused, exit
+    /// 5). Make a key: `head -c 32 /dev/urandom > key; chmod 600 key`; FILE must be readable by
+    /// its owner only.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl KeyArg {
+    /// The key, if `--key` was given.
+    pub fn load(&self) -> anyhow::Result<Option<blkpipe_format::seal::SealKey>> {
+        Ok(match &self.key {
+            Some(p) => Some(blkpipe_ops::keyfile::load_key(p)?),
+            None => None,
+        })
+    }
+}
+
 /// A large buffered stdout.
 pub fn stdout_buffered() -> io::BufWriter<io::StdoutLock<'static>> {
     blkpipe_ops::input::enlarge_pipe(1);

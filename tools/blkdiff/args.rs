@@ -63,6 +63,8 @@ pub struct Args {
     #[arg(long, help_heading = "Performance")]
     pub direct: bool,
     #[command(flatten)]
+    pub key: common::KeyArg,
+    #[command(flatten)]
     pub report: common::Reporting,
 }
 

@@ -16,6 +16,7 @@ use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     common::guard_binary_stdout(args.force_tty)?;
+    let key = args.key.load()?;
     let dev = Device::open_source(&args.dev, args.direct)?;
     refuse_terminal_stdin(
         args.hashes.as_deref(),
@@ -34,6 +35,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             direct: args.direct,
             drop_cache: true,
         },
+        key,
         ..DiffOptions::default()
     };
     let progress = args.report.progress("blkdiff")?;

@@ -31,8 +31,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, HashOutput::Digest) => 0,
         (None, _) => u64::from_le_bytes(blkpipe_ops::random_bytes()[..8].try_into()?),
     };
+    let key = args.key.load()?;
     let dev = Device::open_source(&args.dev, args.direct)?;
     let opts = HashOptions {
+        key,
         block_size: u32::try_from(args.block_size).map_err(|_| {
             blkpipe_ops::OpError::BadRange(format!(
                 "block size {} is not a power of two from {} to {}",

@@ -36,6 +36,8 @@ pub struct Args {
     #[arg(long, help_heading = "Safety")]
     pub force_tty: bool,
     #[command(flatten)]
+    pub key: common::KeyArg,
+    #[command(flatten)]
     pub report: common::Reporting,
 }
 

@@ -25,7 +25,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             open_input(Some(path)).with_context(|| format!("{}: open", path.display()))?;
         inputs.push((path.display().to_string(), reader));
     }
-    let opts = MergeOptions { lz4: args.lz4 };
+    let opts = MergeOptions {
+        lz4: args.lz4,
+        key: args.key.load()?,
+    };
     let progress = args.report.progress("blkmerge")?;
     let out = ProgressWriter::new(common::stdout_buffered(), progress.clone());
     let stats = merge_patches(inputs, out, &opts)?;

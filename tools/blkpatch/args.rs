@@ -95,6 +95,8 @@ pub struct Args {
     #[arg(long, help_heading = "Safety")]
     pub verify: bool,
     #[command(flatten)]
+    pub key: common::KeyArg,
+    #[command(flatten)]
     pub report: common::Reporting,
 }
 

@@ -30,6 +30,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             .map_err(OpError::Output)?;
         return Ok(());
     }
+    // A bad key file is refused before the stream is read or the target opened.
+    let key = args.key.load()?;
     refuse_terminal_stdin(
         args.input.as_deref(),
         "blkpatch reads a patch stream (from blkread-chunks, blkdiff or cowlist --data): pipe one in, or give --input FILE",
@@ -49,7 +51,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // The header is checked before the target is opened, so a stream that is not a patch
     // stream at all never creates or touches a target.
-    let reader = read_header(input)?;
+    // So is a sealed stream without --key, an unsealed one with it, and another key.
+    let reader = read_header(input, key.as_ref())?;
     let write = !(args.dry_run || args.list);
     if args.verify && write && !reader.announces_source_digest() {
         return Err(OpError::Refused(
@@ -78,6 +81,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         state: args.state.clone(),
         checkpoint_bytes: Some(args.checkpoint),
         avoid,
+        key,
     };
     let progress = args.report.progress("blkpatch")?;
     let mut stdout = common::stdout_buffered();

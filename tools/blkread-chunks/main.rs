@@ -17,6 +17,7 @@ use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     common::guard_binary_stdout(args.force_tty)?;
+    let key = args.key.load()?;
     let dev = Device::open_source(&args.dev, args.direct)?;
     let (ranges, name): (Box<dyn Read + Send>, String) = match &args.ranges {
         Some(p) => (
@@ -32,6 +33,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         from_offset: args.from,
         ignore_size: args.ignore_size,
         stream_id: args.stream_id,
+        key,
         ..ChunkOptions::default()
     };
     let progress = args.report.progress("blkread-chunks")?;

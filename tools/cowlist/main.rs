@@ -43,6 +43,12 @@ fn json_wanted(args: &Args) -> bool {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    if args.key.key.is_some() && !args.data {
+        return Err(MetaError::Usage(
+            "--key seals the patch stream of --data; a range list is not sealed".into(),
+        )
+        .into());
+    }
     if let Some(path) = args.thin_delta.as_deref() {
         let r = xml::parse_thin_delta(open_xml(path)?, args.block_size)
             .with_context(|| format!("{}: thin_delta XML", path.display()))?;
@@ -62,6 +68,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.data {
         common::guard_binary_stdout(args.force_tty)?;
     }
+    let key = args.key.load()?;
     let (cow_path, origin_size, what) = match (&args.snap, &args.cow) {
         (Some(snap), _) => {
             let s = Resolver::default().resolve(snap)?;
@@ -89,8 +96,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         })?;
         let view = SnapshotView::read(&cow, &opts)?;
         let creator = format!("cowlist {}", env!("CARGO_PKG_VERSION"));
-        let st =
-            snapshot::write_view_patch(&cow, &view, origin_size, &mut out, &creator, &progress)?;
+        let st = snapshot::write_view_patch_sealed(
+            &cow,
+            &view,
+            origin_size,
+            &mut out,
+            &creator,
+            &progress,
+            key.as_ref(),
+        )?;
         out.flush().context("stdout")?;
         if json_wanted(&args) {
             json_stats(

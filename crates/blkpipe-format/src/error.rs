@@ -59,6 +59,38 @@ pub enum FormatError {
         /// What is wrong.
         reason: String,
     },
+    /// A sealed stream and no key to check it with.
+    #[error("the {stream} stream is sealed: give the key it was sealed with (--key FILE); nothing was read past its header")]
+    KeyNeeded {
+        /// Which stream.
+        stream: &'static str,
+    },
+    /// A key was given but the stream is not sealed, so nothing in it is authenticated.
+    #[error("a key was given (--key) but the {stream} stream is not sealed: refusing an unauthenticated stream (run without --key to accept it)")]
+    NotSealed {
+        /// Which stream.
+        stream: &'static str,
+    },
+    /// The stream is sealed with another key.
+    #[error("the {stream} stream is sealed with key id {sealed_with}, but the key given has id {given}: wrong key")]
+    WrongKey {
+        /// Which stream.
+        stream: &'static str,
+        /// Key id in the stream, hex.
+        sealed_with: String,
+        /// Id of the key given, hex.
+        given: String,
+    },
+    /// A MAC did not match: the stream was forged or altered (or spliced, reordered, cut).
+    #[error("record {record} at offset {offset}: {what} MAC mismatch: the sealed stream was forged or altered")]
+    Mac {
+        /// What the MAC protects ("record", "patch header", "end record", "hash group").
+        what: &'static str,
+        /// Record (or group) number.
+        record: u64,
+        /// Device offset claimed by the record, or stream byte position.
+        offset: u64,
+    },
     /// A line of a range list is malformed.
     #[error("line {line}: {reason}")]
     BadLine {

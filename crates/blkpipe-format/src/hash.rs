@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
+use crate::seal::{mac_eq, SealKey, Sealer, CTX_HASH, MAC_LEN, SEAL_LEN, TAG_GROUP};
 use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError};
 
 /// The first eight bytes of every hash stream.
@@ -16,8 +17,10 @@ pub const MAGIC: &[u8; 8] = b"BLKHASH\0";
 pub const END_MAGIC: &[u8; 8] = b"BLKHEND\0";
 /// The major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// The minor version this crate writes.
-pub const VERSION_MINOR: u16 = 0;
+/// The minor version this crate writes when a header flag is set (0 otherwise).
+pub const VERSION_MINOR: u16 = 1;
+/// Header flag (offset 20, minor version 1): the stream is keyed (FORMAT.md 6).
+pub const FLAG_KEYED: u32 = 0x02;
 /// Smallest block size.
 pub const MIN_BLOCK_SIZE: u32 = 4096;
 /// Largest block size.
@@ -122,13 +125,19 @@ impl HashHeader {
 
     /// Serialise the header, checksum included.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        self.encode(0)
+    }
+
+    fn encode(&self, flags: u32) -> [u8; HEADER_LEN] {
+        let minor = if flags == 0 { 0 } else { VERSION_MINOR };
         let mut b = [0u8; HEADER_LEN];
         b[..8].copy_from_slice(MAGIC);
         b[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
-        b[10..12].copy_from_slice(&VERSION_MINOR.to_le_bytes());
+        b[10..12].copy_from_slice(&minor.to_le_bytes());
         b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
         b[16] = self.kind.id();
         b[18..20].copy_from_slice(&self.group_blocks.to_le_bytes());
+        b[20..24].copy_from_slice(&flags.to_le_bytes());
         b[24..32].copy_from_slice(&self.device_size.to_le_bytes());
         b[32..40].copy_from_slice(&self.seed.to_le_bytes());
         b[40..48].copy_from_slice(&self.start_offset.to_le_bytes());
@@ -162,16 +171,35 @@ pub struct HashWriter<W: Write> {
     group_index: u64,
     count: u64,
     all: Xxh3,
+    seal: Option<Sealer>,
 }
 
 impl<W: Write> HashWriter<W> {
     /// Validate and write the header.
-    pub fn new(mut out: W, header: HashHeader) -> io::Result<Self> {
+    pub fn new(out: W, header: HashHeader) -> io::Result<Self> {
+        Self::start(out, header, None)
+    }
+
+    /// [`HashWriter::new`]; with a `key`, the stream is keyed (header flag bit 1, FORMAT.md
+    /// 6): the key id and header MAC follow the header, every group and the end record carry
+    /// a MAC. The hashes pushed must then be keyed block hashes
+    /// ([`crate::digest::BlockHasher::new`] with the key and the header's seed).
+    pub fn start(mut out: W, header: HashHeader, key: Option<&SealKey>) -> io::Result<Self> {
         header
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        out.write_all(&header.to_bytes())?;
+        let bytes = header.encode(if key.is_some() { FLAG_KEYED } else { 0 });
+        out.write_all(&bytes)?;
+        let seal = match key {
+            Some(k) => {
+                let (sealer, trailer) = Sealer::start(k, CTX_HASH, &bytes);
+                out.write_all(&trailer)?;
+                Some(sealer)
+            }
+            None => None,
+        };
         Ok(HashWriter {
+            seal,
             out,
             group: Vec::with_capacity(header.group_blocks as usize * header.kind.len() + 8),
             header,
@@ -210,6 +238,10 @@ impl<W: Write> HashWriter<W> {
         let sum = group_checksum(&self.group, self.group_index);
         self.all.update(&self.group);
         self.group.extend_from_slice(&sum.to_le_bytes());
+        if let Some(seal) = self.seal.as_mut() {
+            let mac = seal.mac(TAG_GROUP, self.group_index, &[&self.group]);
+            self.group.extend_from_slice(mac.as_bytes());
+        }
         self.out.write_all(&self.group)?;
         self.group.clear();
         self.in_group = 0;
@@ -240,7 +272,11 @@ impl<W: Write> HashWriter<W> {
             hashes_digest: self.all.digest128(),
             device_digest,
         };
-        self.out.write_all(&encode_end(&end))?;
+        let bytes = encode_end(&end);
+        self.out.write_all(&bytes)?;
+        if let Some(seal) = &self.seal {
+            self.out.write_all(seal.end_mac(&bytes).as_bytes())?;
+        }
         self.out.flush()?;
         Ok(self.out)
     }
@@ -267,11 +303,20 @@ pub struct HashReader<R: Read> {
     done_blocks: u64,
     all: Xxh3,
     end: Option<HashEnd>,
+    seal: Option<Sealer>,
 }
 
 impl<R: Read> HashReader<R> {
-    /// Read and verify the header.
-    pub fn new(mut input: R) -> Result<Self, FormatError> {
+    /// Read and verify the header of a stream that is not keyed.
+    pub fn new(input: R) -> Result<Self, FormatError> {
+        Self::with_key(input, None)
+    }
+
+    /// Read and verify the header of a stream that must be keyed with `key` (with `None`,
+    /// one that must not be). A keyed stream without a key, an unkeyed one with a key and a
+    /// stream keyed with another key are refused here; then every group is handed out only
+    /// after its MAC has been verified.
+    pub fn with_key(mut input: R, key: Option<&SealKey>) -> Result<Self, FormatError> {
         let mut b = [0u8; HEADER_LEN];
         let got = read_full(&mut input, &mut b)?;
         if b[..got.min(8)] != MAGIC[..got.min(8)] {
@@ -313,11 +358,20 @@ impl<R: Read> HashReader<R> {
                 ))
             }
         };
-        if b[17] != 0 || le_u32(&b, 20) != 0 {
+        if b[17] != 0 {
             return Err(FormatError::invalid(
                 0,
                 17,
                 "hash header: reserved bytes are not zero",
+            ));
+        }
+        let flags = le_u32(&b, 20);
+        let known = if le_u16(&b, 10) >= 1 { FLAG_KEYED } else { 0 };
+        if flags & !known != 0 {
+            return Err(FormatError::invalid(
+                0,
+                20,
+                format!("hash header: unknown flags 0x{flags:x} set"),
             ));
         }
         let header = HashHeader {
@@ -331,10 +385,29 @@ impl<R: Read> HashReader<R> {
         header
             .validate()
             .map_err(|e| FormatError::invalid(0, 0, format!("hash header: {e}")))?;
+        let seal = match (flags & FLAG_KEYED != 0, key) {
+            (true, None) => return Err(FormatError::KeyNeeded { stream: "hash" }),
+            (false, Some(_)) => return Err(FormatError::NotSealed { stream: "hash" }),
+            (false, None) => None,
+            (true, Some(key)) => {
+                let mut trailer = [0u8; SEAL_LEN];
+                let got = read_full(&mut input, &mut trailer)?;
+                if got < SEAL_LEN {
+                    return Err(FormatError::Truncated {
+                        what: "hash header",
+                        record: 0,
+                        at: (HEADER_LEN + got) as u64,
+                    });
+                }
+                Some(Sealer::verify(key, CTX_HASH, "hash", &b, &trailer)?)
+            }
+        };
+        let mac_len = if seal.is_some() { MAC_LEN } else { 0 };
         Ok(HashReader {
             input,
-            pos: HEADER_LEN as u64,
-            buf: Vec::with_capacity(header.group_blocks as usize * kind.len() + 8),
+            pos: (HEADER_LEN + if seal.is_some() { SEAL_LEN } else { 0 }) as u64,
+            seal,
+            buf: Vec::with_capacity(header.group_blocks as usize * kind.len() + 8 + mac_len),
             header,
             group_index: 0,
             done_blocks: 0,
@@ -346,6 +419,11 @@ impl<R: Read> HashReader<R> {
     /// The verified header.
     pub fn header(&self) -> &HashHeader {
         &self.header
+    }
+
+    /// Whether the stream is keyed (its block hashes are keyed BLAKE3, its groups MACed).
+    pub fn is_keyed(&self) -> bool {
+        self.seal.is_some()
     }
 
     /// The end record, once [`next_group`](Self::next_group) has returned `None`.
@@ -365,7 +443,8 @@ impl<R: Read> HashReader<R> {
         }
         let n = (total - self.done_blocks).min(self.header.group_blocks as u64) as usize;
         let hl = self.header.kind.len();
-        self.buf.resize(n * hl + 8, 0);
+        let mac_len = if self.seal.is_some() { MAC_LEN } else { 0 };
+        self.buf.resize(n * hl + 8 + mac_len, 0);
         let got = read_full(&mut self.input, &mut self.buf)?;
         let first = self.done_blocks;
         let block_offset = self.header.block_range(first).0;
@@ -377,6 +456,19 @@ impl<R: Read> HashReader<R> {
             });
         }
         let body = n * hl;
+        if let Some(seal) = self.seal.as_mut() {
+            let (group, mac) = self.buf.split_at(body + 8);
+            if seal
+                .check(TAG_GROUP, self.group_index, &[group], mac)
+                .is_err()
+            {
+                return Err(FormatError::Mac {
+                    what: "hash group",
+                    record: self.group_index,
+                    offset: block_offset,
+                });
+            }
+        }
         if group_checksum(&self.buf[..body], self.group_index) != le_u64(&self.buf, body) {
             return Err(FormatError::Checksum {
                 what: "hash group",
@@ -415,6 +507,25 @@ impl<R: Read> HashReader<R> {
                 record: rec,
                 offset: at,
             });
+        }
+        if let Some(seal) = &self.seal {
+            let mut mac = [0u8; MAC_LEN];
+            let got = read_full(&mut self.input, &mut mac)?;
+            if got < MAC_LEN {
+                return Err(FormatError::Truncated {
+                    what: "hash end record MAC",
+                    record: rec,
+                    at: at + (END_LEN + got) as u64,
+                });
+            }
+            if !mac_eq(&seal.end_mac(&b), &mac) {
+                return Err(FormatError::Mac {
+                    what: "hash end record",
+                    record: rec,
+                    offset: at,
+                });
+            }
+            self.pos += MAC_LEN as u64;
         }
         let end = HashEnd {
             block_count: le_u64(&b, 8),

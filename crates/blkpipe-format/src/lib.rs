@@ -8,6 +8,7 @@
 //!   reads. [`hash::HashWriter`] and [`hash::HashReader`].
 //! - [`digest`]: the block hash and whole-device digest all tools agree on.
 //! - [`kind`]: what a stream is, from its first bytes, for errors that name it.
+//! - [`seal`]: sealed streams, authenticated with a 32-byte key (BLAKE3 keyed MACs).
 //!
 //! Every reader distrusts its input: magic and version first, a checksum before any field is
 //! used, every length checked against a fixed cap before anything is allocated, and truncation
@@ -39,6 +40,7 @@ pub mod hash;
 pub mod kind;
 pub mod patch;
 pub mod range;
+pub mod seal;
 
 pub use error::FormatError;
 

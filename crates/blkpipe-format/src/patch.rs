@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
+use crate::seal::{mac_eq, SealKey, Sealer, CTX_PATCH, MAC_LEN, SEAL_LEN, TAG_RECORD};
 use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError, MAX_RECORD_LEN};
 
 /// The first eight bytes of every patch stream.
@@ -36,6 +37,8 @@ const FLAG_LZ4: u8 = 0x01;
 const FLAG_SOURCE_DIGEST: u8 = 0x01;
 /// Header flag (minor version 1): the end record will carry a source digest.
 const HEADER_FLAG_DIGEST: u32 = 0x01;
+/// Header flag (minor version 1): the stream is sealed (FORMAT.md 6).
+const HEADER_FLAG_SEALED: u32 = 0x02;
 
 /// The patch stream header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +157,8 @@ pub struct PatchWriter<W: Write> {
     lz4: bool,
     /// The header announced a source digest: [`PatchWriter::finish`] must be given one.
     announced_digest: bool,
+    /// Sealed: the stream's subkey and MAC chain.
+    seal: Option<Sealer>,
     digest: Xxh3,
     source_size: u64,
     next_min_offset: u64,
@@ -167,25 +172,47 @@ impl<W: Write> PatchWriter<W> {
     /// Write the header and return a writer. With `lz4`, data payloads are compressed whenever
     /// that makes them smaller.
     pub fn new(out: W, header: PatchHeader, lz4: bool) -> io::Result<Self> {
-        Self::start(out, header, lz4, false)
+        Self::start(out, header, lz4, false, None)
     }
 
     /// [`PatchWriter::new`] for a stream whose end record will carry a source digest: the
     /// header says so (flag bit 0, minor version 1), so a reader can tell before the first
     /// record (`blkpatch --verify` refuses a stream without one before writing anything).
     pub fn announcing_digest(out: W, header: PatchHeader, lz4: bool) -> io::Result<Self> {
-        Self::start(out, header, lz4, true)
+        Self::start(out, header, lz4, true, None)
     }
 
-    fn start(mut out: W, header: PatchHeader, lz4: bool, announce: bool) -> io::Result<Self> {
-        let bytes = header.encode(if announce { HEADER_FLAG_DIGEST } else { 0 });
+    /// The general constructor: `announce` as [`PatchWriter::announcing_digest`]; with a
+    /// `key`, the stream is sealed (header flag bit 1, FORMAT.md 6): the key id and header
+    /// MAC follow the header, and every record and the end record carry a MAC.
+    pub fn start(
+        mut out: W,
+        header: PatchHeader,
+        lz4: bool,
+        announce: bool,
+        key: Option<&SealKey>,
+    ) -> io::Result<Self> {
+        let mut flags = if announce { HEADER_FLAG_DIGEST } else { 0 };
+        if key.is_some() {
+            flags |= HEADER_FLAG_SEALED;
+        }
+        let bytes = header.encode(flags);
         out.write_all(&bytes)?;
+        let seal = match key {
+            Some(k) => {
+                let (sealer, trailer) = Sealer::start(k, CTX_PATCH, &bytes);
+                out.write_all(&trailer)?;
+                Some(sealer)
+            }
+            None => None,
+        };
         let mut digest = Xxh3::new();
         digest.update(&bytes);
         Ok(PatchWriter {
             out,
             lz4,
             announced_digest: announce,
+            seal,
             digest,
             source_size: header.source_size,
             next_min_offset: 0,
@@ -257,6 +284,10 @@ impl<W: Write> PatchWriter<W> {
         h[24..32].copy_from_slice(&sum.to_le_bytes());
         self.out.write_all(&h)?;
         self.out.write_all(stored)?;
+        if let Some(seal) = self.seal.as_mut() {
+            let mac = seal.mac(TAG_RECORD, self.count, &[&h, stored]);
+            self.out.write_all(mac.as_bytes())?;
+        }
         // A plain payload is covered by the record checksum in `h` (FORMAT.md 2.3).
         self.digest.update(&h);
         if flags == FLAG_LZ4 {
@@ -314,7 +345,11 @@ impl<W: Write> PatchWriter<W> {
             stream_digest: self.digest.digest128(),
             source_digest,
         };
-        self.out.write_all(&encode_end(&end))?;
+        let bytes = encode_end(&end);
+        self.out.write_all(&bytes)?;
+        if let Some(seal) = &self.seal {
+            self.out.write_all(seal.end_mac(&bytes).as_bytes())?;
+        }
         self.out.flush()?;
         Ok(self.out)
     }
@@ -376,6 +411,9 @@ pub struct PatchReader<R: Read, B: PayloadBuf = Vec<u8>> {
     header: PatchHeader,
     /// Header flag bit 0: the end record must carry a source digest.
     announced_digest: bool,
+    /// Sealed: the stream's subkey and MAC chain; every record's MAC is checked with it.
+    seal: Option<Sealer>,
+    mac: [u8; MAC_LEN],
     pos: u64,
     digest: Xxh3,
     next_min_offset: u64,
@@ -396,7 +434,15 @@ impl<R: Read> PatchReader<R> {
 
 impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
     /// Read and verify the header; payloads will be read into `stored`.
-    pub fn with_buffer(mut input: R, stored: B) -> Result<Self, FormatError> {
+    pub fn with_buffer(input: R, stored: B) -> Result<Self, FormatError> {
+        Self::with_key(input, stored, None)
+    }
+
+    /// [`PatchReader::with_buffer`] for a stream that must be sealed with `key` (with
+    /// `None`, one that must not be sealed). A sealed stream without a key, an unsealed one
+    /// with a key and a stream sealed with another key are refused here, at the header;
+    /// then every record is returned only after its MAC has been verified.
+    pub fn with_key(mut input: R, stored: B, key: Option<&SealKey>) -> Result<Self, FormatError> {
         let mut fixed = [0u8; HEADER_FIXED];
         let got = read_full(&mut input, &mut fixed)?;
         if got >= 8 && &fixed[..8] != MAGIC || got < 8 && fixed[..got] != MAGIC[..got] {
@@ -452,7 +498,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         }
         let flags = le_u32(&fixed, 12);
         let known = if le_u16(&fixed, 10) >= 1 {
-            HEADER_FLAG_DIGEST
+            HEADER_FLAG_DIGEST | HEADER_FLAG_SEALED
         } else {
             0
         };
@@ -463,6 +509,24 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                 format!("patch header: unknown flags 0x{flags:x} set"),
             ));
         }
+        let header_len = HEADER_FIXED + creator_len + 8;
+        let seal = match (flags & HEADER_FLAG_SEALED != 0, key) {
+            (true, None) => return Err(FormatError::KeyNeeded { stream: "patch" }),
+            (false, Some(_)) => return Err(FormatError::NotSealed { stream: "patch" }),
+            (false, None) => None,
+            (true, Some(key)) => {
+                let mut trailer = [0u8; SEAL_LEN];
+                let got = read_full(&mut input, &mut trailer)?;
+                if got < SEAL_LEN {
+                    return Err(truncated((header_len + got) as u64));
+                }
+                let mut bytes = Vec::with_capacity(header_len);
+                bytes.extend_from_slice(&fixed);
+                bytes.extend_from_slice(&rest);
+                Some(Sealer::verify(key, CTX_PATCH, "patch", &bytes, &trailer)?)
+            }
+        };
+        let pos = (header_len + if seal.is_some() { SEAL_LEN } else { 0 }) as u64;
         let header = PatchHeader {
             source_size: le_u64(&fixed, 16),
             total_payload: le_u64(&fixed, 24),
@@ -473,7 +537,9 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
             input,
             header,
             announced_digest: flags & HEADER_FLAG_DIGEST != 0,
-            pos: (HEADER_FIXED + creator_len + 8) as u64,
+            seal,
+            mac: [0u8; MAC_LEN],
+            pos,
             digest,
             next_min_offset: 0,
             count: 0,
@@ -494,6 +560,11 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
     /// record then lacks it is refused as damaged).
     pub fn announces_source_digest(&self) -> bool {
         self.announced_digest
+    }
+
+    /// Whether the stream is sealed (then every record returned passed its MAC).
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some()
     }
 
     /// The end record, once [`next_record`](Self::next_record) has returned `None`.
@@ -587,6 +658,28 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                 },
                 e => e,
             })?;
+        if let Some(seal) = self.seal.as_mut() {
+            let got = read_full(&mut self.input, &mut self.mac)?;
+            if got < MAC_LEN {
+                return Err(FormatError::Truncated {
+                    what: "record MAC",
+                    record: idx,
+                    at: self.pos + RECORD_HEADER as u64 + stored_len + got as u64,
+                });
+            }
+            // The MAC covers the wire bytes: checked before the payload is even decompressed.
+            if seal
+                .check(TAG_RECORD, idx, &[&h, self.stored.bytes()], &self.mac)
+                .is_err()
+            {
+                return Err(FormatError::Mac {
+                    what: "record",
+                    record: idx,
+                    offset,
+                });
+            }
+            self.pos += MAC_LEN as u64;
+        }
         let plain: &[u8] = if flags == FLAG_LZ4 {
             self.plain.resize(length as usize, 0);
             match lz4::block::decompress_to_buffer(
@@ -679,6 +772,24 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                 record: idx,
                 offset: at,
             });
+        }
+        if let Some(seal) = &self.seal {
+            let got = read_full(&mut self.input, &mut self.mac)?;
+            if got < MAC_LEN {
+                return Err(FormatError::Truncated {
+                    what: "end record MAC",
+                    record: idx,
+                    at: at + (END_LEN + got) as u64,
+                });
+            }
+            if !mac_eq(&seal.end_mac(&b), &self.mac) {
+                return Err(FormatError::Mac {
+                    what: "end record",
+                    record: idx,
+                    offset: at,
+                });
+            }
+            self.pos += MAC_LEN as u64;
         }
         let end = PatchEnd {
             record_count: le_u64(&b, 8),

@@ -917,6 +917,19 @@ pub fn write_view_patch<S: BlockSource + ?Sized, W: Write>(
     creator: &str,
     progress: &Progress,
 ) -> Result<ViewStats, MetaError> {
+    write_view_patch_sealed(src, view, origin_size, out, creator, progress, None)
+}
+
+/// [`write_view_patch`], sealed with `key` when one is given (`cowlist --data --key`).
+pub fn write_view_patch_sealed<S: BlockSource + ?Sized, W: Write>(
+    src: &S,
+    view: &SnapshotView,
+    origin_size: u64,
+    out: W,
+    creator: &str,
+    progress: &Progress,
+    key: Option<&blkpipe_format::seal::SealKey>,
+) -> Result<ViewStats, MetaError> {
     let cb = view.summary.chunk_bytes();
     let total = view.bytes();
     progress.set_total(total);
@@ -926,7 +939,8 @@ pub fn write_view_patch<S: BlockSource + ?Sized, W: Write>(
         stream_id: blkpipe_ops::random_bytes(),
         creator: creator.to_owned(),
     };
-    let mut writer = PatchWriter::new(out, header, false).map_err(MetaError::Output)?;
+    let mut writer =
+        PatchWriter::start(out, header, false, false, key).map_err(MetaError::Output)?;
     let mut stats = ViewStats::default();
     let piece_max = if cb >= MAX_RECORD_LEN {
         MAX_RECORD_LEN

@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use blkpipe_dev::guard::{self, OpenHow, Role};
 use blkpipe_dev::{Avoid, Device};
-use blkpipe_format::digest::format_digest;
+use blkpipe_format::digest::{format_digest, BlockHasher};
 use blkpipe_format::patch::{PatchEnd, PatchHeader, PatchReader, PatchWriter, RecordData};
+use blkpipe_format::seal::SealKey;
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::chunks::emit_piece;
@@ -42,6 +43,9 @@ pub struct ApplyOptions {
     /// Files no write may land on besides the target itself (the input stream's file): the
     /// undo and state files are checked against these, the target and each other.
     pub avoid: Vec<Avoid>,
+    /// The stream must be sealed with this key (see [`read_header`]); the undo stream is
+    /// sealed with it too.
+    pub key: Option<SealKey>,
 }
 
 /// What was applied, and the stream's end record.
@@ -64,7 +68,12 @@ struct Undo {
 }
 
 impl Undo {
-    fn create(path: &std::path::Path, target: &Device, avoid: &[Avoid]) -> Result<Self, OpError> {
+    fn create(
+        path: &std::path::Path,
+        target: &Device,
+        avoid: &[Avoid],
+        key: Option<&SealKey>,
+    ) -> Result<Self, OpError> {
         // Not a device, not in use, not the target or the input; created O_EXCL when new.
         let file = guard::open(
             path,
@@ -83,8 +92,9 @@ impl Undo {
             stream_id: crate::random_bytes(),
             creator: format!("blkpatch {} undo", env!("CARGO_PKG_VERSION")),
         };
-        let writer = PatchWriter::new(BufWriter::with_capacity(1 << 20, file), header, false)
-            .map_err(|e| undo_err(path, e))?;
+        let out = BufWriter::with_capacity(1 << 20, file);
+        let writer =
+            PatchWriter::start(out, header, false, false, key).map_err(|e| undo_err(path, e))?;
         Ok(Undo {
             writer,
             old_size: target.size(),
@@ -363,13 +373,19 @@ pub fn apply_patch<R: Read>(
     progress: &Progress,
     list: Option<&mut dyn Write>,
 ) -> Result<Applied, OpError> {
-    apply_stream(target, read_header(input)?, opts, progress, list)
+    let reader = read_header(input, opts.key.as_ref())?;
+    apply_stream(target, reader, opts, progress, list)
 }
 
 /// Read and verify a patch stream's header, for [`apply_stream`]. Payloads are then read into
-/// page-aligned buffers that can be written with `O_DIRECT` as they are.
-pub fn read_header<R: Read>(input: R) -> Result<PatchReader<R, DirectBuf>, OpError> {
-    Ok(PatchReader::with_buffer(input, DirectBuf::new())?)
+/// page-aligned buffers that can be written with `O_DIRECT` as they are. With a `key`, the
+/// stream must be sealed with it (and without one, must not be sealed): a missing, needless
+/// or wrong key is refused here, before a target is opened.
+pub fn read_header<R: Read>(
+    input: R,
+    key: Option<&SealKey>,
+) -> Result<PatchReader<R, DirectBuf>, OpError> {
+    Ok(PatchReader::with_key(input, DirectBuf::new(), key)?)
 }
 
 /// [`apply_patch`] for a stream whose header has already been read, so a caller can check
@@ -435,7 +451,7 @@ pub fn apply_stream<R: Read>(
         Some(t) => Some(Applier {
             target: t,
             undo: match &opts.undo {
-                Some(path) => Some(Undo::create(path, t, &undo_avoid)?),
+                Some(path) => Some(Undo::create(path, t, &undo_avoid, opts.key.as_ref())?),
                 None => None,
             },
             state,
@@ -517,7 +533,8 @@ pub fn apply_stream<R: Read>(
     progress.finish();
     stats.storage_read = blkpipe_dev::storage_bytes_read();
     if opts.verify {
-        verify(target.as_deref(), &header, &end, &mut stats)?;
+        let key = opts.key.as_ref().filter(|_| reader.is_sealed());
+        verify(target.as_deref(), &header, &end, key, &mut stats)?;
     }
     stats.elapsed = started.elapsed();
     Ok(Applied { stats, header, end })
@@ -570,6 +587,7 @@ fn verify(
     target: Option<&Device>,
     header: &PatchHeader,
     end: &PatchEnd,
+    key: Option<&SealKey>,
     stats: &mut Stats,
 ) -> Result<(), OpError> {
     let Some(sd) = end.source_digest else {
@@ -589,7 +607,9 @@ fn verify(
     }
     // Read what was written from the device, not from our own page cache.
     t.fadvise_dontneed(0, header.source_size);
-    let found = crate::digest::device_digest(t, header.source_size, sd.block_size, sd.seed)?;
+    // A sealed stream's source digest is built from keyed block hashes (FORMAT.md 6).
+    let hasher = BlockHasher::new(sd.seed, key);
+    let found = crate::digest::device_digest_with(t, header.source_size, sd.block_size, &hasher)?;
     stats.bytes_read += header.source_size;
     if found != sd.digest {
         return Err(OpError::VerifyMismatch {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use blkpipe_dev::{AlignedBuf, Device};
 use blkpipe_format::patch::{PatchHeader, PatchWriter};
+use blkpipe_format::seal::SealKey;
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::progress::Progress;
@@ -29,6 +30,8 @@ pub struct ChunkOptions {
     pub stream_id: Option<[u8; 16]>,
     /// Accept a range list whose header names a different device size.
     pub ignore_size: bool,
+    /// Seal the stream with this key.
+    pub key: Option<SealKey>,
 }
 
 impl Default for ChunkOptions {
@@ -39,6 +42,7 @@ impl Default for ChunkOptions {
             creator: format!("blkread-chunks {}", env!("CARGO_PKG_VERSION")),
             stream_id: None,
             ignore_size: false,
+            key: None,
         }
     }
 }
@@ -77,7 +81,8 @@ pub fn read_chunks<R: Read, W: Write>(
         stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
         creator: opts.creator.clone(),
     };
-    let mut writer = PatchWriter::new(out, header, opts.lz4).map_err(OpError::Output)?;
+    let mut writer = PatchWriter::start(out, header, opts.lz4, false, opts.key.as_ref())
+        .map_err(OpError::Output)?;
 
     // A reader thread keeps the device busy while this thread writes the stream.
     let (full_tx, full_rx) = sync_channel::<Result<Piece, OpError>>(2);

@@ -19,15 +19,16 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 use blkpipe_dev::Device;
-use blkpipe_format::digest::DigestBuilder;
+use blkpipe_format::digest::{BlockHasher, DigestBuilder};
 use blkpipe_format::hash::{hash_at, HashHeader, HashKind, HashReader};
 use blkpipe_format::patch::{PatchHeader, PatchWriter, SourceDigest, UNKNOWN_TOTAL};
+use blkpipe_format::seal::SealKey;
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::chunks::emit_piece;
 use crate::digest::push_chunk;
 use crate::progress::Progress;
-use crate::scan::{scan, Chunk, ScanOptions};
+use crate::scan::{scan_with, Chunk, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// Options of [`diff_device`].
@@ -44,6 +45,8 @@ pub struct DiffOptions {
     pub stream_id: Option<[u8; 16]>,
     /// How to read the local device.
     pub scan: ScanOptions,
+    /// The hash stream must be keyed with this key, and the patch stream is sealed with it.
+    pub key: Option<SealKey>,
 }
 
 impl Default for DiffOptions {
@@ -54,6 +57,7 @@ impl Default for DiffOptions {
             creator: format!("blkdiff {}", env!("CARGO_PKG_VERSION")),
             stream_id: None,
             scan: ScanOptions::default(),
+            key: None,
         }
     }
 }
@@ -113,7 +117,7 @@ pub fn diff_device<R: Read, W: Write>(
     progress: &Progress,
 ) -> Result<Stats, OpError> {
     let started = Instant::now();
-    let reader = HashReader::new(hashes)?;
+    let reader = HashReader::with_key(hashes, opts.key.as_ref())?;
     let header = reader.header().clone();
     let bs = header.block_size as u64;
     // Rounded down to a block boundary, like blkhash's start offset, so an offset that
@@ -142,18 +146,26 @@ pub fn diff_device<R: Read, W: Write>(
         stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
         creator: opts.creator.clone(),
     };
-    let mut writer =
-        PatchWriter::announcing_digest(CountingWriter::new(out), patch_header, opts.lz4)
-            .map_err(OpError::Output)?;
+    let mut writer = PatchWriter::start(
+        CountingWriter::new(out),
+        patch_header,
+        opts.lz4,
+        true,
+        opts.key.as_ref(),
+    )
+    .map_err(OpError::Output)?;
+    // Keyed: local blocks are hashed as the keyed stream's were, and the source digest in
+    // the sealed patch is built from keyed hashes too (FORMAT.md 6).
+    let hasher = BlockHasher::new(header.seed, opts.key.as_ref());
     progress.set_total(dev.size());
     let mut digest = DigestBuilder::new(bs, header.seed);
     let mut stats = Stats::default();
-    scan(
+    scan_with(
         dev,
         0,
         dev.size(),
         header.block_size,
-        header.seed,
+        &hasher,
         &opts.scan,
         |chunk| {
             push_chunk(&mut digest, chunk.hashes, chunk.data.len(), bs as usize);
@@ -267,6 +279,7 @@ mod tests {
             from_offset: from,
             output: HashOutput::Stream,
             scan: ScanOptions::default(),
+            key: None,
         };
         hash_device(&dev, &mut out, &opts, &Progress::hidden()).unwrap();
         out

@@ -2,15 +2,26 @@
 //! the parallel [`scan`](crate::scan) engine that `blkhash` and `blkdiff` also use.
 
 use blkpipe_dev::Device;
-use blkpipe_format::digest::DigestBuilder;
+use blkpipe_format::digest::{BlockHasher, DigestBuilder};
 
-use crate::scan::{scan, ScanOptions};
+use crate::scan::{scan_with, ScanOptions};
 use crate::OpError;
 
 /// Digest the first `len` bytes of `dev` in blocks of `block_size`, hashed with `seed`, using
 /// every core.
 pub fn device_digest(dev: &Device, len: u64, block_size: u32, seed: u64) -> Result<u128, OpError> {
-    range_digest(dev, 0, len, block_size, seed, &ScanOptions::default())
+    let hasher = BlockHasher::Xxh3 { seed };
+    range_digest_with(dev, 0, len, block_size, &hasher, &ScanOptions::default())
+}
+
+/// [`device_digest`] with block hashes made by `hasher` (keyed for sealed streams).
+pub fn device_digest_with(
+    dev: &Device,
+    len: u64,
+    block_size: u32,
+    hasher: &BlockHasher,
+) -> Result<u128, OpError> {
+    range_digest_with(dev, 0, len, block_size, hasher, &ScanOptions::default())
 }
 
 /// Digest `start..end` of `dev` (`start` a multiple of `block_size`).
@@ -22,9 +33,28 @@ pub fn range_digest(
     seed: u64,
     opts: &ScanOptions,
 ) -> Result<u128, OpError> {
-    let mut builder = DigestBuilder::new(block_size as u64, seed);
+    range_digest_with(
+        dev,
+        start,
+        end,
+        block_size,
+        &BlockHasher::Xxh3 { seed },
+        opts,
+    )
+}
+
+/// [`range_digest`] with block hashes made by `hasher`.
+pub fn range_digest_with(
+    dev: &Device,
+    start: u64,
+    end: u64,
+    block_size: u32,
+    hasher: &BlockHasher,
+    opts: &ScanOptions,
+) -> Result<u128, OpError> {
+    let mut builder = DigestBuilder::new(block_size as u64, hasher.seed());
     let bs = block_size as usize;
-    scan(dev, start, end, block_size, seed, opts, |chunk| {
+    scan_with(dev, start, end, block_size, hasher, opts, |chunk| {
         push_chunk(&mut builder, chunk.hashes, chunk.data.len(), bs);
         Ok(())
     })?;

@@ -95,6 +95,9 @@ pub fn dev_exit_code(e: &DevError) -> i32 {
 pub fn format_exit_code(e: &FormatError) -> i32 {
     match e {
         FormatError::Io(io) => io_code(io),
+        FormatError::KeyNeeded { .. }
+        | FormatError::NotSealed { .. }
+        | FormatError::WrongKey { .. } => exit::REFUSED,
         _ => exit::BAD_INPUT,
     }
 }

@@ -9,12 +9,13 @@ use std::io::Write;
 use std::time::Instant;
 
 use blkpipe_dev::Device;
-use blkpipe_format::digest::DigestBuilder;
+use blkpipe_format::digest::{BlockHasher, DigestBuilder};
 use blkpipe_format::hash::{HashHeader, HashKind, HashWriter, GROUP_BLOCKS};
+use blkpipe_format::seal::SealKey;
 
 use crate::digest::push_chunk;
 use crate::progress::Progress;
-use crate::scan::{scan, ScanOptions};
+use crate::scan::{scan_with, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// What `blkhash` writes.
@@ -43,6 +44,8 @@ pub struct HashOptions {
     pub output: HashOutput,
     /// How to read the device.
     pub scan: ScanOptions,
+    /// Key the stream (and every block hash) with this key.
+    pub key: Option<SealKey>,
 }
 
 /// What [`hash_device`] did.
@@ -90,7 +93,7 @@ pub fn hash_device<W: Write>(
     let out = CountingWriter::new(out);
     let mut sink = match opts.output {
         HashOutput::Stream => Sink::Stream(Box::new(
-            HashWriter::new(out, header.clone()).map_err(OpError::Output)?,
+            HashWriter::start(out, header.clone(), opts.key.as_ref()).map_err(OpError::Output)?,
         )),
         HashOutput::Text => Sink::Text(std::io::BufWriter::with_capacity(1 << 16, out)),
         HashOutput::Digest => Sink::Digest,
@@ -98,12 +101,13 @@ pub fn hash_device<W: Write>(
     let bs = opts.block_size as usize;
     let mut digest = DigestBuilder::new(bs as u64, opts.seed);
     let mut stats = Stats::default();
-    scan(
+    let hasher = BlockHasher::new(opts.seed, opts.key.as_ref());
+    scan_with(
         dev,
         start,
         dev.size(),
         opts.block_size,
-        opts.seed,
+        &hasher,
         &opts.scan,
         |chunk| {
             push_chunk(&mut digest, chunk.hashes, chunk.data.len(), bs);
@@ -203,6 +207,7 @@ mod tests {
             from_offset: from,
             output,
             scan: ScanOptions::default(),
+            key: None,
         }
     }
 

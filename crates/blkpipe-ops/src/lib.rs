@@ -35,6 +35,7 @@ pub mod direct;
 mod error;
 pub mod hash;
 pub mod input;
+pub mod keyfile;
 mod lz4frame;
 pub mod merge;
 pub mod progress;

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 use blkpipe_format::patch::{PatchHeader, PatchReader, PatchWriter, RecordData};
+use blkpipe_format::seal::SealKey;
 
 use crate::{OpError, Stats};
 
@@ -17,6 +18,8 @@ use crate::{OpError, Stats};
 pub struct MergeOptions {
     /// Compress data payloads with lz4.
     pub lz4: bool,
+    /// Every input must be sealed with this key, and the output is sealed with it.
+    pub key: Option<SealKey>,
 }
 
 /// One input and its current record, owned.
@@ -67,6 +70,10 @@ fn named(e: blkpipe_format::FormatError, name: &str) -> OpError {
             reason: format!("{name}: {reason}"),
         },
         F::Io(io) => F::Io(std::io::Error::new(io.kind(), format!("{name}: {io}"))),
+        // A key problem is a refusal (exit 5), not damage: keep it one.
+        e @ (F::KeyNeeded { .. } | F::NotSealed { .. } | F::WrongKey { .. }) => {
+            return OpError::Refused(format!("{name}: {e}"))
+        }
         other => F::Invalid {
             record: 0,
             offset: 0,
@@ -85,7 +92,8 @@ pub fn merge_patches<R: Read, W: Write>(
     let started = Instant::now();
     let mut ins = Vec::with_capacity(inputs.len());
     for (name, r) in inputs {
-        let reader = PatchReader::new(r).map_err(|e| named(e, &name))?;
+        let reader =
+            PatchReader::with_key(r, Vec::new(), opts.key.as_ref()).map_err(|e| named(e, &name))?;
         let mut input = Input {
             reader,
             name,
@@ -104,7 +112,8 @@ pub fn merge_patches<R: Read, W: Write>(
         stream_id: crate::random_bytes(),
         creator: format!("blkmerge {}", env!("CARGO_PKG_VERSION")),
     };
-    let mut w = PatchWriter::new(out, header, opts.lz4).map_err(OpError::Output)?;
+    let mut w = PatchWriter::start(out, header, opts.lz4, false, opts.key.as_ref())
+        .map_err(OpError::Output)?;
     let mut pos = 0u64;
     loop {
         // Retire records that end at or before the sweep position.

@@ -32,7 +32,7 @@ use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 
 use blkpipe_dev::{AlignedBuf, DevError, Device};
-use blkpipe_format::digest::block_hash;
+use blkpipe_format::digest::BlockHasher;
 
 use crate::OpError;
 
@@ -166,6 +166,23 @@ pub fn scan<F>(
     block_size: u32,
     seed: u64,
     opts: &ScanOptions,
+    consume: F,
+) -> Result<(), OpError>
+where
+    F: FnMut(&Chunk<'_>) -> Result<(), OpError>,
+{
+    let hasher = BlockHasher::Xxh3 { seed };
+    scan_with(dev, start, end, block_size, &hasher, opts, consume)
+}
+
+/// [`scan`] with block hashes made by `hasher` (keyed BLAKE3 for keyed hash streams).
+pub fn scan_with<F>(
+    dev: &Device,
+    start: u64,
+    end: u64,
+    block_size: u32,
+    hasher: &BlockHasher,
+    opts: &ScanOptions,
     mut consume: F,
 ) -> Result<(), OpError>
 where
@@ -241,7 +258,7 @@ where
                         slot.hashes.extend(
                             slot.buf[..len as usize]
                                 .chunks(bs as usize)
-                                .map(|b| block_hash(b, seed)),
+                                .map(|b| hasher.hash(b)),
                         );
                         slot
                     });
@@ -426,7 +443,7 @@ mod tests {
             assert_eq!(got, &data[8192..]);
             let want: Vec<u128> = data[8192..]
                 .chunks(4096)
-                .map(|b| block_hash(b, 99))
+                .map(|b| blkpipe_format::digest::block_hash(b, 99))
                 .collect();
             assert_eq!(hashes, want);
         }

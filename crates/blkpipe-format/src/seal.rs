@@ -1,0 +1,220 @@
+//! Sealed streams: patch and hash streams that nobody without the key can forge, reorder,
+//! splice, truncate or replay piecewise (`docs/FORMAT.md` section 6).
+//!
+//! A [`SealKey`] is 32 secret bytes. Each stream gets its own subkey, derived with BLAKE3's
+//! key derivation from the key and the stream's whole header (which holds its random stream
+//! id), so a record of one stream never verifies in another. Every record then carries a
+//! BLAKE3 keyed MAC over a tag, its index, its header and its payload as stored on the wire,
+//! and the end record carries a MAC over the header MAC, every record MAC in order and the end
+//! record itself. Keyed hash streams store keyed BLAKE3 block hashes
+//! ([`SealKey::block_hasher_key`]), so no data can be crafted to collide with another block.
+//!
+//! MACs are compared as [`blake3::Hash`] values, whose `==` is constant-time. Key bytes are
+//! wiped from memory when a [`SealKey`] (or a stream's subkey) is dropped.
+
+use zeroize::Zeroize;
+
+use crate::FormatError;
+
+/// Bytes in a key file.
+pub const KEY_LEN: usize = 32;
+/// Bytes of every MAC on the wire.
+pub const MAC_LEN: usize = 32;
+/// Bytes of the key id written after a sealed header.
+pub const KEY_ID_LEN: usize = 8;
+/// Bytes that follow the header of a sealed stream: the key id and the header MAC.
+pub const SEAL_LEN: usize = KEY_ID_LEN + MAC_LEN;
+
+/// BLAKE3 key derivation contexts (globally unique, hard-coded, per BLAKE3's guidance).
+pub(crate) const CTX_PATCH: &str = "blkpipe 2026-11-30 sealed patch stream subkey";
+pub(crate) const CTX_HASH: &str = "blkpipe 2026-11-30 keyed hash stream subkey";
+const CTX_BLOCK: &str = "blkpipe 2026-11-30 keyed block hash key";
+const CTX_KEY_ID: &str = "blkpipe 2026-11-30 key id";
+
+/// MAC input tags (the first byte of every MAC input), so no MAC can stand for another.
+pub(crate) const TAG_HEADER: u8 = b'H';
+pub(crate) const TAG_RECORD: u8 = b'R';
+pub(crate) const TAG_GROUP: u8 = b'G';
+pub(crate) const TAG_END: u8 = b'E';
+
+/// A stream key: 32 secret bytes, wiped from memory when dropped.
+#[derive(Clone)]
+pub struct SealKey {
+    bytes: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for SealKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealKey(id {})", hex(&self.id()))
+    }
+}
+
+impl Drop for SealKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl SealKey {
+    /// A key from exactly [`KEY_LEN`] bytes; `None` for any other length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(SealKey {
+            bytes: bytes.try_into().ok()?,
+        })
+    }
+
+    /// The key's public id: the first 8 bytes of `derive_key(CTX_KEY_ID, key)`. It names the
+    /// key in errors ("sealed with key id X") and reveals nothing about it.
+    pub fn id(&self) -> [u8; KEY_ID_LEN] {
+        let k = blake3::derive_key(CTX_KEY_ID, &self.bytes);
+        k[..KEY_ID_LEN].try_into().expect("8 bytes")
+    }
+
+    /// The key of the keyed block hashes of a keyed hash stream (and of the source digest of
+    /// a sealed patch stream) with hash seed `seed`: `derive_key(CTX_BLOCK, key ++ seed)`.
+    pub fn block_hasher_key(&self, seed: u64) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key(CTX_BLOCK);
+        h.update(&self.bytes);
+        h.update(&seed.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    fn subkey(&self, context: &str, header: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key(context);
+        h.update(&self.bytes);
+        h.update(header);
+        *h.finalize().as_bytes()
+    }
+}
+
+/// Lowercase hex of bytes (key ids in messages).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One stream's sealing state: its subkey and the running chain of MACs for the end record.
+pub(crate) struct Sealer {
+    subkey: [u8; 32],
+    chain: blake3::Hasher,
+}
+
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        self.subkey.zeroize();
+    }
+}
+
+impl Sealer {
+    /// The sealer of a stream whose header bytes (checksum included) are `header`, and the
+    /// [`SEAL_LEN`] bytes to write after them: the key id and the header MAC.
+    pub(crate) fn start(key: &SealKey, context: &str, header: &[u8]) -> (Self, [u8; SEAL_LEN]) {
+        let subkey = key.subkey(context, header);
+        let id = key.id();
+        let mac = header_mac(&subkey, header, &id);
+        let mut trailer = [0u8; SEAL_LEN];
+        trailer[..KEY_ID_LEN].copy_from_slice(&id);
+        trailer[KEY_ID_LEN..].copy_from_slice(mac.as_bytes());
+        (Self::with(subkey, &mac), trailer)
+    }
+
+    /// Check the [`SEAL_LEN`] bytes after a sealed header: the key id first (another key is
+    /// a refusal, not damage), then the header MAC.
+    pub(crate) fn verify(
+        key: &SealKey,
+        context: &str,
+        stream: &'static str,
+        header: &[u8],
+        trailer: &[u8],
+    ) -> Result<Self, FormatError> {
+        let id = key.id();
+        if trailer[..KEY_ID_LEN] != id {
+            return Err(FormatError::WrongKey {
+                stream,
+                sealed_with: hex(&trailer[..KEY_ID_LEN]),
+                given: hex(&id),
+            });
+        }
+        let subkey = key.subkey(context, header);
+        let mac = header_mac(&subkey, header, &id);
+        if mac != blake3::Hash::from_bytes(mac_bytes(&trailer[KEY_ID_LEN..])) {
+            return Err(FormatError::Mac {
+                what: if stream == "patch" {
+                    "patch header"
+                } else {
+                    "hash header"
+                },
+                record: 0,
+                offset: 0,
+            });
+        }
+        Ok(Self::with(subkey, &mac))
+    }
+
+    fn with(subkey: [u8; 32], header_mac: &blake3::Hash) -> Self {
+        let mut chain = blake3::Hasher::new_keyed(&subkey);
+        chain.update(&[TAG_END]);
+        chain.update(header_mac.as_bytes());
+        Sealer { subkey, chain }
+    }
+
+    /// The MAC of record (or group) `index`: `keyed(subkey, tag ++ u64 index ++ parts...)`.
+    /// It joins the chain the end record's MAC covers.
+    pub(crate) fn mac(&mut self, tag: u8, index: u64, parts: &[&[u8]]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.subkey);
+        h.update(&[tag]);
+        h.update(&index.to_le_bytes());
+        for p in parts {
+            h.update(p);
+        }
+        let mac = h.finalize();
+        self.chain.update(mac.as_bytes());
+        mac
+    }
+
+    /// Check a record MAC read from the wire (it joins the chain only if it matches).
+    pub(crate) fn check(
+        &mut self,
+        tag: u8,
+        index: u64,
+        parts: &[&[u8]],
+        wire: &[u8],
+    ) -> Result<(), ()> {
+        let mut h = blake3::Hasher::new_keyed(&self.subkey);
+        h.update(&[tag]);
+        h.update(&index.to_le_bytes());
+        for p in parts {
+            h.update(p);
+        }
+        let mac = h.finalize();
+        if mac != blake3::Hash::from_bytes(mac_bytes(wire)) {
+            return Err(());
+        }
+        self.chain.update(mac.as_bytes());
+        Ok(())
+    }
+
+    /// The end record's MAC: the chain (header MAC, every record MAC) and the end record.
+    pub(crate) fn end_mac(&self, end: &[u8]) -> blake3::Hash {
+        let mut chain = self.chain.clone();
+        chain.update(end);
+        chain.finalize()
+    }
+}
+
+fn header_mac(subkey: &[u8; 32], header: &[u8], id: &[u8]) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(subkey);
+    h.update(&[TAG_HEADER]);
+    h.update(header);
+    h.update(id);
+    h.finalize()
+}
+
+/// The 32 MAC bytes of a wire slice of [`MAC_LEN`] bytes.
+pub(crate) fn mac_bytes(wire: &[u8]) -> [u8; MAC_LEN] {
+    wire[..MAC_LEN].try_into().expect("32 bytes")
+}
+
+/// Compare a computed MAC with one from the wire, in constant time.
+pub(crate) fn mac_eq(mac: &blake3::Hash, wire: &[u8]) -> bool {
+    *mac == blake3::Hash::from_bytes(mac_bytes(wire))
+}
