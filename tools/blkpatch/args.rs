@@ -114,10 +114,12 @@ Exit codes:
   0    success: the whole stream was applied (and verified, with --verify)
   1    other failure
   2    bad command line
-  3    bad, corrupted or truncated stream
+  3    bad, corrupted or truncated stream; a sealed stream whose MAC does not match
   4    I/O error
   5    refused: target in use or mounted, too small, missing /dev path, --undo or --state
        that is a device, the target or the input, --state of another stream or target,
-       --verify of a stream that announces no source digest, stdin is a terminal
+       --verify of a stream that announces no source digest, stdin is a terminal;
+       --key: a sealed stream without it, an unsealed one with it, another key, a key
+       file that is not 32 bytes or is readable by group or others
   6    --verify found the target differs from the source
   141  broken pipe: the reader of --list went away (nothing is printed)";

@@ -53,4 +53,38 @@ fn main() {
     let out = w.finish(d.finish()).unwrap();
     println!("== hash ({} bytes)", out.len());
     hex(&out);
+
+    // Sealed patch (FORMAT.md 6.4): the records of 2.4, no source digest, key 00 01 .. 1f.
+    let key: Vec<u8> = (0u8..32).collect();
+    let key = blkpipe_format::seal::SealKey::from_slice(&key).unwrap();
+    let mut header = PatchHeader::new(8192, *b"example-stream-2");
+    header.total_payload = 64 + 4096;
+    header.creator = "spec".into();
+    let mut w = PatchWriter::start(Vec::new(), header, false, false, Some(&key)).unwrap();
+    w.write_data(0, &b"blkpipe!".repeat(8)).unwrap();
+    w.write_zero(4096, 4096).unwrap();
+    let out = w.finish(None).unwrap();
+    println!("== sealed patch ({} bytes)", out.len());
+    hex(&out);
+
+    // Keyed hash (FORMAT.md 6.5): the device of 3.4 under the same key.
+    let h = HashHeader {
+        block_size: 4096,
+        kind: HashKind::Xxh3_64,
+        group_blocks: 2,
+        device_size: 10000,
+        seed: 42,
+        start_offset: 0,
+    };
+    let hasher = blkpipe_format::digest::BlockHasher::new(42, Some(&key));
+    let mut w = HashWriter::start(Vec::new(), h, Some(&key)).unwrap();
+    let mut d = DigestBuilder::new(4096, 42);
+    for block in device.chunks(4096) {
+        let bh = hasher.hash(block);
+        w.push(bh).unwrap();
+        d.push(bh, block.len() as u64);
+    }
+    let out = w.finish(d.finish()).unwrap();
+    println!("== keyed hash ({} bytes)", out.len());
+    hex(&out);
 }

@@ -121,3 +121,98 @@ fn hash_example() {
     assert_eq!(end.device_digest, digest_of(&device, 4096, 42));
     assert!(format_digest(end.device_digest).starts_with("xxh3-128:"));
 }
+
+fn example_key() -> blkpipe_format::seal::SealKey {
+    let key: Vec<u8> = (0u8..32).collect();
+    blkpipe_format::seal::SealKey::from_slice(&key).unwrap()
+}
+
+#[test]
+fn sealed_patch_example() {
+    let [body] = &blocks("hex sealed-patch")[..] else {
+        panic!("one sealed patch example expected")
+    };
+    let bytes = unhex(body);
+    let key = example_key();
+    assert_eq!(&bytes[62..70], &key.id()[..], "key id after the header");
+    // Without the key, or with another, it is refused at the header.
+    assert!(matches!(
+        PatchReader::new(&bytes[..]),
+        Err(blkpipe_format::FormatError::KeyNeeded { .. })
+    ));
+    let other = blkpipe_format::seal::SealKey::from_slice(&[9u8; 32]).unwrap();
+    assert!(matches!(
+        PatchReader::with_key(&bytes[..], Vec::new(), Some(&other)),
+        Err(blkpipe_format::FormatError::WrongKey { .. })
+    ));
+    let mut r = PatchReader::with_key(&bytes[..], Vec::new(), Some(&key)).unwrap();
+    assert!(r.is_sealed());
+    assert_eq!(&r.header().stream_id, b"example-stream-2");
+    let mut got = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        let data = match rec.data {
+            RecordData::Data(d) => Some(d.to_vec()),
+            RecordData::Zero => None,
+        };
+        got.push((rec.offset, rec.length, data));
+    }
+    assert_eq!(
+        got,
+        vec![(0, 64, Some(b"blkpipe!".repeat(8))), (4096, 4096, None)]
+    );
+    // 62-byte header, 40 seal bytes, 32+64+32, 32+32, 80+32.
+    assert_eq!(bytes.len(), 62 + 40 + 128 + 64 + 112);
+    // The MAC of record 0, recomputed from the text of section 6.
+    let header = &bytes[..62];
+    let mut d = blake3::Hasher::new_derive_key("blkpipe 2026-11-30 sealed patch stream subkey");
+    d.update(&(0u8..32).collect::<Vec<u8>>());
+    d.update(header);
+    let subkey = *d.finalize().as_bytes();
+    let mut m = blake3::Hasher::new_keyed(&subkey);
+    m.update(b"R");
+    m.update(&0u64.to_le_bytes());
+    m.update(&bytes[102..102 + 32 + 64]);
+    assert_eq!(m.finalize().as_bytes(), &bytes[102 + 96..102 + 128]);
+    let mut h = blake3::Hasher::new_keyed(&subkey);
+    h.update(b"H");
+    h.update(header);
+    h.update(&bytes[62..70]);
+    assert_eq!(h.finalize().as_bytes(), &bytes[70..102]);
+}
+
+#[test]
+fn keyed_hash_example() {
+    let [body] = &blocks("hex keyed-hash")[..] else {
+        panic!("one keyed hash example expected")
+    };
+    let bytes = unhex(body);
+    let key = example_key();
+    assert!(HashReader::new(&bytes[..]).is_err());
+    let mut r = HashReader::with_key(&bytes[..], Some(&key)).unwrap();
+    assert!(r.is_keyed());
+    let h = r.header().clone();
+    let hasher = blkpipe_format::digest::BlockHasher::new(42, Some(&key));
+    let device = vec![0u8; 10000];
+    let mut n = 0;
+    while let Some((first, group)) = r.next_group().unwrap() {
+        for i in 0..group.len() / 8 {
+            let (off, len) = h.block_range(first + i as u64);
+            let want = hasher.hash(&device[off as usize..(off + len) as usize]);
+            assert_eq!(hash_at(group, h.kind, i), HashKind::Xxh3_64.reduce(want));
+            n += 1;
+        }
+    }
+    assert_eq!(n, 3);
+    // The keyed block hash, from the text: the first 16 bytes of keyed(block key, block).
+    let mut d = blake3::Hasher::new_derive_key("blkpipe 2026-11-30 keyed block hash key");
+    d.update(&(0u8..32).collect::<Vec<u8>>());
+    d.update(&42u64.to_le_bytes());
+    let bk = *d.finalize().as_bytes();
+    let first = blake3::keyed_hash(&bk, &device[..4096]);
+    assert_eq!(&bytes[96..104], &first.as_bytes()[..8]);
+    let end = r.end().unwrap();
+    assert_eq!(
+        end.device_digest,
+        blkpipe_format::digest::digest_with(&device, 4096, &hasher)
+    );
+}
