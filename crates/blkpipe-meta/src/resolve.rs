@@ -517,7 +517,7 @@ mod tests {
         assert!(msg("0 2097152 snapshot 254:11 254:12 X 16").contains("store type"));
         assert!(msg("0 2097152 snapshot 254 254:12 P 16").contains("origin"));
         let e = parse_table_line("vg/x", "0 8 snapshot-merge 1:1 1:2 P 8").unwrap_err();
-        assert_eq!(e.exit_code(), blkpipe_ops::exit::REFUSED);
+        assert!(matches!(e, MetaError::Refused(_)), "{e}");
     }
 
     #[test]
