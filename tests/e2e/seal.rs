@@ -16,7 +16,7 @@ use blkpipe_format::patch::{PatchHeader, PatchReader, PatchWriter, RecordData};
 use blkpipe_format::seal::SealKey;
 use blkpipe_format::FormatError;
 
-mod common;
+use crate::common;
 
 /// splitmix64: a small deterministic generator (the run is reproducible from its seed).
 struct Rng(u64);
