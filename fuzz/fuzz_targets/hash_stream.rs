@@ -8,4 +8,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(mut r) = HashReader::new(data) {
         while let Ok(Some(_)) = r.next_group() {}
     }
+    // The keyed path: the key id, header MAC and per-group MAC reading (FORMAT.md 6).
+    let key = blkpipe_format::seal::SealKey::from_slice(&[7u8; 32]).expect("32 bytes");
+    if let Ok(mut r) = HashReader::with_key(data, Some(&key)) {
+        while let Ok(Some(_)) = r.next_group() {}
+    }
 });
