@@ -556,3 +556,106 @@ fn blkpatch_key_refusals_and_sealed_undo() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert_eq!(std::fs::read(&t).unwrap(), initial);
 }
+
+/// Every tool with `--key`, end to end through real pipes: a keyed hash sync with
+/// `blkpatch --verify` (the source digest built from keyed block hashes), blkread-chunks,
+/// cowlist --data, and blkmerge of sealed streams; and each consumer refuses an unsealed
+/// input with --key and a sealed one without (exit 5).
+#[test]
+fn every_tool_with_a_key() {
+    use blkpipe_meta::snapshot::image;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    std::fs::write(p("key"), [5u8; 32]).unwrap();
+    std::fs::set_permissions(
+        p("key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let key = s(&p("key"));
+    let size = 1 << 20;
+    let src = common::pattern(size, 1);
+    let mut dst = src.clone();
+    for at in [0usize, 70_000, 500_000, size - 100] {
+        dst[at] ^= 0xff;
+    }
+    std::fs::write(p("src"), &src).unwrap();
+    std::fs::write(p("dst"), &dst).unwrap();
+
+    // Keyed hash sync with --verify.
+    let hashes = common::run("blkhash", &["--key", &key, &s(&p("dst"))], b"");
+    assert!(hashes.status.success(), "{}", common::stderr(&hashes));
+    let plain_diff = common::run("blkdiff", &[&s(&p("src"))], &hashes.stdout);
+    assert_eq!(
+        plain_diff.status.code(),
+        Some(5),
+        "{}",
+        common::stderr(&plain_diff)
+    );
+    assert!(common::stderr(&plain_diff).contains("hash stream is sealed"));
+    let patch = common::run("blkdiff", &["--key", &key, &s(&p("src"))], &hashes.stdout);
+    assert!(patch.status.success(), "{}", common::stderr(&patch));
+    let out = common::run("blkpatch", &["--verify", &s(&p("dst"))], &patch.stdout);
+    assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
+    let out = common::run(
+        "blkpatch",
+        &["--key", &key, "--verify", &s(&p("dst"))],
+        &patch.stdout,
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(std::fs::read(p("dst")).unwrap() == src);
+    // An unkeyed hash stream is refused by blkdiff --key.
+    let plain_hashes = common::run("blkhash", &[&s(&p("dst"))], b"");
+    let out = common::run(
+        "blkdiff",
+        &["--key", &key, &s(&p("src"))],
+        &plain_hashes.stdout,
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
+
+    // blkread-chunks --key, then blkmerge --key of two sealed streams.
+    let a = common::run(
+        "blkread-chunks",
+        &["--key", &key, &s(&p("src"))],
+        b"0 8192\n",
+    );
+    let b = common::run(
+        "blkread-chunks",
+        &["--key", &key, &s(&p("src"))],
+        b"4096 65536\n",
+    );
+    assert!(a.status.success() && b.status.success());
+    std::fs::write(p("a"), &a.stdout).unwrap();
+    std::fs::write(p("b"), &b.stdout).unwrap();
+    let merged = common::run("blkmerge", &["--key", &key, &s(&p("a")), &s(&p("b"))], b"");
+    assert!(merged.status.success(), "{}", common::stderr(&merged));
+    let mut r = PatchReader::with_key(&merged.stdout[..], Vec::new(), Some(&key(5))).unwrap();
+    while r.next_record().unwrap().is_some() {}
+    let out = common::run("blkmerge", &[&s(&p("a")), &s(&p("b"))], b"");
+    assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
+
+    // cowlist --data --key: the sealed view patch rolls the origin back to the snapshot.
+    let cow = image::build(8, &[1, 3], None, None);
+    std::fs::write(p("cow"), &cow).unwrap();
+    let origin = vec![0xabu8; 16 * 4096];
+    std::fs::write(p("origin"), &origin).unwrap();
+    let view = common::run(
+        "cowlist",
+        &[
+            "--data",
+            "--key",
+            &key,
+            "--cow",
+            &s(&p("cow")),
+            "--origin",
+            &s(&p("origin")),
+        ],
+        b"",
+    );
+    assert!(view.status.success(), "{}", common::stderr(&view));
+    let out = common::run("blkpatch", &["--key", &key, &s(&p("origin"))], &view.stdout);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = common::run("cowlist", &["--key", &key, "--cow", &s(&p("cow"))], b"");
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+}
