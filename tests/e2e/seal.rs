@@ -573,7 +573,7 @@ fn every_tool_with_a_key() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let key = s(&p("key"));
+    let keyf = s(&p("key"));
     let size = 1 << 20;
     let src = common::pattern(size, 1);
     let mut dst = src.clone();
@@ -584,7 +584,7 @@ fn every_tool_with_a_key() {
     std::fs::write(p("dst"), &dst).unwrap();
 
     // Keyed hash sync with --verify.
-    let hashes = common::run("blkhash", &["--key", &key, &s(&p("dst"))], b"");
+    let hashes = common::run("blkhash", &["--key", &keyf, &s(&p("dst"))], b"");
     assert!(hashes.status.success(), "{}", common::stderr(&hashes));
     let plain_diff = common::run("blkdiff", &[&s(&p("src"))], &hashes.stdout);
     assert_eq!(
@@ -594,13 +594,13 @@ fn every_tool_with_a_key() {
         common::stderr(&plain_diff)
     );
     assert!(common::stderr(&plain_diff).contains("hash stream is sealed"));
-    let patch = common::run("blkdiff", &["--key", &key, &s(&p("src"))], &hashes.stdout);
+    let patch = common::run("blkdiff", &["--key", &keyf, &s(&p("src"))], &hashes.stdout);
     assert!(patch.status.success(), "{}", common::stderr(&patch));
     let out = common::run("blkpatch", &["--verify", &s(&p("dst"))], &patch.stdout);
     assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
     let out = common::run(
         "blkpatch",
-        &["--key", &key, "--verify", &s(&p("dst"))],
+        &["--key", &keyf, "--verify", &s(&p("dst"))],
         &patch.stdout,
     );
     assert!(out.status.success(), "{}", common::stderr(&out));
@@ -609,7 +609,7 @@ fn every_tool_with_a_key() {
     let plain_hashes = common::run("blkhash", &[&s(&p("dst"))], b"");
     let out = common::run(
         "blkdiff",
-        &["--key", &key, &s(&p("src"))],
+        &["--key", &keyf, &s(&p("src"))],
         &plain_hashes.stdout,
     );
     assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
@@ -617,18 +617,18 @@ fn every_tool_with_a_key() {
     // blkread-chunks --key, then blkmerge --key of two sealed streams.
     let a = common::run(
         "blkread-chunks",
-        &["--key", &key, &s(&p("src"))],
+        &["--key", &keyf, &s(&p("src"))],
         b"0 8192\n",
     );
     let b = common::run(
         "blkread-chunks",
-        &["--key", &key, &s(&p("src"))],
+        &["--key", &keyf, &s(&p("src"))],
         b"4096 65536\n",
     );
     assert!(a.status.success() && b.status.success());
     std::fs::write(p("a"), &a.stdout).unwrap();
     std::fs::write(p("b"), &b.stdout).unwrap();
-    let merged = common::run("blkmerge", &["--key", &key, &s(&p("a")), &s(&p("b"))], b"");
+    let merged = common::run("blkmerge", &["--key", &keyf, &s(&p("a")), &s(&p("b"))], b"");
     assert!(merged.status.success(), "{}", common::stderr(&merged));
     let mut r = PatchReader::with_key(&merged.stdout[..], Vec::new(), Some(&key(5))).unwrap();
     while r.next_record().unwrap().is_some() {}
@@ -645,7 +645,7 @@ fn every_tool_with_a_key() {
         &[
             "--data",
             "--key",
-            &key,
+            &keyf,
             "--cow",
             &s(&p("cow")),
             "--origin",
@@ -654,8 +654,12 @@ fn every_tool_with_a_key() {
         b"",
     );
     assert!(view.status.success(), "{}", common::stderr(&view));
-    let out = common::run("blkpatch", &["--key", &key, &s(&p("origin"))], &view.stdout);
+    let out = common::run(
+        "blkpatch",
+        &["--key", &keyf, &s(&p("origin"))],
+        &view.stdout,
+    );
     assert!(out.status.success(), "{}", common::stderr(&out));
-    let out = common::run("cowlist", &["--key", &key, "--cow", &s(&p("cow"))], b"");
+    let out = common::run("cowlist", &["--key", &keyf, "--cow", &s(&p("cow"))], b"");
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
 }
