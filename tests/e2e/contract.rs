@@ -114,6 +114,15 @@ fn assert_one_line(spec: &Spec, out: &Output, code: i32, what: &str) {
         spec.tool
     );
     assert!(!err.contains("panicked"), "{} {what}: {err}", spec.tool);
+    // Context is added once: no part of the message is said twice.
+    let parts: Vec<&str> = err.trim_end().split(": ").filter(|p| p.len() > 8).collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(p),
+            "{} {what}: repeats {p:?}: {err}",
+            spec.tool
+        );
+    }
 }
 
 fn help(spec: &Spec) {
