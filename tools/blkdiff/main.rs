@@ -1,22 +1,16 @@
 //! `blkdiff DEV`: compare DEV with a remote hash stream and write a patch of what differs.
 
-mod args;
-#[macro_use]
-#[path = "../common.rs"]
-mod common;
-
 use anyhow::Context;
+use blkpipe_cli as cli;
+use blkpipe_cli::args::blkdiff::Args;
 use blkpipe_dev::Device;
 use blkpipe_ops::diff::{diff_device, DiffOptions};
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
-use blkpipe_ops::scan::ScanOptions;
 use clap::Parser;
 
-use args::Args;
-
 fn run(args: Args) -> anyhow::Result<()> {
-    common::guard_binary_stdout(args.force_tty)?;
-    let dev = Device::open_source(&args.dev, args.direct)?;
+    args.output.guard()?;
+    let dev = Device::open_source(&args.dev, args.scan.direct)?;
     refuse_terminal_stdin(
         args.hashes.as_deref(),
         "blkdiff reads a hash stream (from blkhash on the other side, e.g. `ssh HOST blkhash DEV | blkdiff DEV`): pipe one in, or give --hashes FILE",
@@ -29,19 +23,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         lz4: args.lz4,
         from_offset: args.from,
         stream_id: args.stream_id,
-        scan: ScanOptions {
-            threads: args.threads,
-            direct: args.direct,
-            drop_cache: true,
-        },
+        scan: args.scan.options(),
         ..DiffOptions::default()
     };
     let progress = args.report.progress("blkdiff")?;
-    let stats = diff_device(&dev, input, common::stdout_buffered(), &opts, &progress)?;
+    let stats = diff_device(&dev, input, cli::stdout_buffered(), &opts, &progress)?;
     args.report.print_stats("blkdiff", &stats);
     Ok(())
 }
 
 fn main() {
-    common::exit_with("blkdiff", run(Args::parse()))
+    cli::exit_with("blkdiff", run(Args::parse()))
 }
