@@ -1,6 +1,7 @@
 //! Property tests of the reply parsers (the `nbd_reply` fuzz target's functions, run by
 //! `cargo test` where cargo-fuzz is not available): arbitrary bytes and mutated valid replies
-//! through the decoders, and a client talking to a server whose reply headers are mutated.
+//! through the decoders, a client talking to a server whose reply headers are mutated, and
+//! the URI parser.
 //! A mutated reply may fail or be accepted; it must never panic, hang, return wrong data as
 //! good, or leave the connection usable after a fault.
 
@@ -337,4 +338,38 @@ fn rand_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Percent-encode every byte outside a small safe set.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+proptest! {
+    /// The URI parser on any text, and on NBD-looking text: a value or an error, no panic.
+    #[test]
+    fn uri_parser_takes_any_text(s in ".{0,80}", tail in "[a-z0-9:/?&=%#@\\[\\]+.-]{0,60}") {
+        let _ = uri::parse(&s);
+        for scheme in ["nbd://", "nbd+unix://", "nbds://", "nbd+vsock://"] {
+            let _ = uri::parse(&format!("{scheme}{tail}"));
+        }
+    }
+
+    /// Generated URIs parse back to what they were made of.
+    #[test]
+    fn uri_round_trip(host in "[a-z][a-z0-9.-]{0,20}", port in any::<u16>(), export in "\\PC{0,20}", socket in "/[a-z0-9 :%/]{1,30}") {
+        let u = uri::parse(&format!("nbd://{host}:{port}/{}", encode(&export))).unwrap();
+        prop_assert_eq!(u.endpoint, uri::Endpoint::Tcp(host.clone(), port));
+        prop_assert_eq!(&u.export, &export);
+        let u = uri::parse(&format!("nbd+unix:///{}?socket={}", encode(&export), encode(&socket))).unwrap();
+        prop_assert_eq!(u.endpoint, uri::Endpoint::Unix(socket.into()));
+        prop_assert_eq!(u.export, export);
+    }
 }
