@@ -7,15 +7,18 @@ mod common;
 
 use anyhow::Context;
 use blkpipe_dev::Device;
-use blkpipe_ops::diff::{diff_device, DiffOptions};
+use blkpipe_ops::diff::{diff_device_ranges, DiffOptions};
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
+use blkpipe_ops::ranges::RangeLimits;
 use blkpipe_ops::scan::ScanOptions;
 use clap::Parser;
 
 use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
-    common::guard_binary_stdout(args.force_tty)?;
+    if !args.list_differing {
+        common::guard_binary_stdout(args.force_tty)?;
+    }
     let dev = Device::open_source(&args.dev, args.direct)?;
     refuse_terminal_stdin(
         args.hashes.as_deref(),
@@ -34,10 +37,31 @@ fn run(args: Args) -> anyhow::Result<()> {
             direct: args.direct,
             drop_cache: true,
         },
+        list_differing: args.list_differing,
         ..DiffOptions::default()
     };
+    let list = match &args.ranges {
+        Some(p) => {
+            let file = std::fs::File::open(p)
+                .with_context(|| format!("{}: open range list", p.display()))?;
+            Some(blkpipe_ops::input::open_text(
+                Box::new(file),
+                &p.display().to_string(),
+                "range list",
+            )?)
+        }
+        None => None,
+    };
     let progress = args.report.progress("blkdiff")?;
-    let stats = diff_device(&dev, input, common::stdout_buffered(), &opts, &progress)?;
+    let stats = diff_device_ranges(
+        &dev,
+        input,
+        list,
+        RangeLimits::default(),
+        common::stdout_buffered(),
+        &opts,
+        &progress,
+    )?;
     args.report.print_stats("blkdiff", &stats);
     Ok(())
 }

@@ -11,7 +11,8 @@ use anyhow::Context;
 use blkpipe_dev::Device;
 use blkpipe_format::digest::format_digest;
 use blkpipe_format::hash::HashKind;
-use blkpipe_ops::hash::{hash_device, HashOptions, HashOutput};
+use blkpipe_ops::hash::{hash_device, hash_device_ranges, HashOptions, HashOutput};
+use blkpipe_ops::ranges::{RangeLimits, SortedRanges};
 use blkpipe_ops::scan::ScanOptions;
 use clap::Parser;
 
@@ -57,7 +58,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let progress = args.report.progress("blkhash")?;
     let mut stdout = common::stdout_buffered();
-    let hashed = hash_device(&dev, &mut stdout, &opts, &progress)?;
+    let hashed = match &args.ranges {
+        Some(path) => {
+            let list = load_list(path, dev.size())?;
+            hash_device_ranges(&dev, &list, &mut stdout, &opts, &progress)?
+        }
+        None => hash_device(&dev, &mut stdout, &opts, &progress)?,
+    };
     if output == HashOutput::Digest {
         writeln!(
             stdout,
@@ -70,6 +77,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     stdout.flush().context("stdout")?;
     args.report.print_stats("blkhash", &hashed.stats);
     Ok(())
+}
+
+/// Read the range list at `path` for a device of `size` bytes.
+fn load_list(path: &std::path::Path, size: u64) -> anyhow::Result<SortedRanges> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("{}: open range list", path.display()))?;
+    let text =
+        blkpipe_ops::input::open_text(Box::new(file), &path.display().to_string(), "range list")?;
+    let list = SortedRanges::load(text, size, false, 0, RangeLimits::default())
+        .with_context(|| format!("range list {}", path.display()))?;
+    Ok(list)
 }
 
 fn main() {

@@ -127,7 +127,7 @@ proptest! {
         let kind = if wide { HashKind::Xxh3_128 } else { HashKind::Xxh3_64 };
         let n = hashes.len() as u64;
         let device_size = if n == 0 { 0 } else { (n - 1) * 4096 + tail };
-        let header = HashHeader { block_size: 4096, kind, group_blocks: group, device_size, seed: 9, start_offset: 0 };
+        let header = HashHeader { block_size: 4096, kind, group_blocks: group, device_size, seed: 9, start_offset: 0, ranges: None };
         let mut w = HashWriter::new(Vec::new(), header).unwrap();
         for h in &hashes { w.push(*h).unwrap(); }
         let bytes = w.finish(77).unwrap();

@@ -20,14 +20,16 @@ use std::time::Instant;
 
 use blkpipe_dev::Device;
 use blkpipe_format::digest::DigestBuilder;
-use blkpipe_format::hash::{hash_at, HashHeader, HashKind, HashReader};
+use blkpipe_format::hash::{hash_at, HashHeader, HashReader};
 use blkpipe_format::patch::{PatchHeader, PatchWriter, SourceDigest, UNKNOWN_TOTAL};
+use blkpipe_format::range::{write_header, write_range, BlockAligned, Range, RangeHeader};
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::chunks::emit_piece;
 use crate::digest::push_chunk;
 use crate::progress::Progress;
-use crate::scan::{scan, Chunk, ScanOptions};
+use crate::ranges::{RangeIter, RangeLimits, SortedRanges};
+use crate::scan::{scan_ranges, Chunk, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// Options of [`diff_device`].
@@ -44,6 +46,9 @@ pub struct DiffOptions {
     pub stream_id: Option<[u8; 16]>,
     /// How to read the local device.
     pub scan: ScanOptions,
+    /// Write the range list of the remote's differing blocks (FORMAT.md 3.5) instead of a
+    /// patch stream: the first pass of a coarse-to-fine sync.
+    pub list_differing: bool,
 }
 
 impl Default for DiffOptions {
@@ -54,21 +59,69 @@ impl Default for DiffOptions {
             creator: format!("blkdiff {}", env!("CARGO_PKG_VERSION")),
             stream_id: None,
             scan: ScanOptions::default(),
+            list_differing: false,
         }
     }
 }
 
 /// The remote hash stream, read one verified group at a time as the comparison needs it.
-struct Remote<R: Read> {
+struct Remote<'l, R: Read> {
     reader: HashReader<R>,
     header: HashHeader,
     group_first: u64,
     group: Vec<u8>,
     group_blocks: u64,
     ended: bool,
+    /// For a range-restricted stream: where its blocks are.
+    cursor: Option<Cursor<'l>>,
 }
 
-impl<R: Read> Remote<R> {
+/// Walks the canonical ranges of a range-restricted stream to map device offsets (in
+/// ascending order) to the stream's block numbers.
+struct Cursor<'l> {
+    ranges: BlockAligned<RangeIter<'l>>,
+    current: Option<Range>,
+    base: u64,
+    block_size: u64,
+}
+
+impl Cursor<'_> {
+    /// The stream's block number of the block at `off`, or `None` if the list does not hold it.
+    fn index_of(&mut self, off: u64) -> Result<Option<u64>, OpError> {
+        loop {
+            match self.current {
+                Some(r) if off < r.offset => return Ok(None),
+                Some(r) if off < r.end() => {
+                    return Ok(Some(self.base + (off - r.offset) / self.block_size))
+                }
+                Some(r) => {
+                    self.base += r.length.div_ceil(self.block_size);
+                    self.current = None;
+                }
+                None => match self.ranges.next() {
+                    Some(r) => self.current = Some(r?),
+                    None => return Ok(None),
+                },
+            }
+        }
+    }
+}
+
+impl<R: Read> Remote<'_, R> {
+    /// Whether the local block at `off` with hash `h` differs from the remote's, or `None`
+    /// when the remote stream does not hold it (a range-restricted stream outside its list).
+    fn differs(&mut self, off: u64, h: u128) -> Result<Option<bool>, OpError> {
+        let bs = self.header.block_size as u64;
+        let idx = match &mut self.cursor {
+            Some(c) => match c.index_of(off)? {
+                Some(i) => i,
+                None => return Ok(None),
+            },
+            None => (off - self.header.start_offset) / bs,
+        };
+        Ok(Some(self.header.kind.reduce(h) != self.hash(idx)?))
+    }
+
     /// The stored hash of remote block `idx`; groups before it are read and verified.
     fn hash(&mut self, idx: u64) -> Result<u128, OpError> {
         while idx >= self.group_first + self.group_blocks {
@@ -103,11 +156,82 @@ impl<R: Read> Remote<R> {
     }
 }
 
+/// Where the differing blocks go: a patch stream, or the range list of the first pass.
+enum Out<W: Write> {
+    Patch(PatchWriter<CountingWriter<W>>),
+    List {
+        out: std::io::BufWriter<CountingWriter<W>>,
+        pending: Option<Range>,
+        /// The remote's size: ranges are cut there.
+        limit: u64,
+        ranges: u64,
+        bytes: u64,
+    },
+}
+
+impl<W: Write> Out<W> {
+    fn run(&mut self, chunk: &Chunk<'_>, start: u64, end: u64) -> Result<(), OpError> {
+        match self {
+            Out::Patch(w) => emit_run(w, chunk, start, end),
+            Out::List {
+                out,
+                pending,
+                limit,
+                ranges,
+                bytes,
+            } => {
+                let end = end.min(*limit);
+                if start >= end {
+                    return Ok(());
+                }
+                match pending {
+                    Some(p) if p.end() == start => p.length += end - start,
+                    _ => {
+                        if let Some(p) = pending.replace(Range {
+                            offset: start,
+                            length: end - start,
+                        }) {
+                            write_range(out, &p).map_err(OpError::Output)?;
+                            *ranges += 1;
+                            *bytes += p.length;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Compare `dev` with the hash stream on `hashes` and write a patch stream to `out` that makes
-/// the remote device equal to `dev`.
+/// the remote device equal to `dev` (or, with `list_differing`, the list of what differs).
 pub fn diff_device<R: Read, W: Write>(
     dev: &Device,
     hashes: R,
+    out: W,
+    opts: &DiffOptions,
+    progress: &Progress,
+) -> Result<Stats, OpError> {
+    diff_device_ranges(
+        dev,
+        hashes,
+        None::<&[u8]>,
+        RangeLimits::default(),
+        out,
+        opts,
+        progress,
+    )
+}
+
+/// Like [`diff_device`]; with `ranges`, the hash stream must be range-restricted (FORMAT.md
+/// 3.5) and bound to this same list, which is read (for a device of the remote's size) only
+/// after the stream's header has been checked. Only the listed blocks, and the blocks of `dev`
+/// past the remote's end, are read and compared; the patch then carries no source digest.
+pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
+    dev: &Device,
+    hashes: R,
+    ranges: Option<L>,
+    limits: RangeLimits,
     out: W,
     opts: &DiffOptions,
     progress: &Progress,
@@ -127,7 +251,45 @@ pub fn diff_device<R: Read, W: Write>(
             header.start_offset, from, header.start_offset
         )));
     }
+    let list = match (ranges, &header.ranges) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(OpError::Refused(
+                "the hash stream is range-restricted (blkhash --ranges LIST): give blkdiff the same list with --ranges LIST".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(OpError::Refused(
+                "--ranges given, but the hash stream covers the whole device: hash with blkhash --ranges LIST, or drop --ranges".into(),
+            ))
+        }
+        (Some(input), Some(binding)) => {
+            if from != 0 {
+                return Err(OpError::Refused(
+                    "--from cannot be combined with --ranges".into(),
+                ));
+            }
+            let list = SortedRanges::load(input, header.device_size, false, 0, limits)?;
+            let (mine, _) = list.binding(header.block_size, header.device_size)?;
+            if mine != *binding {
+                return Err(OpError::Refused(format!(
+                    "the range list does not match the one the hash stream was made from ({} ranges, {} blocks here; {} ranges, {} blocks in the stream; list digests {:032x} and {:032x}): pass blkdiff the list given to blkhash --ranges",
+                    mine.range_count, mine.block_count, binding.range_count, binding.block_count, mine.list_digest, binding.list_digest
+                )));
+            }
+            Some(list)
+        }
+    };
     let compare_from = from;
+    let cursor = match &list {
+        Some(l) => Some(Cursor {
+            ranges: l.blocks(header.block_size, header.device_size)?,
+            current: None,
+            base: 0,
+            block_size: bs,
+        }),
+        None => None,
+    };
     let mut remote = Remote {
         reader,
         header: header.clone(),
@@ -135,29 +297,79 @@ pub fn diff_device<R: Read, W: Write>(
         group: Vec::new(),
         group_blocks: 0,
         ended: false,
+        cursor,
     };
-    let patch_header = PatchHeader {
-        source_size: dev.size(),
-        total_payload: UNKNOWN_TOTAL,
-        stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
-        creator: opts.creator.clone(),
+    let mut sink = if opts.list_differing {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, CountingWriter::new(out));
+        write_header(
+            &mut out,
+            &RangeHeader {
+                size: Some(header.device_size),
+                chunk: Some(bs),
+            },
+        )
+        .map_err(OpError::Output)?;
+        Out::List {
+            out,
+            pending: None,
+            limit: header.device_size,
+            ranges: 0,
+            bytes: 0,
+        }
+    } else {
+        let patch_header = PatchHeader {
+            source_size: dev.size(),
+            total_payload: UNKNOWN_TOTAL,
+            stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
+            creator: opts.creator.clone(),
+        };
+        let out = CountingWriter::new(out);
+        let w = if list.is_some() {
+            PatchWriter::new(out, patch_header, opts.lz4)
+        } else {
+            PatchWriter::announcing_digest(out, patch_header, opts.lz4)
+        };
+        Out::Patch(w.map_err(OpError::Output)?)
     };
-    let mut writer =
-        PatchWriter::announcing_digest(CountingWriter::new(out), patch_header, opts.lz4)
-            .map_err(OpError::Output)?;
-    progress.set_total(dev.size());
+    let size = dev.size();
+    // What to read: the whole device, or the listed blocks and what lies past the remote's end.
+    let (pieces, total): (
+        Box<dyn Iterator<Item = Result<(u64, u64), OpError>> + Send>,
+        u64,
+    ) = match &list {
+        None => (Box::new(std::iter::once(Ok((0, size)))), size),
+        Some(l) => {
+            let mut total = 0;
+            let mut last_end = 0;
+            for r in l.blocks(header.block_size, header.device_size)? {
+                let r = r?;
+                if r.offset < size {
+                    total += r.end().min(size) - r.offset;
+                    last_end = r.end().min(size);
+                }
+            }
+            let tail = (header.device_size - header.device_size % bs).max(last_end);
+            let tail = (tail < size).then_some((tail, size));
+            total += tail.map_or(0, |(a, b)| b - a);
+            let listed = l
+                .blocks(header.block_size, header.device_size)?
+                .map(move |r| r.map(|r| (r.offset, r.end().min(size))))
+                .filter(move |r| r.as_ref().map_or(true, |&(a, _)| a < size));
+            (Box::new(listed.chain(tail.map(Ok))), total)
+        }
+    };
+    progress.set_total(total);
     let mut digest = DigestBuilder::new(bs, header.seed);
     let mut stats = Stats::default();
-    scan(
+    scan_ranges(
         dev,
-        0,
-        dev.size(),
+        pieces,
         header.block_size,
         header.seed,
         &opts.scan,
         |chunk| {
             push_chunk(&mut digest, chunk.hashes, chunk.data.len(), bs as usize);
-            compare_chunk(chunk, &mut remote, compare_from, &mut writer, &mut stats)?;
+            compare_chunk(chunk, &mut remote, compare_from, &mut sink, &mut stats)?;
             stats.bytes_read += chunk.data.len() as u64;
             progress.inc(chunk.data.len() as u64);
             Ok(())
@@ -165,18 +377,44 @@ pub fn diff_device<R: Read, W: Write>(
     )?;
     // The remote may hold more blocks than we do: they must verify too before the end record.
     remote.finish()?;
-    stats.records = writer.record_count();
-    stats.data_bytes = writer.data_bytes();
-    stats.zero_bytes = writer.zero_bytes();
-    let source_digest = SourceDigest {
-        block_size: header.block_size,
-        seed: header.seed,
-        digest: digest.finish(),
+    let written = match sink {
+        Out::Patch(writer) => {
+            stats.records = writer.record_count();
+            stats.data_bytes = writer.data_bytes();
+            stats.zero_bytes = writer.zero_bytes();
+            // The digest of the whole device, unless only parts of it were read.
+            let source_digest = list.is_none().then(|| SourceDigest {
+                block_size: header.block_size,
+                seed: header.seed,
+                digest: digest.finish(),
+            });
+            writer
+                .finish(source_digest)
+                .map_err(OpError::Output)?
+                .count()
+        }
+        Out::List {
+            mut out,
+            pending,
+            mut ranges,
+            mut bytes,
+            ..
+        } => {
+            if let Some(p) = pending {
+                write_range(&mut out, &p).map_err(OpError::Output)?;
+                ranges += 1;
+                bytes += p.length;
+            }
+            stats.records = ranges;
+            stats.data_bytes = bytes;
+            let mut out = out
+                .into_inner()
+                .map_err(|e| OpError::Output(e.into_error()))?;
+            out.flush().map_err(OpError::Output)?;
+            out.count()
+        }
     };
-    let out = writer
-        .finish(Some(source_digest))
-        .map_err(OpError::Output)?;
-    stats.bytes_written = out.count();
+    stats.bytes_written = written;
     progress.finish();
     stats.elapsed = started.elapsed();
     Ok(stats)
@@ -185,14 +423,13 @@ pub fn diff_device<R: Read, W: Write>(
 /// Compare one chunk's blocks with the remote's and write records for the runs that differ.
 fn compare_chunk<R: Read, W: Write>(
     chunk: &Chunk<'_>,
-    remote: &mut Remote<R>,
+    remote: &mut Remote<'_, R>,
     compare_from: u64,
-    writer: &mut PatchWriter<W>,
+    sink: &mut Out<W>,
     stats: &mut Stats,
 ) -> Result<(), OpError> {
     let bs = remote.header.block_size as u64;
-    let (start, remote_size) = (remote.header.start_offset, remote.header.device_size);
-    let kind: HashKind = remote.header.kind;
+    let remote_size = remote.header.device_size;
     let chunk_end = chunk.offset + chunk.data.len() as u64;
     let mut run: Option<u64> = None;
     for (i, h) in chunk.hashes.iter().enumerate() {
@@ -200,7 +437,9 @@ fn compare_chunk<R: Read, W: Write>(
         let differs = if off < compare_from {
             None
         } else if off < remote_size {
-            Some(kind.reduce(*h) != remote.hash((off - start) / bs)?)
+            // A block a range-restricted stream does not hold was read because it lies past
+            // the remote's last whole block: send it.
+            Some(remote.differs(off, *h)?.unwrap_or(true))
         } else {
             remote.finish()?;
             Some(true)
@@ -215,13 +454,13 @@ fn compare_chunk<R: Read, W: Write>(
                     stats.blocks_same += 1;
                 }
                 if let Some(s) = run.take() {
-                    emit_run(writer, chunk, s, off)?;
+                    sink.run(chunk, s, off)?;
                 }
             }
         }
     }
     if let Some(s) = run {
-        emit_run(writer, chunk, s, chunk_end)?;
+        sink.run(chunk, s, chunk_end)?;
     }
     Ok(())
 }
