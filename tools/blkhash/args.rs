@@ -27,7 +27,7 @@ use crate::common;
 /// hosts get comparable digests.
 ///
 /// Streams:
-///   stdin   not read
+///   stdin   not read, except the range list with --ranges -
 ///   stdout  hash stream (binary; refused on a terminal unless --force-tty), or text lines
 ///           with --text or --digest
 ///   stderr  one line per error; progress and summary when asked (--progress, --stats)
@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = common::parse_size, help_heading = "Input")]
     pub from: u64,
     /// Hash only the blocks this range list touches (a range-restricted stream for
-    /// `blkdiff --ranges` with the same list).
+    /// `blkdiff --ranges` with the same list); `-` reads it from stdin.
     #[arg(
         long,
         value_name = "LIST",

@@ -79,14 +79,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Read the range list at `path` for a device of `size` bytes.
+/// Read the range list at `path` (`-`: stdin) for a device of `size` bytes.
 fn load_list(path: &std::path::Path, size: u64) -> anyhow::Result<SortedRanges> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("{}: open range list", path.display()))?;
-    let text =
-        blkpipe_ops::input::open_text(Box::new(file), &path.display().to_string(), "range list")?;
+    let (raw, name): (Box<dyn std::io::Read + Send>, String) = if path.as_os_str() == "-" {
+        (Box::new(std::io::stdin()), "stdin".into())
+    } else {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("{}: open range list", path.display()))?;
+        (Box::new(file), path.display().to_string())
+    };
+    let text = blkpipe_ops::input::open_text(raw, &name, "range list")?;
     let list = SortedRanges::load(text, size, false, 0, RangeLimits::default())
-        .with_context(|| format!("range list {}", path.display()))?;
+        .with_context(|| format!("range list {name}"))?;
     Ok(list)
 }
 

@@ -486,7 +486,9 @@ fn emit_run<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::{hash_device, HashOptions, HashOutput};
+    use crate::hash::{hash_device, hash_device_ranges, HashOptions, HashOutput};
+    use crate::ranges::RangeLimits;
+    use blkpipe_format::hash::HashKind;
     use blkpipe_format::patch::{PatchReader, RecordData};
 
     fn file(data: &[u8]) -> tempfile::NamedTempFile {
@@ -717,6 +719,157 @@ mod tests {
             );
             assert_no_end(&patch);
         }
+    }
+
+    /// Pass 1 with coarse blocks, pass 2 over its list with 4 KiB blocks; returns the target
+    /// after applying, the list and the pass-2 hash stream.
+    fn two_pass(src: &[u8], dst: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let coarse = hashes_of(dst, 65536, HashKind::Xxh3_64, 0);
+        let (fs, fd) = (file(src), file(dst));
+        let sdev = Device::open_source(fs.path(), false).unwrap();
+        let ddev = Device::open_source(fd.path(), false).unwrap();
+        let mut list = Vec::new();
+        let opts = DiffOptions {
+            list_differing: true,
+            ..DiffOptions::default()
+        };
+        diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+        let sorted = SortedRanges::load(
+            &list[..],
+            dst.len() as u64,
+            false,
+            0,
+            RangeLimits::default(),
+        )
+        .unwrap();
+        let mut fine = Vec::new();
+        let hopts = HashOptions {
+            block_size: 4096,
+            seed: 5,
+            kind: HashKind::Xxh3_64,
+            from_offset: 0,
+            output: HashOutput::Stream,
+            scan: ScanOptions::default(),
+        };
+        hash_device_ranges(&ddev, &sorted, &mut fine, &hopts, &Progress::hidden()).unwrap();
+        let mut patch = Vec::new();
+        diff_device_ranges(
+            &sdev,
+            &fine[..],
+            Some(&list[..]),
+            RangeLimits::default(),
+            &mut patch,
+            &DiffOptions::default(),
+            &Progress::hidden(),
+        )
+        .unwrap();
+        let mut r = PatchReader::new(&patch[..]).unwrap();
+        let mut out = dst.to_vec();
+        out.resize(r.header().source_size as usize, 0);
+        while let Some(rec) = r.next_record().unwrap() {
+            let (o, l) = (rec.offset as usize, rec.length as usize);
+            match rec.data {
+                RecordData::Data(d) => out[o..o + l].copy_from_slice(d),
+                RecordData::Zero => out[o..o + l].fill(0),
+            }
+        }
+        assert!(r.end().unwrap().source_digest.is_none());
+        (out, list, fine)
+    }
+
+    #[test]
+    fn two_pass_sends_only_the_fine_blocks_that_differ() {
+        let dst = pattern(3 << 20, 0);
+        let mut src = dst.clone();
+        src[4096 * 3] ^= 1;
+        src[4096 * 17 + 9] ^= 1;
+        src[(2 << 20) + 5] ^= 1;
+        let (out, list, fine) = two_pass(&src, &dst);
+        assert_eq!(out, src);
+        let text = String::from_utf8(list).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "# blkranges v1 size={} chunk=65536
+0 131072
+2097152 65536
+",
+                3 << 20
+            )
+        );
+        // 48 fine hashes of 8 bytes, one group, header, extension and end record.
+        assert_eq!(fine.len(), 56 + 40 + 48 * 8 + 8 + 56);
+        // Sizes that differ and are not block multiples.
+        for (sl, dl) in [
+            (50_000usize, 30_000usize),
+            (30_000, 50_000),
+            (200_000, 70_000),
+            (12_289, 12_288),
+            (0, 9000),
+            (9000, 0),
+        ] {
+            let src = pattern(sl, 1);
+            let mut dst = pattern(dl, 1);
+            if let Some(b) = dst.get_mut(5) {
+                *b ^= 1;
+            }
+            let (out, _, _) = two_pass(&src, &dst);
+            assert_eq!(out, src, "src {sl} dst {dl}");
+        }
+    }
+
+    #[test]
+    fn a_stream_from_another_list_or_none_is_refused() {
+        let dst = pattern(1 << 20, 0);
+        let src = pattern(1 << 20, 1);
+        let (fs, fd) = (file(&src), file(&dst));
+        let sdev = Device::open_source(fs.path(), false).unwrap();
+        let ddev = Device::open_source(fd.path(), false).unwrap();
+        let list = b"0 4096\n65536 10\n".to_vec();
+        let sorted =
+            SortedRanges::load(&list[..], 1 << 20, false, 0, RangeLimits::default()).unwrap();
+        let hopts = HashOptions {
+            block_size: 4096,
+            seed: 5,
+            kind: HashKind::Xxh3_64,
+            from_offset: 0,
+            output: HashOutput::Stream,
+            scan: ScanOptions::default(),
+        };
+        let mut fine = Vec::new();
+        hash_device_ranges(&ddev, &sorted, &mut fine, &hopts, &Progress::hidden()).unwrap();
+        let run = |hashes: &[u8], list: Option<&[u8]>| {
+            let mut patch = Vec::new();
+            let r = diff_device_ranges(
+                &sdev,
+                hashes,
+                list,
+                RangeLimits::default(),
+                &mut patch,
+                &DiffOptions::default(),
+                &Progress::hidden(),
+            );
+            (r, patch)
+        };
+        // The same blocks listed otherwise: accepted (the canonical form is compared).
+        let (r, _) = run(&fine, Some(b"# x\n65540 1\n0 4096\n0 100\n"));
+        assert!(r.is_ok(), "{r:?}");
+        for other in [&b"0 4096\n"[..], b"0 4096\n69632 1\n", b""] {
+            let (r, patch) = run(&fine, Some(other));
+            assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+            assert!(patch.is_empty(), "nothing written before the refusal");
+        }
+        let (r, patch) = run(&fine, None);
+        assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+        assert!(patch.is_empty());
+        let whole = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+        let (r, patch) = run(&whole, Some(&list));
+        assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+        assert!(patch.is_empty());
+        // A range past the remote's end is bad input.
+        let (r, patch) = run(&fine, Some(b"1048000 1000\n"));
+        assert!(matches!(r, Err(OpError::BadRange(_))), "{r:?}");
+        assert!(patch.is_empty());
     }
 
     fn assert_no_end(patch: &[u8]) {
