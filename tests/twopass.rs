@@ -111,8 +111,8 @@ fn two_passes_send_only_the_fine_hashes_of_changed_regions() {
         text,
         "# blkranges v1 size=33554432 chunk=1048576\n0 2097152\n22020096 1048576\n32505856 1048576\n"
     );
-    // 32 coarse hashes: header, one group, end record.
-    assert_eq!(one.hash_bytes, 56 + 32 * 8 + 8 + 56);
+    // 32 coarse hashes in two groups of 16 (16 MiB each): header, groups, end record.
+    assert_eq!(one.hash_bytes, 56 + 32 * 8 + 2 * 8 + 56);
     let two = pipeline(
         &dst,
         &src,

@@ -27,8 +27,18 @@ const KNOWN_FLAGS: u32 = FLAG_RANGES;
 pub const MIN_BLOCK_SIZE: u32 = 4096;
 /// Largest block size.
 pub const MAX_BLOCK_SIZE: u32 = 16 << 20;
-/// Hashes per checksummed group written by [`HashWriter`].
+/// Hashes per checksummed group written by blkhash for 4 KiB blocks (see [`group_blocks_for`]).
 pub const GROUP_BLOCKS: u16 = 1024;
+/// Device bytes a group covers at most, for blocks of 16 KiB and more.
+const GROUP_SPAN: u64 = 16 << 20;
+
+/// The group size blkhash writes for `block_size`: [`GROUP_BLOCKS`], but no more than 16 MiB
+/// of the device per group (at least one block). A reader acts on a group only once it is
+/// complete, so a group of 1024 blocks of 1 MiB would make it wait for a whole GiB of the
+/// writer's reading before its own work could overlap.
+pub fn group_blocks_for(block_size: u32) -> u16 {
+    (GROUP_SPAN / block_size.max(1) as u64).clamp(1, GROUP_BLOCKS as u64) as u16
+}
 /// Largest group a reader accepts.
 pub const MAX_GROUP_BLOCKS: u16 = 4096;
 

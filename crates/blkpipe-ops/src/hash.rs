@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use blkpipe_dev::Device;
 use blkpipe_format::digest::DigestBuilder;
-use blkpipe_format::hash::{HashHeader, HashKind, HashWriter, GROUP_BLOCKS};
+use blkpipe_format::hash::{group_blocks_for, HashHeader, HashKind, HashWriter};
 
 use crate::digest::push_chunk;
 use crate::progress::Progress;
@@ -108,7 +108,7 @@ fn hash_device_in<W: Write>(
     let header = HashHeader {
         block_size: opts.block_size,
         kind: opts.kind,
-        group_blocks: GROUP_BLOCKS,
+        group_blocks: group_blocks_for(opts.block_size),
         device_size: dev.size(),
         seed: opts.seed,
         start_offset: start,
