@@ -29,7 +29,7 @@ use crate::chunks::emit_piece;
 use crate::digest::push_chunk;
 use crate::progress::Progress;
 use crate::ranges::{RangeIter, RangeLimits, SortedRanges};
-use crate::scan::{scan_ranges, Chunk, ScanOptions};
+use crate::scan::{scan_ranges, Chunk, RangeSource, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// Options of [`diff_device`].
@@ -158,7 +158,7 @@ impl<R: Read> Remote<'_, R> {
 
 /// Where the differing blocks go: a patch stream, or the range list of the first pass.
 enum Out<W: Write> {
-    Patch(PatchWriter<CountingWriter<W>>),
+    Patch(Box<PatchWriter<CountingWriter<W>>>),
     List {
         out: std::io::BufWriter<CountingWriter<W>>,
         pending: Option<Range>,
@@ -329,14 +329,11 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
         } else {
             PatchWriter::announcing_digest(out, patch_header, opts.lz4)
         };
-        Out::Patch(w.map_err(OpError::Output)?)
+        Out::Patch(Box::new(w.map_err(OpError::Output)?))
     };
     let size = dev.size();
     // What to read: the whole device, or the listed blocks and what lies past the remote's end.
-    let (pieces, total): (
-        Box<dyn Iterator<Item = Result<(u64, u64), OpError>> + Send>,
-        u64,
-    ) = match &list {
+    let (pieces, total): (RangeSource<'_>, u64) = match &list {
         None => (Box::new(std::iter::once(Ok((0, size)))), size),
         Some(l) => {
             let mut total = 0;

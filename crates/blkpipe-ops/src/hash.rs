@@ -15,7 +15,7 @@ use blkpipe_format::hash::{group_blocks_for, HashHeader, HashKind, HashWriter};
 use crate::digest::push_chunk;
 use crate::progress::Progress;
 use crate::ranges::SortedRanges;
-use crate::scan::{scan_ranges, ScanOptions};
+use crate::scan::{scan_ranges, RangeSource, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// What `blkhash` writes.
@@ -136,7 +136,7 @@ fn hash_device_in<W: Write>(
     let bs = opts.block_size as usize;
     let mut digest = DigestBuilder::new(bs as u64, opts.seed);
     let mut stats = Stats::default();
-    let pieces: Box<dyn Iterator<Item = Result<(u64, u64), OpError>> + Send> = match ranges {
+    let pieces: RangeSource<'_> = match ranges {
         Some(list) => Box::new(
             list.blocks(opts.block_size, dev.size())?
                 .map(|r| r.map(|r| (r.offset, r.end()))),

@@ -145,6 +145,9 @@ where
     scan_ranges(dev, whole, block_size, seed, opts, consume)
 }
 
+/// A boxed source of `(start, end)` ranges for [`scan_ranges`].
+pub type RangeSource<'a> = Box<dyn Iterator<Item = Result<(u64, u64), OpError>> + Send + 'a>;
+
 /// Like [`scan`], over several ranges `(start, end)` in ascending order, each `start` a
 /// multiple of `block_size` (ranges as [`blkpipe_format::range::BlockAligned`] gives them).
 /// Chunks never cross a range's end; an `Err` from `ranges` stops the scan and is returned.
