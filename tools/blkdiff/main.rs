@@ -1,25 +1,19 @@
 //! `blkdiff DEV`: compare DEV with a remote hash stream and write a patch of what differs.
 
-mod args;
-#[macro_use]
-#[path = "../common.rs"]
-mod common;
-
 use anyhow::Context;
+use blkpipe_cli as cli;
+use blkpipe_cli::args::blkdiff::Args;
 use blkpipe_dev::Device;
 use blkpipe_ops::diff::{diff_device_ranges, DiffOptions};
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::ranges::RangeLimits;
-use blkpipe_ops::scan::ScanOptions;
 use clap::Parser;
-
-use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     if !args.list_differing {
-        common::guard_binary_stdout(args.force_tty)?;
+        args.output.guard()?;
     }
-    let dev = Device::open_source(&args.dev, args.direct)?;
+    let dev = Device::open_source(&args.dev, args.scan.direct)?;
     refuse_terminal_stdin(
         args.hashes.as_deref(),
         "blkdiff reads a hash stream (from blkhash on the other side, e.g. `ssh HOST blkhash DEV | blkdiff DEV`): pipe one in, or give --hashes FILE",
@@ -32,11 +26,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         lz4: args.lz4,
         from_offset: args.from,
         stream_id: args.stream_id,
-        scan: ScanOptions {
-            threads: args.threads,
-            direct: args.direct,
-            drop_cache: true,
-        },
+        scan: args.scan.options(),
         list_differing: args.list_differing,
         ..DiffOptions::default()
     };
@@ -58,7 +48,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         input,
         list,
         RangeLimits::default(),
-        common::stdout_buffered(),
+        cli::stdout_buffered(),
         &opts,
         &progress,
     )?;
@@ -67,5 +57,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() {
-    common::exit_with("blkdiff", run(Args::parse()))
+    cli::exit_with("blkdiff", run(Args::parse()))
 }

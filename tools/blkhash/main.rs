@@ -1,22 +1,16 @@
 //! `blkhash DEV`: hash every block of a device into a hash stream for `blkdiff`.
 
-mod args;
-#[macro_use]
-#[path = "../common.rs"]
-mod common;
-
 use std::io::Write;
 
 use anyhow::Context;
+use blkpipe_cli as cli;
+use blkpipe_cli::args::blkhash::Args;
 use blkpipe_dev::Device;
 use blkpipe_format::digest::format_digest;
 use blkpipe_format::hash::HashKind;
 use blkpipe_ops::hash::{hash_device, hash_device_ranges, HashOptions, HashOutput};
 use blkpipe_ops::ranges::{RangeLimits, SortedRanges};
-use blkpipe_ops::scan::ScanOptions;
 use clap::Parser;
-
-use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     let output = if args.digest {
@@ -24,7 +18,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else if args.text {
         HashOutput::Text
     } else {
-        common::guard_binary_stdout(args.force_tty)?;
+        args.output.guard()?;
         HashOutput::Stream
     };
     let seed = match (args.seed, output) {
@@ -32,7 +26,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, HashOutput::Digest) => 0,
         (None, _) => u64::from_le_bytes(blkpipe_ops::random_bytes()[..8].try_into()?),
     };
-    let dev = Device::open_source(&args.dev, args.direct)?;
+    let dev = Device::open_source(&args.dev, args.scan.direct)?;
     let opts = HashOptions {
         block_size: u32::try_from(args.block_size).map_err(|_| {
             blkpipe_ops::OpError::BadRange(format!(
@@ -50,14 +44,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         from_offset: args.from,
         output,
-        scan: ScanOptions {
-            threads: args.threads,
-            direct: args.direct,
-            drop_cache: true,
-        },
+        scan: args.scan.options(),
     };
     let progress = args.report.progress("blkhash")?;
-    let mut stdout = common::stdout_buffered();
+    let mut stdout = cli::stdout_buffered();
     let hashed = match &args.ranges {
         Some(path) => {
             let list = load_list(path, dev.size())?;
@@ -95,5 +85,5 @@ fn load_list(path: &std::path::Path, size: u64) -> anyhow::Result<SortedRanges> 
 }
 
 fn main() {
-    common::exit_with("blkhash", run(Args::parse()))
+    cli::exit_with("blkhash", run(Args::parse()))
 }

@@ -1,20 +1,15 @@
 //! `blkmerge PATCH...`: combine patch streams, oldest first, into one where later records win.
 
-mod args;
-#[macro_use]
-#[path = "../common.rs"]
-mod common;
-
 use anyhow::Context;
+use blkpipe_cli as cli;
+use blkpipe_cli::args::blkmerge::Args;
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::merge::{merge_patches, MergeOptions};
 use blkpipe_ops::progress::ProgressWriter;
 use clap::{CommandFactory, Parser};
 
-use args::Args;
-
 fn run(args: Args) -> anyhow::Result<()> {
-    common::guard_binary_stdout(args.force_tty)?;
+    args.output.guard()?;
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for path in &args.inputs {
         refuse_terminal_stdin(
@@ -27,7 +22,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let opts = MergeOptions { lz4: args.lz4 };
     let progress = args.report.progress("blkmerge")?;
-    let out = ProgressWriter::new(common::stdout_buffered(), progress.clone());
+    let out = ProgressWriter::new(cli::stdout_buffered(), progress.clone());
     let stats = merge_patches(inputs, out, &opts)?;
     progress.finish();
     args.report.print_stats("blkmerge", &stats);
@@ -45,5 +40,5 @@ fn main() {
             )
             .exit();
     }
-    common::exit_with("blkmerge", run(args))
+    cli::exit_with("blkmerge", run(args))
 }

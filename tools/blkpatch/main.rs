@@ -1,13 +1,10 @@
 //! `blkpatch TARGET`: apply a patch stream to a device or image file, safely.
 
-mod args;
-#[macro_use]
-#[path = "../common.rs"]
-mod common;
-
 use std::io::Write;
 
 use anyhow::Context;
+use blkpipe_cli::args::blkpatch::Args;
+use blkpipe_cli::{self as cli, eprintln};
 use blkpipe_dev::{Avoid, Device, TargetOptions};
 use blkpipe_format::FormatError;
 use blkpipe_ops::apply::{apply_stream, read_header, ApplyOptions};
@@ -15,8 +12,6 @@ use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::state::{hex_id, ResumeState};
 use blkpipe_ops::OpError;
 use clap::Parser;
-
-use args::Args;
 
 fn run(args: Args) -> anyhow::Result<()> {
     if let (true, Some(path)) = (args.print_state, &args.state) {
@@ -80,7 +75,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         avoid,
     };
     let progress = args.report.progress("blkpatch")?;
-    let mut stdout = common::stdout_buffered();
+    let mut stdout = cli::stdout_buffered();
     let list: Option<&mut dyn std::io::Write> = if args.list { Some(&mut stdout) } else { None };
     let applied = apply_stream(target.as_mut(), reader, &opts, &progress, list).map_err(|e| {
         if write {
@@ -118,5 +113,5 @@ fn say_how_far(e: OpError) -> OpError {
 }
 
 fn main() {
-    common::exit_with("blkpatch", run(Args::parse()))
+    cli::exit_with("blkpatch", run(Args::parse()))
 }

@@ -1,22 +1,17 @@
 //! `blkread-chunks DEV`: read a list of byte ranges from DEV and write them as a patch stream.
 
-mod args;
-#[macro_use]
-#[path = "../common.rs"]
-mod common;
-
 use std::fs::File;
 use std::io::Read;
 
 use anyhow::Context;
+use blkpipe_cli as cli;
+use blkpipe_cli::args::blkread_chunks::Args;
 use blkpipe_dev::Device;
 use blkpipe_ops::chunks::{read_chunks, ChunkOptions};
 use clap::Parser;
 
-use args::Args;
-
 fn run(args: Args) -> anyhow::Result<()> {
-    common::guard_binary_stdout(args.force_tty)?;
+    args.output.guard()?;
     let dev = Device::open_source(&args.dev, args.direct)?;
     let (ranges, name): (Box<dyn Read + Send>, String) = match &args.ranges {
         Some(p) => (
@@ -35,11 +30,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..ChunkOptions::default()
     };
     let progress = args.report.progress("blkread-chunks")?;
-    let stats = read_chunks(&dev, ranges, common::stdout_buffered(), &opts, &progress)?;
+    let stats = read_chunks(&dev, ranges, cli::stdout_buffered(), &opts, &progress)?;
     args.report.print_stats("blkread-chunks", &stats);
     Ok(())
 }
 
 fn main() {
-    common::exit_with("blkread-chunks", run(Args::parse()))
+    cli::exit_with("blkread-chunks", run(Args::parse()))
 }

@@ -1,17 +1,14 @@
 //! `cowlist SNAP`: the chunks changed since an LVM snapshot was taken, from the kernel's own
 //! exception store; also thin_delta and era_invalidate XML as the same range list.
 
-mod args;
-#[macro_use]
-#[path = "../common.rs"]
-mod common;
-
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
+use blkpipe_cli::args::cowlist::Args;
+use blkpipe_cli::{self as cli, eprint, eprintln};
 use blkpipe_dev::Device;
 use blkpipe_format::range::Range;
 use blkpipe_meta::nbdmap::{self, MapKind};
@@ -19,10 +16,7 @@ use blkpipe_meta::resolve::Resolver;
 use blkpipe_meta::snapshot::{self, ChangeList, ReadOptions, SnapshotView};
 use blkpipe_meta::xml::{self, BlockRanges};
 use blkpipe_meta::MetaError;
-use blkpipe_ops::exit;
 use clap::Parser;
-
-use args::Args;
 
 /// `--stats=json`: the shared summary object (records = ranges listed, data bytes = bytes to
 /// send, bytes read = metadata bytes read).
@@ -38,7 +32,7 @@ fn json_stats(ranges: u64, bytes: u64, metadata_read: u64, started: Instant) {
 }
 
 fn json_wanted(args: &Args) -> bool {
-    args.report.stats == Some(common::StatsFormat::Json)
+    args.report.stats == Some(cli::StatsFormat::Json)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -60,7 +54,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         return write_nbd_ranges(&args, r, started);
     }
     if args.data {
-        common::guard_binary_stdout(args.force_tty)?;
+        cli::guard_binary_stdout(args.force_tty)?;
     }
     let (cow_path, origin_size, what) = match (&args.snap, &args.cow) {
         (Some(snap), _) => {
@@ -82,7 +76,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         ReadOptions::cached(origin_size)
     };
-    let mut out = common::stdout_buffered();
+    let mut out = cli::stdout_buffered();
     if args.data {
         let origin_size = origin_size.ok_or_else(|| {
             MetaError::Usage("--data needs the origin size: give --origin-size or --origin".into())
@@ -175,7 +169,7 @@ fn write_nbd_ranges(
         a.min(1 << (r.offset | r.length).trailing_zeros().min(20))
     });
     let bytes: u64 = ranges.iter().map(|r| r.length).sum();
-    let mut out = common::stdout_buffered();
+    let mut out = cli::stdout_buffered();
     snapshot::write_ranges(&mut out, Some(size), align, ranges.iter().copied())
         .context("stdout")?;
     if json_wanted(args) {
@@ -212,7 +206,7 @@ fn write_blocks(args: &Args, r: &BlockRanges, started: Instant) -> anyhow::Resul
         }),
         _ => Some(*x),
     });
-    let mut out = common::stdout_buffered();
+    let mut out = cli::stdout_buffered();
     snapshot::write_ranges(&mut out, size, r.block_bytes, ranges).context("stdout")?;
     if json_wanted(args) {
         json_stats(r.ranges.len() as u64, r.bytes(), 0, started);
@@ -270,16 +264,5 @@ fn summary(
 }
 
 fn main() {
-    let result = run(Args::parse());
-    if let Err(e) = &result {
-        // Library errors know their exit code; the rest is mapped by the shared glue.
-        if let Some(m) = e.chain().find_map(|c| c.downcast_ref::<MetaError>()) {
-            let code = m.exit_code();
-            if code != exit::BROKEN_PIPE {
-                eprintln!("cowlist: {e:#}");
-            }
-            std::process::exit(code);
-        }
-    }
-    common::exit_with("cowlist", result)
+    cli::exit_with("cowlist", run(Args::parse()))
 }

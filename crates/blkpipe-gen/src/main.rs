@@ -1,6 +1,6 @@
 //! `blkpipe-gen OUTDIR`: the build step that writes the man pages and shell completions of the
 //! six blkpipe tools from the same clap definitions their `--help` comes from
-//! (`tools/<tool>/args.rs`), the man pages of the shell workflows (blksync, lvmigrate,
+//! (`blkpipe_cli::args`), the man pages of the shell workflows (blksync, lvmigrate,
 //! lvbackup, vmsync) from the `--help` text in each script, plus the hand-written `blkpipe(7)`
 //! overview.
 //!
@@ -24,28 +24,7 @@ use clap_complete::Shell;
 use clap_mangen::roff::{roman, Roff};
 use clap_mangen::Man;
 
-// The tools' own argument definitions, compiled here a second time. They refer to
-// `crate::common` for shared options and value parsers.
-#[allow(dead_code)]
-#[path = "../../../tools/blkdiff/args.rs"]
-mod blkdiff;
-#[allow(dead_code)]
-#[path = "../../../tools/blkhash/args.rs"]
-mod blkhash;
-#[allow(dead_code)]
-#[path = "../../../tools/blkmerge/args.rs"]
-mod blkmerge;
-#[allow(dead_code)]
-#[path = "../../../tools/blkpatch/args.rs"]
-mod blkpatch;
-#[allow(dead_code)]
-#[path = "../../../tools/blkread-chunks/args.rs"]
-mod blkread_chunks;
-#[path = "../../../tools/common.rs"]
-mod common;
-#[allow(dead_code)]
-#[path = "../../../tools/cowlist/args.rs"]
-mod cowlist;
+use blkpipe_cli::args::{blkdiff, blkhash, blkmerge, blkpatch, blkread_chunks, cowlist};
 
 /// The overview page, hand-written; `@VERSION@` and `@DATE@` are replaced.
 const OVERVIEW_7: &str = include_str!("../../../packaging/blkpipe.7");

@@ -2,7 +2,6 @@ use std::io;
 use std::path::PathBuf;
 
 use blkpipe_dev::DevError;
-use blkpipe_ops::exit;
 
 /// Where an exception sits in the store: metadata area number and entry index inside it,
 /// both from 0.
@@ -116,40 +115,4 @@ pub enum MetaError {
     /// Writing the output failed.
     #[error("writing output: {0}")]
     Output(io::Error),
-}
-
-impl MetaError {
-    /// The exit code (see [`blkpipe_ops::exit`]): 3 for bad metadata, 4 for I/O errors, 5 for a
-    /// refused snapshot, 2 for a missing option, 141 for a broken pipe.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            MetaError::Read { source, .. } => io_code(source),
-            MetaError::Input(e) | MetaError::Output(e) => io_code(e),
-            MetaError::Dev(e) => blkpipe_ops::dev_exit_code(e),
-            MetaError::BadMagic { .. }
-            | MetaError::Uninitialised
-            | MetaError::TooShort { .. }
-            | MetaError::UnsupportedVersion { .. }
-            | MetaError::BadChunkSize { .. }
-            | MetaError::Corrupt { .. }
-            | MetaError::StorePastEnd { .. }
-            | MetaError::Xml { .. } => exit::BAD_INPUT,
-            MetaError::Invalidated | MetaError::Refused(_) => exit::REFUSED,
-            MetaError::Usage(_) => exit::USAGE,
-            MetaError::Resolve(_) => exit::FAILURE,
-        }
-    }
-
-    /// True when the only problem is that our reader went away.
-    pub fn is_broken_pipe(&self) -> bool {
-        self.exit_code() == exit::BROKEN_PIPE
-    }
-}
-
-fn io_code(e: &io::Error) -> i32 {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        exit::BROKEN_PIPE
-    } else {
-        exit::IO
-    }
 }

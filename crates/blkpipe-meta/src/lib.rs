@@ -11,8 +11,8 @@
 //! - [`xml`]: the XML of thin-provisioning-tools' `thin_delta` and `era_invalidate` as byte
 //!   ranges.
 //!
-//! Errors are [`MetaError`] values that name the entry, line or device concerned, and know
-//! their exit code ([`MetaError::exit_code`]).
+//! Errors are [`MetaError`] values that name the entry, line or device concerned; the tools'
+//! exit-code table (blkpipe-cli) maps them.
 //!
 //! What the change list means: a read-only snapshot's store lists exactly the origin chunks
 //! written since the snapshot was taken. A writable snapshot's store also lists chunks written

@@ -642,32 +642,5 @@ pub fn parse_era_invalidate<R: BufRead>(
     Ok(collector.finish())
 }
 
-/// Parse a size: decimal bytes, or with a suffix `s` (512-byte sectors), `k`/`K`/`KiB`,
-/// `m`/`M`/`MiB`, `g`/`G`/`GiB` (powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return Err(format!("{text:?} is not a size"));
-    }
-    let n: u64 = t[..digits]
-        .parse()
-        .map_err(|_| format!("{text:?} does not fit 64 bits"))?;
-    let mult = match &t[digits..] {
-        "" | "b" | "B" => 1,
-        "s" => SECTOR,
-        "k" | "K" | "KiB" => 1 << 10,
-        "m" | "M" | "MiB" => 1 << 20,
-        "g" | "G" | "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use s, K, M or G)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} does not fit 64 bits"))
-}
-
 #[cfg(test)]
 mod tests;

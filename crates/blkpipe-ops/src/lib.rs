@@ -12,7 +12,7 @@
 //! The last three read through one engine, [`scan::scan`]: large reads by parallel workers,
 //! block hashes delivered in device order, bounded memory, page cache left alone.
 //!
-//! Shared pieces: [`OpError`] (with the exit code contract in [`exit`]), [`input::open_input`]
+//! Shared pieces: [`OpError`] (the tools' exit-code table, in blkpipe-cli, maps it), [`input::open_input`]
 //! (transparent zstd / lz4 / gzip input), [`progress::Progress`] and [`Stats`].
 //!
 //! ```no_run
@@ -43,7 +43,7 @@ pub mod scan;
 pub mod state;
 mod stats;
 
-pub use error::{dev_exit_code, exit, format_exit_code, io_exit_code, OpError};
+pub use error::OpError;
 pub use stats::Stats;
 
 /// 16 random bytes from the kernel, for stream ids and seeds.

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::common;
-
 /// Combine patch streams, oldest first, into one patch stream on stdout in which later records
 /// win where they overlap: applying the result equals applying the inputs one after another.
 ///
@@ -32,11 +30,12 @@ pub struct Args {
     /// Compress data payloads with lz4.
     #[arg(long, help_heading = "Output")]
     pub lz4: bool,
-    /// Write the binary stream even when stdout is a terminal.
-    #[arg(long, help_heading = "Safety")]
-    pub force_tty: bool,
+    /// Stream output options (`--force-tty`).
     #[command(flatten)]
-    pub report: common::Reporting,
+    pub output: crate::opts::StreamOutput,
+    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
+    #[command(flatten)]
+    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::common;
-
 /// Apply the patch stream on stdin to TARGET, a block device or an image file, verifying each
 /// record before any of its bytes are written: a damaged record never reaches the device.
 /// Only a complete stream with a valid end record exits 0; if the stream is cut short, the
@@ -69,7 +67,7 @@ pub struct Args {
     pub state: Option<PathBuf>,
     /// With --state, bring FILE up to date after every BYTES applied (suffixes K, M, G), as
     /// well as every 5 seconds; each update syncs TARGET.
-    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = common::parse_size, requires = "state", help_heading = "Output")]
+    #[arg(long, value_name = "BYTES", default_value = "256M", value_parser = crate::parse_size, requires = "state", help_heading = "Output")]
     pub checkpoint: u64,
     /// Print `STREAM_ID APPLIED_OFFSET` from the --state FILE (for resuming senders) and exit.
     #[arg(long, requires = "state", help_heading = "Output")]
@@ -94,8 +92,9 @@ pub struct Args {
     /// stream whose header does not announce one (only blkdiff's do) is refused at once.
     #[arg(long, help_heading = "Safety")]
     pub verify: bool,
+    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub report: common::Reporting,
+    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\

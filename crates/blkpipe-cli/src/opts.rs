@@ -1,62 +1,9 @@
-//! Glue shared by the tool binaries: error reporting, exit codes, stdout guards.
-#![allow(dead_code)]
+//! The option groups several tools share (flattened into their `Args`), and the output glue
+//! that goes with them.
 
 use std::io::{self, IsTerminal};
 
-/// `eprintln!` that never panics: with stderr full or closed the message is lost, the exit
-/// code is not (std's `eprintln!` panics, exit 101). Shadows std's in every tool.
-#[allow(unused_macros)]
-macro_rules! eprintln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-/// `eprint!` that never panics (see [`eprintln!`]).
-#[allow(unused_macros)]
-macro_rules! eprint {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-use blkpipe_ops::{exit, OpError};
-
-/// Print `tool: error` (unless it is only a broken pipe) and exit with the error's code.
-pub fn exit_with(tool: &str, result: anyhow::Result<()>) -> ! {
-    let code = match result {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            let code = code_of(&e);
-            if code != exit::BROKEN_PIPE {
-                eprintln!("{tool}: {e:#}");
-            }
-            code
-        }
-    };
-    std::process::exit(code)
-}
-
-/// The exit code for an error: the first [`OpError`] or I/O error in its chain decides.
-pub fn code_of(e: &anyhow::Error) -> i32 {
-    for cause in e.chain() {
-        if let Some(op) = cause.downcast_ref::<OpError>() {
-            return op.exit_code();
-        }
-        if let Some(dev) = cause.downcast_ref::<blkpipe_dev::DevError>() {
-            return blkpipe_ops::dev_exit_code(dev);
-        }
-        if let Some(fmt) = cause.downcast_ref::<blkpipe_format::FormatError>() {
-            return blkpipe_ops::format_exit_code(fmt);
-        }
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return blkpipe_ops::io_exit_code(io);
-        }
-    }
-    exit::FAILURE
-}
+use blkpipe_ops::OpError;
 
 /// Refuse to write a binary stream to a terminal unless forced.
 pub fn guard_binary_stdout(force: bool) -> anyhow::Result<()> {
@@ -143,8 +90,8 @@ impl Reporting {
     /// Print the summary if `--stats` was given.
     pub fn print_stats(&self, tool: &str, stats: &blkpipe_ops::Stats) {
         match self.stats {
-            Some(StatsFormat::Human) => eprint!("{}", stats.human(tool)),
-            Some(StatsFormat::Json) => eprint!("{}", stats.json(tool)),
+            Some(StatsFormat::Human) => crate::eprint!("{}", stats.human(tool)),
+            Some(StatsFormat::Json) => crate::eprint!("{}", stats.json(tool)),
             None => {}
         }
     }
@@ -156,32 +103,44 @@ pub fn stdout_buffered() -> io::BufWriter<io::StdoutLock<'static>> {
     io::BufWriter::with_capacity(1 << 20, io::stdout().lock())
 }
 
-/// Parse a byte count: decimal, or with a binary suffix `K`, `M`, `G` (`64K` = 65536).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, shift) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 30),
-        _ => (t, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a byte count (e.g. 4096, 64K, 1M)"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{s}` is too large"))
+/// The option of every tool that writes a binary stream on stdout.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StreamOutput {
+    /// Write the binary stream even when stdout is a terminal.
+    #[arg(long, help_heading = "Safety")]
+    pub force_tty: bool,
 }
 
-/// Parse an integer in decimal or `0x` hexadecimal.
-pub fn parse_u64(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    r.map_err(|_| format!("`{s}` is not a number (decimal or 0x hex)"))
+impl StreamOutput {
+    /// Refuse a terminal as stdout unless `--force-tty` was given.
+    pub fn guard(&self) -> anyhow::Result<()> {
+        guard_binary_stdout(self.force_tty)
+    }
 }
 
-/// Parse a stream id: 32 hex digits, as `blkpatch --print-state` prints it.
-pub fn parse_stream_id(s: &str) -> Result<[u8; 16], String> {
-    blkpipe_ops::state::parse_id(s).ok_or_else(|| "expected 32 hex digits".into())
+/// How a whole device is scanned (blkhash, blkdiff).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ScanArgs {
+    /// Hashing threads; 0 means one per core.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Performance"
+    )]
+    pub threads: usize,
+    /// Read DEV with O_DIRECT, bypassing the page cache (also for parts that are cached).
+    #[arg(long, help_heading = "Performance")]
+    pub direct: bool,
+}
+
+impl ScanArgs {
+    /// The scan engine's options: these, dropping from the page cache what the scan read.
+    pub fn options(&self) -> blkpipe_ops::scan::ScanOptions {
+        blkpipe_ops::scan::ScanOptions {
+            threads: self.threads,
+            direct: self.direct,
+            drop_cache: true,
+        }
+    }
 }

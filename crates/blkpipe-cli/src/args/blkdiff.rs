@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::common;
-
 /// Compare DEV with the hash stream on stdin (from blkhash on the other side) and write to
 /// stdout a patch stream that makes the other side equal to DEV, ready for blkpatch there.
 ///
@@ -61,28 +59,21 @@ pub struct Args {
     pub lz4: bool,
     /// Write no records below this byte offset, rounded down to a multiple of the block size
     /// (DEV is still read whole for its digest).
-    #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = common::parse_size, help_heading = "Output")]
+    #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = crate::parse_size, help_heading = "Output")]
     pub from: u64,
     /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
     /// `blkpatch --state` recorded (see `blkpatch --print-state`).
-    #[arg(long, value_name = "HEX", value_parser = common::parse_stream_id, help_heading = "Output")]
+    #[arg(long, value_name = "HEX", value_parser = crate::parse_stream_id, help_heading = "Output")]
     pub stream_id: Option<[u8; 16]>,
-    /// Write the binary stream even when stdout is a terminal.
-    #[arg(long, help_heading = "Safety")]
-    pub force_tty: bool,
-    /// Hashing threads; 0 means one per core.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 0,
-        help_heading = "Performance"
-    )]
-    pub threads: usize,
-    /// Read DEV with O_DIRECT, bypassing the page cache (also for parts that are cached).
-    #[arg(long, help_heading = "Performance")]
-    pub direct: bool,
+    /// Stream output options (`--force-tty`).
     #[command(flatten)]
-    pub report: common::Reporting,
+    pub output: crate::opts::StreamOutput,
+    /// Scan options (`--threads`, `--direct`).
+    #[command(flatten)]
+    pub scan: crate::opts::ScanArgs,
+    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
+    #[command(flatten)]
+    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\

@@ -2,10 +2,7 @@
 
 use std::path::PathBuf;
 
-use blkpipe_meta::xml;
 use clap::{ArgGroup, Parser};
-
-use crate::common;
 
 /// List the origin byte ranges an LVM snapshot's exception store records as changed, sorted and
 /// merged, as a range list on stdout for blkread-chunks: what changed since the snapshot was
@@ -65,7 +62,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub cow: Option<PathBuf>,
     /// Origin size (bytes; s, K, M, G suffixes): checks every entry and clips the last chunk.
-    #[arg(long, value_name = "BYTES", value_parser = size, conflicts_with_all = ["origin", "snap"], help_heading = "Input")]
+    #[arg(long, value_name = "BYTES", value_parser = crate::parse_size, conflicts_with_all = ["origin", "snap"], help_heading = "Input")]
     pub origin_size: Option<u64>,
     /// Take the origin size from this device or image.
     #[arg(
@@ -91,7 +88,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["snap", "cow", "data"], help_heading = "Input")]
     pub nbd_map: Option<PathBuf>,
     /// Block size of the XML's blocks (bytes; s, K, M, G suffixes).
-    #[arg(long, value_name = "SIZE", value_parser = size, help_heading = "Input")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, help_heading = "Input")]
     pub block_size: Option<u64>,
     /// Write a patch stream of the snapshot's copies of the changed chunks.
     #[arg(long, conflicts_with_all = ["thin_delta", "era_invalidate"], help_heading = "Output")]
@@ -99,8 +96,9 @@ pub struct Args {
     /// With --data, write the binary stream even when stdout is a terminal.
     #[arg(long, help_heading = "Safety")]
     pub force_tty: bool,
+    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub report: common::Reporting,
+    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\
@@ -122,7 +120,3 @@ Exit codes:
   5    refused: invalid or overflowed snapshot, merging, transient store, not a snapshot,
        stdout is a terminal for --data
   141  broken pipe: the reader of stdout went away (nothing is printed)";
-
-fn size(s: &str) -> Result<u64, String> {
-    xml::parse_size(s)
-}

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use clap::builder::TypedValueParser;
 use clap::Parser;
 
-use crate::common;
-
 /// Hash every block of DEV and write the hashes to stdout as a hash stream, which blkdiff on
 /// the other side compares with its own copy of the device to send only what differs.
 ///
@@ -45,7 +43,7 @@ pub struct Args {
     pub dev: PathBuf,
     /// Start at this byte offset, rounded down to a multiple of the block size, e.g. to resume
     /// from the offset `blkpatch --print-state` recorded.
-    #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = common::parse_size, help_heading = "Input")]
+    #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = crate::parse_size, help_heading = "Input")]
     pub from: u64,
     /// Hash only the blocks this range list touches (a range-restricted stream for
     /// `blkdiff --ranges` with the same list); `-` reads it from stdin.
@@ -57,10 +55,10 @@ pub struct Args {
     )]
     pub ranges: Option<PathBuf>,
     /// Bytes per block: a power of two from 4096 to 16M (suffixes K, M accepted).
-    #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = common::parse_size, help_heading = "Output")]
+    #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = crate::parse_size, help_heading = "Output")]
     pub block_size: u64,
     /// Seed for the block hashes (decimal or 0x hex); random per run by default.
-    #[arg(long, value_name = "N", value_parser = common::parse_u64, help_heading = "Output")]
+    #[arg(long, value_name = "N", value_parser = crate::parse_u64, help_heading = "Output")]
     pub seed: Option<u64>,
     /// Bits stored per block hash.
     #[arg(long, value_name = "BITS", default_value_t = 64,
@@ -74,22 +72,15 @@ pub struct Args {
     /// Write only the whole-device digest, as `xxh3-128:HEX  DEV`.
     #[arg(long, help_heading = "Output")]
     pub digest: bool,
-    /// Write the binary stream even when stdout is a terminal.
-    #[arg(long, help_heading = "Safety")]
-    pub force_tty: bool,
-    /// Hashing threads; 0 means one per core.
-    #[arg(
-        long,
-        value_name = "N",
-        default_value_t = 0,
-        help_heading = "Performance"
-    )]
-    pub threads: usize,
-    /// Read DEV with O_DIRECT, bypassing the page cache (also for parts that are cached).
-    #[arg(long, help_heading = "Performance")]
-    pub direct: bool,
+    /// Stream output options (`--force-tty`).
     #[command(flatten)]
-    pub report: common::Reporting,
+    pub output: crate::opts::StreamOutput,
+    /// Scan options (`--threads`, `--direct`).
+    #[command(flatten)]
+    pub scan: crate::opts::ScanArgs,
+    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
+    #[command(flatten)]
+    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\

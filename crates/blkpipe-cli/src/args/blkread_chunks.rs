@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::common;
-
 /// Read the byte ranges listed on stdin from DEV and write them to stdout as a patch stream,
 /// for blkpatch to apply to another copy of DEV.
 ///
@@ -39,31 +37,27 @@ pub struct Args {
     #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub ranges: Option<PathBuf>,
     /// Skip everything below this byte offset (to resume an interrupted transfer).
-    #[arg(
-        long,
-        value_name = "OFFSET",
-        default_value_t = 0,
-        help_heading = "Input"
-    )]
+    #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = crate::parse_size, help_heading = "Input")]
     pub from: u64,
     /// Compress data payloads with lz4 (only where that makes them smaller).
     #[arg(long, help_heading = "Output")]
     pub lz4: bool,
     /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
     /// `blkpatch --state` recorded (see `blkpatch --print-state`).
-    #[arg(long, value_name = "HEX", value_parser = common::parse_stream_id, help_heading = "Output")]
+    #[arg(long, value_name = "HEX", value_parser = crate::parse_stream_id, help_heading = "Output")]
     pub stream_id: Option<[u8; 16]>,
     /// Accept a range list whose header names a different device size.
     #[arg(long, help_heading = "Safety")]
     pub ignore_size: bool,
-    /// Write the binary stream even when stdout is a terminal.
-    #[arg(long, help_heading = "Safety")]
-    pub force_tty: bool,
+    /// Stream output options (`--force-tty`).
+    #[command(flatten)]
+    pub output: crate::opts::StreamOutput,
     /// Read DEV with O_DIRECT, bypassing the page cache.
     #[arg(long, help_heading = "Performance")]
     pub direct: bool,
+    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub report: common::Reporting,
+    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\

@@ -8,8 +8,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-mod common;
-use common::{bin, pattern, run, stderr};
+use crate::common::{bin, pattern, run, stderr};
 
 const MIB: usize = 1 << 20;
 
