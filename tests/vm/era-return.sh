@@ -2,8 +2,9 @@
 # A returning copy with dm-era (issue 16), in the qemu VM on Debian's kernel: a copy of a
 # dm-era device leaves (the era it left in is recorded with a checkpoint), the source is
 # written while it is away, and on return only the era blocks written since then are read
-# (era_invalidate --written-since ERA | cowlist --era-invalidate | blkread-chunks |
-# blkpatch); the whole-device digests of both sides then match. The source device's own
+# (era_invalidate --written-since ERA | cowlist --era-invalidate, then
+# blksync --changed LIST, which runs blkread-chunks --ranges LIST | blkpatch); the
+# whole-device digests of both sides then match. The source device's own
 # read counter (/sys/block/dm-N/stat) shows only the changed regions were read.
 # Usage: tests/vm/era-return.sh [OUTDIR]   (BLKPIPE_BIN=DIR skips the build)
 set -euo pipefail
@@ -66,7 +67,9 @@ dm="dm-$(dmsetup info -c --noheadings -o minor era | tr -d " ")"
 sync
 echo 3 >/proc/sys/vm/drop_caches
 before=$(awk '{ print $3 }' "/sys/block/$dm/stat")
-blkread-chunks --ranges /tmp/list --stats "$src" 2>/tmp/read.err | blkpatch /tmp/copy.img
+rc=0
+blksync --changed /tmp/list --stats "$src" /tmp/copy.img 2>/tmp/read.err || rc=$?
+check "blksync --changed exits 0 (rc=$rc)" "$rc"
 after=$(awk '{ print $3 }' "/sys/block/$dm/stat")
 read_bytes=$(((after - before) * 512))
 cat /tmp/read.err
@@ -84,6 +87,7 @@ GUEST
 
 args=()
 for tool in blkread-chunks blkpatch blkhash cowlist; do args+=(--add "$bin/$tool"); done
+args+=(--add "$here/shell/blksync" --add "$here/shell/lib/blkpipe.sh:/usr/local/bin/lib/blkpipe.sh")
 rc=0
 "$here/tests/vm/run-in-vm" --quiet --log "$outdir/console.log" --scratch-size 64M "${args[@]}" \
     "$work/guest.sh" "$outdir" || rc=$?
