@@ -599,3 +599,6 @@ fn verify(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
