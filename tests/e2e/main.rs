@@ -23,3 +23,4 @@ mod readme;
 mod resume;
 mod scale;
 mod streams;
+mod twopass;

@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use blkpipe_dev::Device;
 use blkpipe_format::digest::DigestBuilder;
-use blkpipe_format::hash::{HashHeader, HashKind, HashWriter, GROUP_BLOCKS};
+use blkpipe_format::hash::{group_blocks_for, HashHeader, HashKind, HashWriter};
 
 use crate::digest::push_chunk;
 use crate::progress::Progress;
-use crate::scan::{scan, ScanOptions};
+use crate::ranges::SortedRanges;
+use crate::scan::{scan_ranges, RangeSource, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// What `blkhash` writes.
@@ -63,6 +64,33 @@ pub fn hash_device<W: Write>(
     opts: &HashOptions,
     progress: &Progress,
 ) -> Result<Hashed, OpError> {
+    hash_device_in(dev, None, out, opts, progress)
+}
+
+/// Hash only the blocks of `dev` that the range list `ranges` touches, into a range-restricted
+/// hash stream (FORMAT.md 3.5) bound to the list. `opts.from_offset` must be 0.
+pub fn hash_device_ranges<W: Write>(
+    dev: &Device,
+    ranges: &SortedRanges,
+    out: W,
+    opts: &HashOptions,
+    progress: &Progress,
+) -> Result<Hashed, OpError> {
+    if opts.from_offset != 0 {
+        return Err(OpError::BadRange(
+            "a start offset cannot be combined with a range list (hash the listed ranges)".into(),
+        ));
+    }
+    hash_device_in(dev, Some(ranges), out, opts, progress)
+}
+
+fn hash_device_in<W: Write>(
+    dev: &Device,
+    ranges: Option<&SortedRanges>,
+    out: W,
+    opts: &HashOptions,
+    progress: &Progress,
+) -> Result<Hashed, OpError> {
     let started = Instant::now();
     if opts.from_offset > dev.size() {
         return Err(OpError::BadRange(format!(
@@ -80,13 +108,23 @@ pub fn hash_device<W: Write>(
     let header = HashHeader {
         block_size: opts.block_size,
         kind: opts.kind,
-        group_blocks: GROUP_BLOCKS,
+        group_blocks: group_blocks_for(opts.block_size),
         device_size: dev.size(),
         seed: opts.seed,
         start_offset: start,
+        ranges: None,
     };
     check_header(&header)?;
-    progress.set_total(dev.size() - start);
+    let mut header = header;
+    let total = match ranges {
+        Some(list) => {
+            let (binding, bytes) = list.binding(opts.block_size, dev.size())?;
+            header.ranges = Some(binding);
+            bytes
+        }
+        None => dev.size() - start,
+    };
+    progress.set_total(total);
     let out = CountingWriter::new(out);
     let mut sink = match opts.output {
         HashOutput::Stream => Sink::Stream(Box::new(
@@ -98,10 +136,16 @@ pub fn hash_device<W: Write>(
     let bs = opts.block_size as usize;
     let mut digest = DigestBuilder::new(bs as u64, opts.seed);
     let mut stats = Stats::default();
-    scan(
+    let pieces: RangeSource<'_> = match ranges {
+        Some(list) => Box::new(
+            list.blocks(opts.block_size, dev.size())?
+                .map(|r| r.map(|r| (r.offset, r.end()))),
+        ),
+        None => Box::new(std::iter::once(Ok((start, dev.size())))),
+    };
+    scan_ranges(
         dev,
-        start,
-        dev.size(),
+        pieces,
         opts.block_size,
         opts.seed,
         &opts.scan,

@@ -17,7 +17,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use blkpipe_dev::DevError;
-use blkpipe_format::range::{Range, RangeReader};
+use blkpipe_format::hash::{RangeBinding, RangeBindingBuilder};
+use blkpipe_format::range::{BlockAligned, Range, RangeReader};
 use blkpipe_format::FormatError;
 
 use crate::OpError;
@@ -235,6 +236,29 @@ impl SortedRanges {
     /// Whether the list went to a temporary file.
     pub fn spilled(&self) -> bool {
         self.spill.is_some()
+    }
+
+    /// The canonical ranges for blocks of `block_size` on a device of `size` bytes
+    /// (FORMAT.md 3.5): widened to whole blocks, cut at `size`, merged.
+    pub fn blocks(
+        &self,
+        block_size: u32,
+        size: u64,
+    ) -> Result<BlockAligned<RangeIter<'_>>, OpError> {
+        Ok(BlockAligned::new(self.iter()?, block_size, size))
+    }
+
+    /// The binding of a range-restricted hash stream over this list (FORMAT.md 3.5), and the
+    /// bytes its blocks cover.
+    pub fn binding(&self, block_size: u32, size: u64) -> Result<(RangeBinding, u64), OpError> {
+        let mut b = RangeBindingBuilder::new(block_size);
+        let mut bytes = 0;
+        for r in self.blocks(block_size, size)? {
+            let r = r?;
+            b.push(r.offset, r.length);
+            bytes += r.length;
+        }
+        Ok((b.finish(), bytes))
     }
 
     /// The ranges in order, coalesced (overlapping and adjacent ones merged).
