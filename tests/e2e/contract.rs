@@ -7,7 +7,7 @@
 //! spec (`Na`), so no tool silently escapes a check.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use blkpipe_meta::snapshot::image;
@@ -255,26 +255,12 @@ fn broken_pipe(spec: &Spec) {
     }
     let fx = Fx::new();
     let r = (spec.good)(&fx);
-    let mut child = Command::new(bin(spec.tool))
-        .args(&r.args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The reader is gone before the first byte.
-    drop(child.stdout.take());
-    let mut input = child.stdin.take().unwrap();
-    let _ = input.write_all(&r.stdin);
-    drop(input);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
+    // The reader is gone before the tool starts: its first write fails, whatever the size
+    // of the pipe buffer.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = exec(spec, &r, Stdio::from(writer));
+    let (status, err) = (out.status, stderr(&out));
     assert_eq!(status.code(), Some(141), "{}: {err}", spec.tool);
     assert!(
         err.is_empty(),

@@ -95,6 +95,11 @@ enum Side {
     Loop,
 }
 
+/// `sync_case` with both sides image files.
+fn sync_files(name: &str, src: &[u8], dst: &[u8], extra: &[&str]) {
+    sync_case(name, src, dst, Side::File, Side::File, extra)
+}
+
 /// Sync `src` onto `dst` through the whole pipeline and check the result and the records.
 fn sync_case(name: &str, src: &[u8], dst: &[u8], src_on: Side, dst_on: Side, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
@@ -184,14 +189,7 @@ fn clustered_changes_from_a_loop_device() {
 fn fully_different_with_lz4_and_128_bit_hashes() {
     let src = pattern(6 * MIB + 512, 5);
     let dst = pattern(6 * MIB + 512, 6);
-    sync_case(
-        "different",
-        &src,
-        &dst,
-        Side::File,
-        Side::File,
-        &["--lz4", "--hash-bits", "128"],
-    );
+    sync_files("different", &src, &dst, &["--lz4", "--hash-bits", "128"]);
 }
 
 #[test]
@@ -235,14 +233,7 @@ fn sizes_not_multiples_of_the_block_size() {
             dst[dl / 2] ^= 1;
         }
         let name = format!("sizes {sl}/{dl}/{bs}");
-        sync_case(
-            &name,
-            &src,
-            &dst,
-            Side::File,
-            Side::File,
-            &["--block-size", bs],
-        );
+        sync_files(&name, &src, &dst, &["--block-size", bs]);
     }
 }
 
@@ -257,14 +248,7 @@ fn zero_filled_regions() {
     src[6 * MIB + 4096 + 10] = 0xff; // a data block next to zero blocks in one 64 KiB block
     src[6 * MIB + 8192..6 * MIB + 65536].fill(0);
     for bs in ["4096", "65536"] {
-        sync_case(
-            "zeros",
-            &src,
-            &dst,
-            Side::File,
-            Side::File,
-            &["--block-size", bs],
-        );
+        sync_files("zeros", &src, &dst, &["--block-size", bs]);
     }
 }
 

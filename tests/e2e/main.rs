@@ -24,3 +24,4 @@ mod resume;
 mod scale;
 mod seal;
 mod streams;
+mod twopass;

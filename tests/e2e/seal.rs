@@ -390,6 +390,7 @@ fn keyed_hash_stream_attacks_are_refused() {
         device_size: dev.len() as u64,
         seed: 5,
         start_offset: 0,
+        ranges: None,
     };
     let hasher = BlockHasher::new(5, Some(&k));
     assert_ne!(

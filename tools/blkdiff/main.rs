@@ -4,12 +4,15 @@ use anyhow::Context;
 use blkpipe_cli as cli;
 use blkpipe_cli::args::blkdiff::Args;
 use blkpipe_dev::Device;
-use blkpipe_ops::diff::{diff_device, DiffOptions};
+use blkpipe_ops::diff::{diff_device_ranges, DiffOptions};
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
+use blkpipe_ops::ranges::RangeLimits;
 use clap::Parser;
 
 fn run(args: Args) -> anyhow::Result<()> {
-    args.output.guard()?;
+    if !args.list_differing {
+        args.output.guard()?;
+    }
     let key = args.key.load()?;
     let dev = Device::open_source(&args.dev, args.scan.direct)?;
     refuse_terminal_stdin(
@@ -26,10 +29,31 @@ fn run(args: Args) -> anyhow::Result<()> {
         stream_id: args.stream_id,
         scan: args.scan.options(),
         key,
+        list_differing: args.list_differing,
         ..DiffOptions::default()
     };
+    let list = match &args.ranges {
+        Some(p) => {
+            let file = std::fs::File::open(p)
+                .with_context(|| format!("{}: open range list", p.display()))?;
+            Some(blkpipe_ops::input::open_text(
+                Box::new(file),
+                &p.display().to_string(),
+                "range list",
+            )?)
+        }
+        None => None,
+    };
     let progress = args.report.progress("blkdiff")?;
-    let stats = diff_device(&dev, input, cli::stdout_buffered(), &opts, &progress)?;
+    let stats = diff_device_ranges(
+        &dev,
+        input,
+        list,
+        RangeLimits::default(),
+        cli::stdout_buffered(),
+        &opts,
+        &progress,
+    )?;
     args.report.print_stats("blkdiff", &stats);
     Ok(())
 }

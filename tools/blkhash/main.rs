@@ -8,7 +8,8 @@ use blkpipe_cli::args::blkhash::Args;
 use blkpipe_dev::Device;
 use blkpipe_format::digest::format_digest;
 use blkpipe_format::hash::HashKind;
-use blkpipe_ops::hash::{hash_device, HashOptions, HashOutput};
+use blkpipe_ops::hash::{hash_device, hash_device_ranges, HashOptions, HashOutput};
+use blkpipe_ops::ranges::{RangeLimits, SortedRanges};
 use clap::Parser;
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -49,7 +50,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let progress = args.report.progress("blkhash")?;
     let mut stdout = cli::stdout_buffered();
-    let hashed = hash_device(&dev, &mut stdout, &opts, &progress)?;
+    let hashed = match &args.ranges {
+        Some(path) => {
+            let list = load_list(path, dev.size())?;
+            hash_device_ranges(&dev, &list, &mut stdout, &opts, &progress)?
+        }
+        None => hash_device(&dev, &mut stdout, &opts, &progress)?,
+    };
     if output == HashOutput::Digest {
         writeln!(
             stdout,
@@ -62,6 +69,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     stdout.flush().context("stdout")?;
     args.report.print_stats("blkhash", &hashed.stats);
     Ok(())
+}
+
+/// Read the range list at `path` (`-`: stdin) for a device of `size` bytes.
+fn load_list(path: &std::path::Path, size: u64) -> anyhow::Result<SortedRanges> {
+    let (raw, name): (Box<dyn std::io::Read + Send>, String) = if path.as_os_str() == "-" {
+        (Box::new(std::io::stdin()), "stdin".into())
+    } else {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("{}: open range list", path.display()))?;
+        (Box::new(file), path.display().to_string())
+    };
+    let text = blkpipe_ops::input::open_text(raw, &name, "range list")?;
+    let list = SortedRanges::load(text, size, false, 0, RangeLimits::default())
+        .with_context(|| format!("range list {name}"))?;
+    Ok(list)
 }
 
 fn main() {

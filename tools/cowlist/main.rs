@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -16,6 +17,7 @@ use blkpipe_meta::resolve::Resolver;
 use blkpipe_meta::snapshot::{self, ChangeList, ReadOptions, SnapshotView};
 use blkpipe_meta::xml::{self, BlockRanges};
 use blkpipe_meta::MetaError;
+use blkpipe_ops::view::write_view_patch_sealed;
 use clap::Parser;
 
 /// `--stats=json`: the shared summary object (records = ranges listed, data bytes = bytes to
@@ -90,7 +92,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         })?;
         let view = SnapshotView::read(&cow, &opts)?;
         let creator = format!("cowlist {}", env!("CARGO_PKG_VERSION"));
-        let st = snapshot::write_view_patch_sealed(
+        let st = write_view_patch_sealed(
             &cow,
             &view,
             origin_size,
@@ -115,7 +117,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    opts.progress = Some(progress.clone());
+    opts.progress = Some({
+        let p = progress.clone();
+        Arc::new(move |n| p.inc(n))
+    });
     let list = ChangeList::read(&cow, &opts)?;
     progress.finish();
     list.write_range_list(&mut out).context("stdout")?;

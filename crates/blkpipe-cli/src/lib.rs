@@ -32,6 +32,8 @@ macro_rules! eprint {
 }
 
 pub mod args;
+#[cfg(test)]
+mod arrows;
 pub mod exit;
 pub mod opts;
 pub mod size;

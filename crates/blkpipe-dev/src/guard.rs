@@ -403,6 +403,84 @@ pub fn create_temp(path: &Path, what: &'static str, avoid: &[Avoid]) -> Result<F
     Ok(file)
 }
 
+/// The directory for temporary files: `$TMPDIR` (when set and not empty) or `/tmp`, as a
+/// canonical path. Refused: a directory on /dev's file system (decided as [`is_under_dev`]
+/// does: `/dev/shm`, a tmpfs of its own, is allowed), one under `/proc` or `/sys`, and
+/// anything that is not a directory.
+pub fn temp_dir() -> Result<PathBuf, DevError> {
+    let dir = std::env::var_os("TMPDIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    checked_temp_dir(dir)
+}
+
+/// [`temp_dir`]'s checks on `dir`.
+pub fn checked_temp_dir(dir: PathBuf) -> Result<PathBuf, DevError> {
+    let real = fs::canonicalize(&dir).map_err(|source| DevError::Io {
+        path: dir.clone(),
+        op: "temporary directory ($TMPDIR)".into(),
+        source,
+    })?;
+    let refuse = |why: String| {
+        Err(DevError::Refused {
+            path: dir.clone(),
+            why,
+        })
+    };
+    if is_under_dev(&real.join("x")) || real.starts_with("/proc") || real.starts_with("/sys") {
+        return refuse(format!(
+            "temporary directory ($TMPDIR) is under {}; refusing to write temporary files there",
+            real.display()
+        ));
+    }
+    if !real.is_dir() {
+        return refuse("temporary directory ($TMPDIR) is not a directory".into());
+    }
+    Ok(real)
+}
+
+/// A new file in [`temp_dir`], created `O_EXCL` (not following a symlink) with mode 0600 and
+/// unlinked at once: only this process can reach it, and it goes away when closed. Returns
+/// the file and the name it had, for messages.
+pub fn create_unlinked_temp(purpose: &str) -> Result<(File, PathBuf), DevError> {
+    let dir = temp_dir()?;
+    let mut last = None;
+    for attempt in 0..16u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let tag = xxhash_rust::xxh3::xxh3_64_with_seed(&now.to_le_bytes(), attempt);
+        let name = format!(".blkpipe-{purpose}-{}-{tag:016x}", std::process::id());
+        let path = dir.join(name);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(file) => {
+                let _ = fs::remove_file(&path);
+                return Ok((file, path));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(source) => {
+                return Err(DevError::Io {
+                    path,
+                    op: "create temporary file".into(),
+                    source,
+                })
+            }
+        }
+    }
+    Err(DevError::Io {
+        path: dir,
+        op: "create temporary file".into(),
+        source: last.unwrap_or_else(|| io::Error::other("no free name")),
+    })
+}
+
 /// Paths of a state file's neighbours are built with this; kept here so every writer uses
 /// the same name.
 pub fn temp_path(path: &Path) -> PathBuf {
@@ -433,4 +511,52 @@ pub fn incarnation(meta: &Metadata) -> Option<String> {
         }
     }
     inuse::loop_backing_id(maj as u64, min as u64).map(|(d, i)| format!("loop:{d}:{i}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_dirs_on_dev_proc_or_sys_are_refused() {
+        for d in ["/dev/shm/..", "/dev", "/proc/self", "/sys"] {
+            let e = checked_temp_dir(d.into()).unwrap_err();
+            assert!(
+                e.to_string().contains("refusing to write temporary files"),
+                "{d}: {e}"
+            );
+        }
+        let e = checked_temp_dir("/etc/hostname".into()).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn dev_shm_is_a_temp_dir_like_any_tmpfs() {
+        // /dev/shm is a tmpfs of its own (not devtmpfs), where one is mounted.
+        let (Ok(shm), Ok(dev)) = (fs::metadata("/dev/shm"), fs::metadata("/dev")) else {
+            panic!("no /dev/shm here to test with");
+        };
+        if shm.dev() != dev.dev() {
+            assert_eq!(
+                checked_temp_dir("/dev/shm".into()).unwrap(),
+                Path::new("/dev/shm")
+            );
+        } else {
+            assert!(checked_temp_dir("/dev/shm".into()).is_err());
+        }
+    }
+
+    #[test]
+    fn unlinked_temp_files_are_private_and_nameless() {
+        let (mut f, path) = create_unlinked_temp("test").unwrap();
+        assert!(!path.exists(), "{} still has a name", path.display());
+        let meta = f.metadata().unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        use std::io::{Read, Seek, Write};
+        f.write_all(b"spill").unwrap();
+        f.rewind().unwrap();
+        let mut back = String::new();
+        f.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "spill");
+    }
 }

@@ -11,6 +11,9 @@
 //! - [`Device::zero_range`] writes zeros, or punches holes / zeroes out with `discard`.
 //! - [`Device::fadvise_dontneed`] keeps a full read from evicting the host's page cache.
 //! - [`AlignedBuf`] is a buffer aligned for `O_DIRECT`.
+//! - [`Engine`] is the device I/O trait every kind of device implements: [`FileEngine`] for
+//!   files and block devices, [`NbdEngine`] for NBD exports, [`mem::MemEngine`] in memory with
+//!   injected faults for tests ([`Device::from_engine`]).
 //!
 //! ```no_run
 //! use blkpipe_dev::Device;
@@ -23,24 +26,26 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 mod aligned;
+mod engine;
 pub mod guard;
 mod inuse;
+pub mod mem;
 pub mod nbd;
 
 pub use aligned::AlignedBuf;
+pub use engine::{Engine, FileEngine, NbdEngine};
 pub use guard::{Avoid, FileId};
 
-mod ioctl {
+pub(crate) mod ioctl {
     nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
     nix::ioctl_read_bad!(blksszget, nix::request_code_none!(0x12, 104), libc::c_int);
     nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
     nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
 }
-use ioctl::{blkdiscard, blkgetsize64, blksszget, blkzeroout};
 
 /// What went wrong opening or using a device.
 #[derive(Debug, thiserror::Error)]
@@ -100,23 +105,11 @@ impl DevError {
     }
 }
 
-/// How a [`Device`] reaches its bytes.
-#[derive(Debug)]
-enum Engine {
-    /// A regular file or block device.
-    File(File),
-    /// An NBD export.
-    Nbd(Box<nbd::Client>),
-}
-
-/// An open file, block device or NBD export.
+/// An open file, block device or NBD export: an [`Engine`] and the path it was opened by.
 #[derive(Debug)]
 pub struct Device {
-    engine: Engine,
+    engine: Box<dyn Engine>,
     path: PathBuf,
-    is_block: bool,
-    size: u64,
-    logical_block: u64,
 }
 
 /// `struct cachestat_range` of the `cachestat` system call (Linux 6.5).
@@ -157,24 +150,19 @@ pub struct TargetOptions {
 impl Device {
     /// The file behind a file or block device; `None` for an NBD export.
     pub fn file(&self) -> Option<&File> {
-        match &self.engine {
-            Engine::File(f) => Some(f),
-            Engine::Nbd(_) => None,
-        }
+        self.engine.file()
     }
 
     /// The NBD connection behind an NBD export; `None` for a file or block device.
     pub fn nbd(&self) -> Option<&nbd::Client> {
-        match &self.engine {
-            Engine::Nbd(c) => Some(c),
-            Engine::File(_) => None,
-        }
+        self.engine.nbd()
     }
 
-    fn nbd_err(&self, source: nbd::NbdError) -> DevError {
-        DevError::Nbd {
-            uri: self.path.display().to_string(),
-            source,
+    /// A device over any engine (an in-memory one in tests); `path` names it in messages.
+    pub fn from_engine(engine: Box<dyn Engine>, path: &Path) -> Self {
+        Device {
+            engine,
+            path: path.to_owned(),
         }
     }
 
@@ -193,11 +181,8 @@ impl Device {
             )));
         }
         Ok(Device {
-            size: client.size(),
-            logical_block: client.min_block().max(512),
-            engine: Engine::Nbd(Box::new(client)),
+            engine: Box::new(NbdEngine::new(client, uri)),
             path: PathBuf::from(uri),
-            is_block: true,
         })
     }
 
@@ -220,34 +205,9 @@ impl Device {
     }
 
     fn from_file(file: File, path: &Path) -> Result<Self, DevError> {
-        let err = |op: &str, source| DevError::Io {
-            path: path.to_owned(),
-            op: op.into(),
-            source,
-        };
-        let meta = file.metadata().map_err(|e| err("stat", e))?;
-        let ft = meta.file_type();
-        let (is_block, size, logical_block) = if ft.is_block_device() {
-            let mut size = 0u64;
-            let mut lbs: libc::c_int = 0;
-            // SAFETY: both ioctls write one integer through a valid pointer to a local.
-            unsafe {
-                blkgetsize64(file.as_raw_fd(), &mut size)
-                    .map_err(|e| err("BLKGETSIZE64", e.into()))?;
-                blksszget(file.as_raw_fd(), &mut lbs).map_err(|e| err("BLKSSZGET", e.into()))?;
-            }
-            (true, size, lbs.max(512) as u64)
-        } else if ft.is_file() {
-            (false, meta.len(), 512)
-        } else {
-            return Err(DevError::NotADevice(path.to_owned()));
-        };
         Ok(Device {
-            engine: Engine::File(file),
+            engine: Box::new(FileEngine::new(file, path)?),
             path: path.to_owned(),
-            is_block,
-            size,
-            logical_block,
         })
     }
 
@@ -306,9 +266,9 @@ impl Device {
     /// from a later one with the same identity (see [`guard::incarnation`]).
     /// An NBD export is known by its URI.
     pub fn identity(&self) -> Result<(FileId, Option<String>), DevError> {
-        let file = match &self.engine {
-            Engine::File(f) => f,
-            Engine::Nbd(_) => {
+        let file = match self.engine.file() {
+            Some(f) => f,
+            None => {
                 let uri = self.path.to_string_lossy();
                 let uri_hash = xxhash_rust::xxh3::xxh3_64(uri.as_bytes());
                 return Ok((FileId::Export { uri_hash }, None));
@@ -325,50 +285,29 @@ impl Device {
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
-        self.size
+        self.engine.size()
     }
 
     /// Whether this is a block device or an NBD export (fixed size), as opposed to a regular
     /// file.
     pub fn is_block_device(&self) -> bool {
-        self.is_block
+        self.engine.is_block_device()
     }
 
     /// Logical block size (512 for regular files).
     pub fn logical_block_size(&self) -> u64 {
-        self.logical_block
+        self.engine.logical_block_size()
     }
 
     /// Whether it was opened with `O_DIRECT` (reads and writes bypass the page cache, and need
     /// buffers, offsets and lengths aligned to [`Device::logical_block_size`]).
     pub fn is_direct(&self) -> bool {
-        self.fd().is_some_and(|fd| {
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)
-                .is_ok_and(|fl| fl & libc::O_DIRECT != 0)
-        })
+        self.engine.is_direct()
     }
 
     /// Read into `buf` at `offset`, retrying short reads; returns fewer bytes only at the end.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, DevError> {
-        let file = match &self.engine {
-            Engine::File(f) => f,
-            Engine::Nbd(c) => {
-                let n = (self.size.saturating_sub(offset)).min(buf.len() as u64) as usize;
-                c.read(&mut buf[..n], offset).map_err(|e| self.nbd_err(e))?;
-                return Ok(n);
-            }
-        };
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            match file.read_at(&mut buf[done..], at) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io(format!("read at offset {at}"), e)),
-            }
-        }
-        Ok(done)
+        self.engine.read_at(buf, offset)
     }
 
     /// [`Device::read_at`] without keeping in the page cache what this read brought in, so a
@@ -427,12 +366,7 @@ impl Device {
 
     /// Write all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
-        match &self.engine {
-            Engine::File(f) => f
-                .write_all_at(buf, offset)
-                .map_err(|e| self.io(format!("write at offset {offset}"), e)),
-            Engine::Nbd(c) => c.write(buf, offset).map_err(|e| self.nbd_err(e)),
-        }
+        self.engine.write_at(buf, offset)
     }
 
     /// Make the range `offset..offset+len` read as zeros. With `discard`, files get a hole
@@ -446,34 +380,8 @@ impl Device {
         discard: bool,
         zeros: &[u8],
     ) -> Result<(), DevError> {
-        let file = match &self.engine {
-            Engine::File(f) => f,
-            Engine::Nbd(c) => {
-                return c
-                    .write_zeroes(offset, len, discard)
-                    .map_err(|e| self.nbd_err(e))
-            }
-        };
-        if discard {
-            let done = if self.is_block {
-                let range = [offset, len];
-                // SAFETY: BLKZEROOUT reads two u64 from a valid pointer to a local array.
-                unsafe { blkzeroout(file.as_raw_fd(), &range) }.map(|_| ())
-            } else {
-                nix::fcntl::fallocate(
-                    file.as_raw_fd(),
-                    nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                    offset as i64,
-                    len as i64,
-                )
-            };
-            match done {
-                Ok(()) => return Ok(()),
-                // Not supported here: fall back to writing zeros.
-                Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::ENOTTY) => {}
-                Err(e) => return Err(self.io(format!("zero out at offset {offset}"), e.into())),
-            }
+        if self.engine.write_zeroes(offset, len, discard)? {
+            return Ok(());
         }
         let mut at = offset;
         let end = offset + len;
@@ -487,16 +395,7 @@ impl Device {
 
     /// Set a regular file's length (block devices are left alone).
     pub fn set_len(&mut self, len: u64) -> Result<(), DevError> {
-        let Engine::File(file) = &self.engine else {
-            return Ok(());
-        };
-        if self.is_block {
-            return Ok(());
-        }
-        file.set_len(len)
-            .map_err(|e| self.io(format!("resize to {len} bytes"), e))?;
-        self.size = len;
-        Ok(())
+        self.engine.set_len(len)
     }
 
     /// How many pages of `offset..offset+len` are in the page cache, or `None` when the kernel
@@ -564,10 +463,7 @@ impl Device {
 
     /// Flush written data to stable storage (`NBD_CMD_FLUSH` for an NBD export).
     pub fn sync(&self) -> Result<(), DevError> {
-        match &self.engine {
-            Engine::File(f) => f.sync_all().map_err(|e| self.io("fsync", e)),
-            Engine::Nbd(c) => c.flush().map_err(|e| self.nbd_err(e)),
-        }
+        self.engine.flush()
     }
 
     /// Give the kernel advice on a range (0 length: to the end). Advisory: errors are ignored.
@@ -609,7 +505,7 @@ impl Device {
     /// `(major, minor)` of a block device.
     pub fn rdev(&self) -> Option<(u64, u64)> {
         let meta = self.file()?.metadata().ok()?;
-        self.is_block.then(|| {
+        self.is_block_device().then(|| {
             (
                 libc::major(meta.rdev()) as u64,
                 libc::minor(meta.rdev()) as u64,
@@ -621,15 +517,7 @@ impl Device {
 /// Issue `BLKDISCARD` on a range of a block device, or `NBD_CMD_TRIM` on an NBD export (not
 /// used for zeroing: discarded blocks need not read back as zeros).
 pub fn discard(dev: &Device, offset: u64, len: u64) -> Result<(), DevError> {
-    let file = match &dev.engine {
-        Engine::File(f) => f,
-        Engine::Nbd(c) => return c.trim(offset, len).map_err(|e| dev.nbd_err(e)),
-    };
-    let range = [offset, len];
-    // SAFETY: BLKDISCARD reads two u64 from a valid pointer to a local array.
-    unsafe { blkdiscard(file.as_raw_fd(), &range) }
-        .map(|_| ())
-        .map_err(|e| dev.io(format!("discard at offset {offset}"), e.into()))
+    dev.engine.discard(offset, len)
 }
 
 /// Bytes this process has caused to be read from storage so far (`read_bytes` of

@@ -2,8 +2,9 @@
 //! `cargo run -p blkpipe-format --example spec_examples`).
 
 use blkpipe_format::digest::{block_hash, DigestBuilder};
-use blkpipe_format::hash::{HashHeader, HashKind, HashWriter};
+use blkpipe_format::hash::{HashHeader, HashKind, HashWriter, RangeBindingBuilder};
 use blkpipe_format::patch::{PatchHeader, PatchWriter, SourceDigest};
+use blkpipe_format::range::{BlockAligned, Range};
 
 fn hex(bytes: &[u8]) {
     for line in bytes.chunks(16) {
@@ -42,6 +43,7 @@ fn main() {
         device_size: 10000,
         seed: 42,
         start_offset: 0,
+        ranges: None,
     };
     let mut w = HashWriter::new(Vec::new(), h).unwrap();
     let mut d = DigestBuilder::new(4096, 42);
@@ -52,6 +54,52 @@ fn main() {
     }
     let out = w.finish(d.finish()).unwrap();
     println!("== hash ({} bytes)", out.len());
+    hex(&out);
+
+    // Range-restricted hash: a 20000-byte device of zeros, list `4100 10` and `16384 100`.
+    let device = vec![0u8; 20000];
+    let list = [
+        Range {
+            offset: 4100,
+            length: 10,
+        },
+        Range {
+            offset: 16384,
+            length: 100,
+        },
+    ];
+    let canonical: Vec<Range> =
+        BlockAligned::new(list.iter().map(|r| Ok::<_, ()>(*r)), 4096, 20000)
+            .map(|r| r.unwrap())
+            .collect();
+    let mut b = RangeBindingBuilder::new(4096);
+    for r in &canonical {
+        b.push(r.offset, r.length);
+    }
+    let h = HashHeader {
+        block_size: 4096,
+        kind: HashKind::Xxh3_64,
+        group_blocks: 2,
+        device_size: 20000,
+        seed: 42,
+        start_offset: 0,
+        ranges: Some(b.finish()),
+    };
+    let mut w = HashWriter::new(Vec::new(), h).unwrap();
+    let mut d = DigestBuilder::new(4096, 42);
+    for r in &canonical {
+        for off in (r.offset..r.end()).step_by(4096) {
+            let block = &device[off as usize..(off + 4096).min(r.end()) as usize];
+            let bh = block_hash(block, 42);
+            w.push(bh).unwrap();
+            d.push(bh, block.len() as u64);
+        }
+    }
+    let out = w.finish(d.finish()).unwrap();
+    println!(
+        "== ranged hash ({} bytes), canonical {canonical:?}",
+        out.len()
+    );
     hex(&out);
 
     // Sealed patch (FORMAT.md 6.4): the records of 2.4, no source digest, key 00 01 .. 1f.
@@ -68,6 +116,7 @@ fn main() {
     hex(&out);
 
     // Keyed hash (FORMAT.md 6.5): the device of 3.4 under the same key.
+    let device = vec![0u8; 10000];
     let h = HashHeader {
         block_size: 4096,
         kind: HashKind::Xxh3_64,
@@ -75,6 +124,7 @@ fn main() {
         device_size: 10000,
         seed: 42,
         start_offset: 0,
+        ranges: None,
     };
     let hasher = blkpipe_format::digest::BlockHasher::new(42, Some(&key));
     let mut w = HashWriter::start(Vec::new(), h, Some(&key)).unwrap();

@@ -17,21 +17,39 @@ pub const MAGIC: &[u8; 8] = b"BLKHASH\0";
 pub const END_MAGIC: &[u8; 8] = b"BLKHEND\0";
 /// The major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// The minor version this crate writes when a header flag is set (0 otherwise).
-pub const VERSION_MINOR: u16 = 1;
-/// Header flag (offset 20, minor version 1): the stream is keyed (FORMAT.md 6).
+/// The minor version this crate writes when no header flag is set (1 when one is).
+pub const VERSION_MINOR: u16 = 0;
+/// Header flag bit 0: the stream holds hashes only for the blocks of a range list, and a
+/// [`RangeBinding`] extension follows the header.
+pub const FLAG_RANGES: u32 = 1;
+/// The header flags this crate knows.
+const KNOWN_FLAGS: u32 = FLAG_RANGES | FLAG_KEYED;
+/// Header flag bit 1: the stream is keyed (FORMAT.md 6): a key id and header MAC follow the
+/// header (and its range extension), every group and the end record carry a MAC.
 pub const FLAG_KEYED: u32 = 0x02;
 /// Smallest block size.
 pub const MIN_BLOCK_SIZE: u32 = 4096;
 /// Largest block size.
 pub const MAX_BLOCK_SIZE: u32 = 16 << 20;
-/// Hashes per checksummed group written by [`HashWriter`].
+/// Hashes per checksummed group written by blkhash for 4 KiB blocks (see [`group_blocks_for`]).
 pub const GROUP_BLOCKS: u16 = 1024;
+/// Device bytes a group covers at most, for blocks of 16 KiB and more.
+const GROUP_SPAN: u64 = 16 << 20;
+
+/// The group size blkhash writes for `block_size`: [`GROUP_BLOCKS`], but no more than 16 MiB
+/// of the device per group (at least one block). A reader acts on a group only once it is
+/// complete, so a group of 1024 blocks of 1 MiB would make it wait for a whole GiB of the
+/// writer's reading before its own work could overlap.
+pub fn group_blocks_for(block_size: u32) -> u16 {
+    (GROUP_SPAN / block_size.max(1) as u64).clamp(1, GROUP_BLOCKS as u64) as u16
+}
 /// Largest group a reader accepts.
 pub const MAX_GROUP_BLOCKS: u16 = 4096;
 
 const HEADER_LEN: usize = 56;
 const END_LEN: usize = 56;
+/// Bytes of the range extension that follows the header when [`FLAG_RANGES`] is set.
+pub const RANGE_EXT_LEN: usize = 40;
 
 /// Which hash is stored per block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,18 +100,75 @@ pub struct HashHeader {
     pub seed: u64,
     /// Offset of the first hashed block (a multiple of the block size; 0 for a whole device).
     pub start_offset: u64,
+    /// Set for a range-restricted stream (header flag bit 0): which blocks it holds.
+    pub ranges: Option<RangeBinding>,
+}
+
+/// What binds a range-restricted hash stream to its range list (FORMAT.md 3.5): the digest of
+/// the list in canonical form, the number of its ranges and the number of blocks they cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeBinding {
+    /// `xxh3-128(0, u64 offset ++ u64 length of each canonical range)`.
+    pub list_digest: u128,
+    /// Number of canonical ranges.
+    pub range_count: u64,
+    /// Number of blocks the canonical ranges cover: the hashes in the stream.
+    pub block_count: u64,
+}
+
+/// Builds a [`RangeBinding`] from the canonical ranges (block-aligned, sorted, coalesced, see
+/// [`crate::range::BlockAligned`]) of a list, in order.
+#[derive(Clone)]
+pub struct RangeBindingBuilder {
+    block_size: u64,
+    hasher: Xxh3,
+    ranges: u64,
+    blocks: u64,
+}
+
+impl RangeBindingBuilder {
+    /// A builder for blocks of `block_size` bytes.
+    pub fn new(block_size: u32) -> Self {
+        RangeBindingBuilder {
+            block_size: block_size.max(1) as u64,
+            hasher: Xxh3::new(),
+            ranges: 0,
+            blocks: 0,
+        }
+    }
+
+    /// Add the next canonical range.
+    pub fn push(&mut self, offset: u64, length: u64) {
+        self.hasher.update(&offset.to_le_bytes());
+        self.hasher.update(&length.to_le_bytes());
+        self.ranges += 1;
+        self.blocks += length.div_ceil(self.block_size);
+    }
+
+    /// The binding of the ranges pushed.
+    pub fn finish(&self) -> RangeBinding {
+        RangeBinding {
+            list_digest: self.hasher.digest128(),
+            range_count: self.ranges,
+            block_count: self.blocks,
+        }
+    }
 }
 
 impl HashHeader {
     /// Number of blocks the stream holds hashes for.
     pub fn block_count(&self) -> u64 {
+        if let Some(r) = &self.ranges {
+            return r.block_count;
+        }
         let bs = self.block_size as u64;
         self.device_size
             .saturating_sub(self.start_offset)
             .div_ceil(bs)
     }
 
-    /// Offset and length of block `i` (0 = the block at `start_offset`).
+    /// Offset and length of block `i` (0 = the block at `start_offset`) of a stream that is
+    /// not range-restricted.
     pub fn block_range(&self, i: u64) -> (u64, u64) {
         let off = self.start_offset + i * self.block_size as u64;
         (off, (self.device_size - off).min(self.block_size as u64))
@@ -120,20 +195,47 @@ impl HashHeader {
                 self.start_offset
             ));
         }
+        if let Some(r) = &self.ranges {
+            if self.start_offset != 0 {
+                return Err(format!(
+                    "a range-restricted stream must start at offset 0, not {}",
+                    self.start_offset
+                ));
+            }
+            let most = self.device_size.div_ceil(self.block_size as u64);
+            if r.block_count > most || r.range_count > r.block_count {
+                return Err(format!(
+                    "range extension: {} blocks in {} ranges, but the device has {most} blocks",
+                    r.block_count, r.range_count
+                ));
+            }
+        }
         Ok(())
     }
 
-    /// Serialise the header, checksum included.
-    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+    /// The header flags (FORMAT.md 3.1, offset 20) a stream of this header has unkeyed.
+    pub fn flags(&self) -> u32 {
+        if self.ranges.is_some() {
+            FLAG_RANGES
+        } else {
+            0
+        }
+    }
+
+    /// Serialise the header and its extension, checksums included.
+    pub fn to_bytes(&self) -> Vec<u8> {
         self.encode(0)
     }
 
-    fn encode(&self, flags: u32) -> [u8; HEADER_LEN] {
-        let minor = if flags == 0 { 0 } else { VERSION_MINOR };
-        let mut b = [0u8; HEADER_LEN];
+    /// [`HashHeader::to_bytes`] with `extra` flags set too ([`FLAG_KEYED`]).
+    fn encode(&self, extra: u32) -> Vec<u8> {
+        let flags = self.flags() | extra;
+        let mut b = vec![0u8; HEADER_LEN];
         b[..8].copy_from_slice(MAGIC);
         b[8..10].copy_from_slice(&VERSION_MAJOR.to_le_bytes());
+        let minor = if flags != 0 { 1 } else { VERSION_MINOR };
         b[10..12].copy_from_slice(&minor.to_le_bytes());
+        b[20..24].copy_from_slice(&flags.to_le_bytes());
         b[12..16].copy_from_slice(&self.block_size.to_le_bytes());
         b[16] = self.kind.id();
         b[18..20].copy_from_slice(&self.group_blocks.to_le_bytes());
@@ -143,6 +245,13 @@ impl HashHeader {
         b[40..48].copy_from_slice(&self.start_offset.to_le_bytes());
         let sum = xxh3_64_with_seed(&b[..48], 0);
         b[48..56].copy_from_slice(&sum.to_le_bytes());
+        if let Some(r) = &self.ranges {
+            b.extend_from_slice(&r.list_digest.to_le_bytes());
+            b.extend_from_slice(&r.range_count.to_le_bytes());
+            b.extend_from_slice(&r.block_count.to_le_bytes());
+            let sum = xxh3_64_with_seed(&b[..HEADER_LEN + 32], 0);
+            b.extend_from_slice(&sum.to_le_bytes());
+        }
         b
     }
 }
@@ -362,18 +471,59 @@ impl<R: Read> HashReader<R> {
             return Err(FormatError::invalid(
                 0,
                 17,
-                "hash header: reserved bytes are not zero",
+                "hash header: reserved byte is not zero",
             ));
         }
         let flags = le_u32(&b, 20);
-        let known = if le_u16(&b, 10) >= 1 { FLAG_KEYED } else { 0 };
-        if flags & !known != 0 {
+        if flags != 0 && le_u16(&b, 10) == 0 {
             return Err(FormatError::invalid(
                 0,
                 20,
-                format!("hash header: unknown flags 0x{flags:x} set"),
+                format!("hash header: flags {flags:#x} in a minor version 0 header"),
             ));
         }
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(FormatError::invalid(
+                0,
+                20,
+                format!(
+                    "hash header: unknown flags {:#x} (this blkpipe knows {KNOWN_FLAGS:#x})",
+                    flags & !KNOWN_FLAGS
+                ),
+            ));
+        }
+        let mut pos = HEADER_LEN as u64;
+        // The header's bytes as written, extension included: a keyed stream's subkey and
+        // header MAC are over all of them.
+        let mut header_bytes = b.to_vec();
+        let ranges = if flags & FLAG_RANGES != 0 {
+            let mut e = [0u8; HEADER_LEN + RANGE_EXT_LEN];
+            e[..HEADER_LEN].copy_from_slice(&b);
+            let got = read_full(&mut input, &mut e[HEADER_LEN..])?;
+            if got < RANGE_EXT_LEN {
+                return Err(FormatError::Truncated {
+                    what: "hash range extension",
+                    record: 0,
+                    at: pos + got as u64,
+                });
+            }
+            if xxh3_64_with_seed(&e[..HEADER_LEN + 32], 0) != le_u64(&e, HEADER_LEN + 32) {
+                return Err(FormatError::Checksum {
+                    what: "hash range extension",
+                    record: 0,
+                    offset: pos,
+                });
+            }
+            pos += RANGE_EXT_LEN as u64;
+            header_bytes.extend_from_slice(&e[HEADER_LEN..]);
+            Some(RangeBinding {
+                list_digest: le_u128(&e, HEADER_LEN),
+                range_count: le_u64(&e, HEADER_LEN + 16),
+                block_count: le_u64(&e, HEADER_LEN + 24),
+            })
+        } else {
+            None
+        };
         let header = HashHeader {
             block_size: le_u32(&b, 12),
             kind,
@@ -381,6 +531,7 @@ impl<R: Read> HashReader<R> {
             device_size: le_u64(&b, 24),
             seed: le_u64(&b, 32),
             start_offset: le_u64(&b, 40),
+            ranges,
         };
         header
             .validate()
@@ -396,16 +547,22 @@ impl<R: Read> HashReader<R> {
                     return Err(FormatError::Truncated {
                         what: "hash header",
                         record: 0,
-                        at: (HEADER_LEN + got) as u64,
+                        at: pos + got as u64,
                     });
                 }
-                Some(Sealer::verify(key, CTX_HASH, "hash", &b, &trailer)?)
+                Some(Sealer::verify(
+                    key,
+                    CTX_HASH,
+                    "hash",
+                    &header_bytes,
+                    &trailer,
+                )?)
             }
         };
         let mac_len = if seal.is_some() { MAC_LEN } else { 0 };
         Ok(HashReader {
             input,
-            pos: (HEADER_LEN + if seal.is_some() { SEAL_LEN } else { 0 }) as u64,
+            pos: pos + if seal.is_some() { SEAL_LEN as u64 } else { 0 },
             seal,
             buf: Vec::with_capacity(header.group_blocks as usize * kind.len() + 8 + mac_len),
             header,
@@ -447,7 +604,13 @@ impl<R: Read> HashReader<R> {
         self.buf.resize(n * hl + 8 + mac_len, 0);
         let got = read_full(&mut self.input, &mut self.buf)?;
         let first = self.done_blocks;
-        let block_offset = self.header.block_range(first).0;
+        // Where the group's first block is on the device (its index in a range-restricted
+        // stream, whose reader does not know the list).
+        let block_offset = if self.header.ranges.is_some() {
+            first
+        } else {
+            self.header.block_range(first).0
+        };
         if got < self.buf.len() {
             return Err(FormatError::Truncated {
                 what: "hash group",

@@ -71,6 +71,78 @@ pub fn coalesce(mut ranges: Vec<Range>) -> Vec<Range> {
     out
 }
 
+/// The canonical form of a sorted, coalesced range list for blocks of `block_size` bytes on a
+/// device of `size` bytes (FORMAT.md 3.5): each range widened to whole blocks (its start
+/// rounded down, its end rounded up to a multiple of the block size, then cut at `size`), and
+/// ranges that then touch or overlap merged. Ranges at or past `size` are dropped. Items are
+/// passed through as `Result`s so a reader's error stops the iteration where it happened.
+pub struct BlockAligned<I> {
+    inner: I,
+    block_size: u64,
+    size: u64,
+    pending: Option<Range>,
+    done: bool,
+}
+
+impl<I> BlockAligned<I> {
+    /// Canonical ranges of `inner` (sorted and coalesced) for the given block and device size.
+    pub fn new(inner: I, block_size: u32, size: u64) -> Self {
+        BlockAligned {
+            inner,
+            block_size: block_size.max(1) as u64,
+            size,
+            pending: None,
+            done: false,
+        }
+    }
+}
+
+impl<I, E> Iterator for BlockAligned<I>
+where
+    I: Iterator<Item = Result<Range, E>>,
+{
+    type Item = Result<Range, E>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let Some(item) = self.inner.next() else {
+                self.done = true;
+                break;
+            };
+            let r = match item {
+                Ok(r) => r,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            let bs = self.block_size;
+            let start = r.offset - r.offset % bs;
+            if start >= self.size {
+                continue;
+            }
+            let end = r.end().div_ceil(bs).saturating_mul(bs).min(self.size);
+            match &mut self.pending {
+                Some(p) if start <= p.end() => p.length = p.end().max(end) - p.offset,
+                Some(_) => {
+                    let out = self.pending.replace(Range {
+                        offset: start,
+                        length: end - start,
+                    });
+                    return out.map(Ok);
+                }
+                None => {
+                    self.pending = Some(Range {
+                        offset: start,
+                        length: end - start,
+                    })
+                }
+            }
+        }
+        self.pending.take().map(Ok)
+    }
+}
+
 /// Reads a range list line by line.
 pub struct RangeReader<R: BufRead> {
     input: R,

@@ -1,9 +1,9 @@
 //! Property tests: round trips, and every truncation or flipped byte is an error that leaves
 //! only already-verified records behind.
 
-use blkpipe_format::hash::{HashHeader, HashKind, HashReader, HashWriter};
+use blkpipe_format::hash::{HashHeader, HashKind, HashReader, HashWriter, RangeBinding};
 use blkpipe_format::patch::{PatchHeader, PatchReader, PatchWriter, RecordData};
-use blkpipe_format::range::{coalesce, write_range, Range, RangeReader};
+use blkpipe_format::range::{coalesce, write_range, BlockAligned, Range, RangeReader};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,11 +123,16 @@ proptest! {
         wide in prop::bool::ANY,
         group in 1u16..8,
         tail in 1u64..4096,
+        restricted in prop::bool::ANY,
+        list_digest in any::<u128>(),
+        spare in 0u64..3,
     ) {
         let kind = if wide { HashKind::Xxh3_128 } else { HashKind::Xxh3_64 };
         let n = hashes.len() as u64;
-        let device_size = if n == 0 { 0 } else { (n - 1) * 4096 + tail };
-        let header = HashHeader { block_size: 4096, kind, group_blocks: group, device_size, seed: 9, start_offset: 0 };
+        // A range-restricted stream may hold fewer blocks than the device has.
+        let device_size = if n == 0 && !restricted { 0 } else { (n + if restricted { spare } else { 0 }).max(1) * 4096 - 4096 + tail };
+        let ranges = restricted.then_some(RangeBinding { list_digest, range_count: n.min(1), block_count: n });
+        let header = HashHeader { block_size: 4096, kind, group_blocks: group, device_size, seed: 9, start_offset: 0, ranges };
         let mut w = HashWriter::new(Vec::new(), header).unwrap();
         for h in &hashes { w.push(*h).unwrap(); }
         let bytes = w.finish(77).unwrap();
@@ -162,6 +167,37 @@ proptest! {
             prop_assert!(!ok, "flip at {} accepted", at);
             prop_assert_eq!(&got[..], &reduced[..got.len()]);
         }
+    }
+
+    #[test]
+    fn block_aligned_touches_exactly_the_listed_blocks(
+        ranges in prop::collection::vec((0u64..70_000, 1u64..20_000), 0..12),
+        size in 1u64..80_000,
+        shift in 12u32..15,
+    ) {
+        let bs = 1u64 << shift;
+        let ranges: Vec<Range> = ranges.into_iter().map(|(offset, length)| Range { offset, length }).collect();
+        let canonical: Vec<Range> = BlockAligned::new(coalesce(ranges.clone()).into_iter().map(Ok::<_, ()>), bs as u32, size)
+            .map(|r| r.unwrap())
+            .collect();
+        let blocks = size.div_ceil(bs);
+        let mut want = vec![false; blocks as usize];
+        for r in &ranges {
+            for b in r.offset / bs..r.end().div_ceil(bs) {
+                if b < blocks { want[b as usize] = true; }
+            }
+        }
+        let mut got = vec![false; blocks as usize];
+        for w in canonical.windows(2) {
+            prop_assert!(w[0].end() < w[1].offset, "sorted, apart: {:?}", canonical);
+        }
+        for r in &canonical {
+            prop_assert_eq!(r.offset % bs, 0);
+            prop_assert!(r.end() % bs == 0 || r.end() == size);
+            prop_assert!(r.end() <= size && r.length > 0);
+            for b in r.offset / bs..r.end().div_ceil(bs) { got[b as usize] = true; }
+        }
+        prop_assert_eq!(got, want);
     }
 
     #[test]

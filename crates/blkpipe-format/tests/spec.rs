@@ -1,9 +1,9 @@
 //! Decodes every example written in docs/FORMAT.md, so the spec and the code cannot drift.
 
-use blkpipe_format::digest::{digest_of, format_digest};
-use blkpipe_format::hash::{hash_at, HashKind, HashReader};
+use blkpipe_format::digest::{digest_of, format_digest, DigestBuilder};
+use blkpipe_format::hash::{hash_at, HashKind, HashReader, RangeBindingBuilder};
 use blkpipe_format::patch::{PatchReader, RecordData};
-use blkpipe_format::range::{Range, RangeHeader, RangeReader};
+use blkpipe_format::range::{coalesce, BlockAligned, Range, RangeHeader, RangeReader};
 
 const SPEC: &str = include_str!("../../../docs/FORMAT.md");
 
@@ -215,4 +215,62 @@ fn keyed_hash_example() {
         end.device_digest,
         blkpipe_format::digest::digest_with(&device, 4096, &hasher)
     );
+}
+
+#[test]
+fn range_restricted_hash_example() {
+    let [list] = &blocks("ranges restricted-example")[..] else {
+        panic!("one restricted list example expected")
+    };
+    let [body] = &blocks("hex ranged-hash")[..] else {
+        panic!("one range-restricted hash example expected")
+    };
+    // The list, canonicalised for the stream's blocks, gives the binding in the header.
+    let mut lr = RangeReader::new(list.as_bytes());
+    let mut listed = Vec::new();
+    while let Some((_, range)) = lr.next_range().unwrap() {
+        listed.push(range);
+    }
+    let canonical: Vec<Range> =
+        BlockAligned::new(coalesce(listed).into_iter().map(Ok::<_, ()>), 4096, 20000)
+            .map(|r| r.unwrap())
+            .collect();
+    let want = [(4096, 4096), (16384, 3616)];
+    let want: Vec<Range> = want
+        .iter()
+        .map(|&(offset, length)| Range { offset, length })
+        .collect();
+    assert_eq!(canonical, want);
+    let mut binding = RangeBindingBuilder::new(4096);
+    for r in &canonical {
+        binding.push(r.offset, r.length);
+    }
+    let bytes = unhex(body);
+    assert_eq!(&bytes[20..24], &[1, 0, 0, 0], "flags: bit 0");
+    let mut r = HashReader::new(&bytes[..]).unwrap();
+    let h = r.header().clone();
+    assert_eq!(h.ranges, Some(binding.finish()));
+    assert_eq!(h.block_count(), 2);
+    let device = vec![0u8; 20000];
+    let mut hashes = Vec::new();
+    while let Some((_, group)) = r.next_group().unwrap() {
+        for i in 0..group.len() / 8 {
+            hashes.push(hash_at(group, h.kind, i));
+        }
+    }
+    let blocks_of = [&device[4096..8192], &device[16384..20000]];
+    let mut d = DigestBuilder::new(4096, 42);
+    for (got, block) in hashes.iter().zip(blocks_of) {
+        let bh = blkpipe_format::digest::block_hash(block, 42);
+        assert_eq!(*got, HashKind::Xxh3_64.reduce(bh));
+        d.push(bh, block.len() as u64);
+    }
+    assert_eq!(hashes.len(), 2);
+    assert_eq!(r.end().unwrap().device_digest, d.finish());
+    // Any change of the header or extension is a checksum failure.
+    for at in [20, 56, 80, 95] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 1;
+        assert!(HashReader::new(&bad[..]).is_err(), "byte {at}");
+    }
 }

@@ -619,3 +619,6 @@ fn verify(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

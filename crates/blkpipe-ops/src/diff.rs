@@ -20,15 +20,17 @@ use std::time::Instant;
 
 use blkpipe_dev::Device;
 use blkpipe_format::digest::{BlockHasher, DigestBuilder};
-use blkpipe_format::hash::{hash_at, HashHeader, HashKind, HashReader};
+use blkpipe_format::hash::{hash_at, HashHeader, HashReader};
 use blkpipe_format::patch::{PatchHeader, PatchWriter, SourceDigest, UNKNOWN_TOTAL};
+use blkpipe_format::range::{write_header, write_range, BlockAligned, Range, RangeHeader};
 use blkpipe_format::seal::SealKey;
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::chunks::emit_piece;
 use crate::digest::push_chunk;
 use crate::progress::Progress;
-use crate::scan::{scan_with, Chunk, ScanOptions};
+use crate::ranges::{RangeIter, RangeLimits, SortedRanges};
+use crate::scan::{scan_ranges, Chunk, RangeSource, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// Options of [`diff_device`].
@@ -45,6 +47,9 @@ pub struct DiffOptions {
     pub stream_id: Option<[u8; 16]>,
     /// How to read the local device.
     pub scan: ScanOptions,
+    /// Write the range list of the remote's differing blocks (FORMAT.md 3.5) instead of a
+    /// patch stream: the first pass of a coarse-to-fine sync.
+    pub list_differing: bool,
     /// The hash stream must be keyed with this key, and the patch stream is sealed with it.
     pub key: Option<SealKey>,
 }
@@ -57,22 +62,70 @@ impl Default for DiffOptions {
             creator: format!("blkdiff {}", env!("CARGO_PKG_VERSION")),
             stream_id: None,
             scan: ScanOptions::default(),
+            list_differing: false,
             key: None,
         }
     }
 }
 
 /// The remote hash stream, read one verified group at a time as the comparison needs it.
-struct Remote<R: Read> {
+struct Remote<'l, R: Read> {
     reader: HashReader<R>,
     header: HashHeader,
     group_first: u64,
     group: Vec<u8>,
     group_blocks: u64,
     ended: bool,
+    /// For a range-restricted stream: where its blocks are.
+    cursor: Option<Cursor<'l>>,
 }
 
-impl<R: Read> Remote<R> {
+/// Walks the canonical ranges of a range-restricted stream to map device offsets (in
+/// ascending order) to the stream's block numbers.
+struct Cursor<'l> {
+    ranges: BlockAligned<RangeIter<'l>>,
+    current: Option<Range>,
+    base: u64,
+    block_size: u64,
+}
+
+impl Cursor<'_> {
+    /// The stream's block number of the block at `off`, or `None` if the list does not hold it.
+    fn index_of(&mut self, off: u64) -> Result<Option<u64>, OpError> {
+        loop {
+            match self.current {
+                Some(r) if off < r.offset => return Ok(None),
+                Some(r) if off < r.end() => {
+                    return Ok(Some(self.base + (off - r.offset) / self.block_size))
+                }
+                Some(r) => {
+                    self.base += r.length.div_ceil(self.block_size);
+                    self.current = None;
+                }
+                None => match self.ranges.next() {
+                    Some(r) => self.current = Some(r?),
+                    None => return Ok(None),
+                },
+            }
+        }
+    }
+}
+
+impl<R: Read> Remote<'_, R> {
+    /// Whether the local block at `off` with hash `h` differs from the remote's, or `None`
+    /// when the remote stream does not hold it (a range-restricted stream outside its list).
+    fn differs(&mut self, off: u64, h: u128) -> Result<Option<bool>, OpError> {
+        let bs = self.header.block_size as u64;
+        let idx = match &mut self.cursor {
+            Some(c) => match c.index_of(off)? {
+                Some(i) => i,
+                None => return Ok(None),
+            },
+            None => (off - self.header.start_offset) / bs,
+        };
+        Ok(Some(self.header.kind.reduce(h) != self.hash(idx)?))
+    }
+
     /// The stored hash of remote block `idx`; groups before it are read and verified.
     fn hash(&mut self, idx: u64) -> Result<u128, OpError> {
         while idx >= self.group_first + self.group_blocks {
@@ -107,11 +160,82 @@ impl<R: Read> Remote<R> {
     }
 }
 
+/// Where the differing blocks go: a patch stream, or the range list of the first pass.
+enum Out<W: Write> {
+    Patch(Box<PatchWriter<CountingWriter<W>>>),
+    List {
+        out: std::io::BufWriter<CountingWriter<W>>,
+        pending: Option<Range>,
+        /// The remote's size: ranges are cut there.
+        limit: u64,
+        ranges: u64,
+        bytes: u64,
+    },
+}
+
+impl<W: Write> Out<W> {
+    fn run(&mut self, chunk: &Chunk<'_>, start: u64, end: u64) -> Result<(), OpError> {
+        match self {
+            Out::Patch(w) => emit_run(w, chunk, start, end),
+            Out::List {
+                out,
+                pending,
+                limit,
+                ranges,
+                bytes,
+            } => {
+                let end = end.min(*limit);
+                if start >= end {
+                    return Ok(());
+                }
+                match pending {
+                    Some(p) if p.end() == start => p.length += end - start,
+                    _ => {
+                        if let Some(p) = pending.replace(Range {
+                            offset: start,
+                            length: end - start,
+                        }) {
+                            write_range(out, &p).map_err(OpError::Output)?;
+                            *ranges += 1;
+                            *bytes += p.length;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Compare `dev` with the hash stream on `hashes` and write a patch stream to `out` that makes
-/// the remote device equal to `dev`.
+/// the remote device equal to `dev` (or, with `list_differing`, the list of what differs).
 pub fn diff_device<R: Read, W: Write>(
     dev: &Device,
     hashes: R,
+    out: W,
+    opts: &DiffOptions,
+    progress: &Progress,
+) -> Result<Stats, OpError> {
+    diff_device_ranges(
+        dev,
+        hashes,
+        None::<&[u8]>,
+        RangeLimits::default(),
+        out,
+        opts,
+        progress,
+    )
+}
+
+/// Like [`diff_device`]; with `ranges`, the hash stream must be range-restricted (FORMAT.md
+/// 3.5) and bound to this same list, which is read (for a device of the remote's size) only
+/// after the stream's header has been checked. Only the listed blocks, and the blocks of `dev`
+/// past the remote's end, are read and compared; the patch then carries no source digest.
+pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
+    dev: &Device,
+    hashes: R,
+    ranges: Option<L>,
+    limits: RangeLimits,
     out: W,
     opts: &DiffOptions,
     progress: &Progress,
@@ -131,7 +255,45 @@ pub fn diff_device<R: Read, W: Write>(
             header.start_offset, from, header.start_offset
         )));
     }
+    let list = match (ranges, &header.ranges) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(OpError::Refused(
+                "the hash stream is range-restricted (blkhash --ranges LIST): give blkdiff the same list with --ranges LIST".into(),
+            ))
+        }
+        (Some(_), None) => {
+            return Err(OpError::Refused(
+                "--ranges given, but the hash stream covers the whole device: hash with blkhash --ranges LIST, or drop --ranges".into(),
+            ))
+        }
+        (Some(input), Some(binding)) => {
+            if from != 0 {
+                return Err(OpError::Refused(
+                    "--from cannot be combined with --ranges".into(),
+                ));
+            }
+            let list = SortedRanges::load(input, header.device_size, false, 0, limits)?;
+            let (mine, _) = list.binding(header.block_size, header.device_size)?;
+            if mine != *binding {
+                return Err(OpError::Refused(format!(
+                    "the range list does not match the one the hash stream was made from ({} ranges, {} blocks here; {} ranges, {} blocks in the stream; list digests {:032x} and {:032x}): pass blkdiff the list given to blkhash --ranges",
+                    mine.range_count, mine.block_count, binding.range_count, binding.block_count, mine.list_digest, binding.list_digest
+                )));
+            }
+            Some(list)
+        }
+    };
     let compare_from = from;
+    let cursor = match &list {
+        Some(l) => Some(Cursor {
+            ranges: l.blocks(header.block_size, header.device_size)?,
+            current: None,
+            base: 0,
+            block_size: bs,
+        }),
+        None => None,
+    };
     let mut remote = Remote {
         reader,
         header: header.clone(),
@@ -139,37 +301,76 @@ pub fn diff_device<R: Read, W: Write>(
         group: Vec::new(),
         group_blocks: 0,
         ended: false,
+        cursor,
     };
-    let patch_header = PatchHeader {
-        source_size: dev.size(),
-        total_payload: UNKNOWN_TOTAL,
-        stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
-        creator: opts.creator.clone(),
+    let mut sink = if opts.list_differing {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, CountingWriter::new(out));
+        write_header(
+            &mut out,
+            &RangeHeader {
+                size: Some(header.device_size),
+                chunk: Some(bs),
+            },
+        )
+        .map_err(OpError::Output)?;
+        Out::List {
+            out,
+            pending: None,
+            limit: header.device_size,
+            ranges: 0,
+            bytes: 0,
+        }
+    } else {
+        let patch_header = PatchHeader {
+            source_size: dev.size(),
+            total_payload: UNKNOWN_TOTAL,
+            stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
+            creator: opts.creator.clone(),
+        };
+        let out = CountingWriter::new(out);
+        let key = opts.key.as_ref();
+        let w = PatchWriter::start(out, patch_header, opts.lz4, list.is_none(), key);
+        Out::Patch(Box::new(w.map_err(OpError::Output)?))
     };
-    let mut writer = PatchWriter::start(
-        CountingWriter::new(out),
-        patch_header,
-        opts.lz4,
-        true,
-        opts.key.as_ref(),
-    )
-    .map_err(OpError::Output)?;
+    let size = dev.size();
+    // What to read: the whole device, or the listed blocks and what lies past the remote's end.
+    let (pieces, total): (RangeSource<'_>, u64) = match &list {
+        None => (Box::new(std::iter::once(Ok((0, size)))), size),
+        Some(l) => {
+            let mut total = 0;
+            let mut last_end = 0;
+            for r in l.blocks(header.block_size, header.device_size)? {
+                let r = r?;
+                if r.offset < size {
+                    total += r.end().min(size) - r.offset;
+                    last_end = r.end().min(size);
+                }
+            }
+            let tail = (header.device_size - header.device_size % bs).max(last_end);
+            let tail = (tail < size).then_some((tail, size));
+            total += tail.map_or(0, |(a, b)| b - a);
+            let listed = l
+                .blocks(header.block_size, header.device_size)?
+                .map(move |r| r.map(|r| (r.offset, r.end().min(size))))
+                .filter(move |r| r.as_ref().map_or(true, |&(a, _)| a < size));
+            (Box::new(listed.chain(tail.map(Ok))), total)
+        }
+    };
+    progress.set_total(total);
+    let mut digest = DigestBuilder::new(bs, header.seed);
+    let mut stats = Stats::default();
     // Keyed: local blocks are hashed as the keyed stream's were, and the source digest in
     // the sealed patch is built from keyed hashes too (FORMAT.md 6).
     let hasher = BlockHasher::new(header.seed, opts.key.as_ref());
-    progress.set_total(dev.size());
-    let mut digest = DigestBuilder::new(bs, header.seed);
-    let mut stats = Stats::default();
-    scan_with(
+    scan_ranges(
         dev,
-        0,
-        dev.size(),
+        pieces,
         header.block_size,
         &hasher,
         &opts.scan,
         |chunk| {
             push_chunk(&mut digest, chunk.hashes, chunk.data.len(), bs as usize);
-            compare_chunk(chunk, &mut remote, compare_from, &mut writer, &mut stats)?;
+            compare_chunk(chunk, &mut remote, compare_from, &mut sink, &mut stats)?;
             stats.bytes_read += chunk.data.len() as u64;
             progress.inc(chunk.data.len() as u64);
             Ok(())
@@ -177,18 +378,44 @@ pub fn diff_device<R: Read, W: Write>(
     )?;
     // The remote may hold more blocks than we do: they must verify too before the end record.
     remote.finish()?;
-    stats.records = writer.record_count();
-    stats.data_bytes = writer.data_bytes();
-    stats.zero_bytes = writer.zero_bytes();
-    let source_digest = SourceDigest {
-        block_size: header.block_size,
-        seed: header.seed,
-        digest: digest.finish(),
+    let written = match sink {
+        Out::Patch(writer) => {
+            stats.records = writer.record_count();
+            stats.data_bytes = writer.data_bytes();
+            stats.zero_bytes = writer.zero_bytes();
+            // The digest of the whole device, unless only parts of it were read.
+            let source_digest = list.is_none().then(|| SourceDigest {
+                block_size: header.block_size,
+                seed: header.seed,
+                digest: digest.finish(),
+            });
+            writer
+                .finish(source_digest)
+                .map_err(OpError::Output)?
+                .count()
+        }
+        Out::List {
+            mut out,
+            pending,
+            mut ranges,
+            mut bytes,
+            ..
+        } => {
+            if let Some(p) = pending {
+                write_range(&mut out, &p).map_err(OpError::Output)?;
+                ranges += 1;
+                bytes += p.length;
+            }
+            stats.records = ranges;
+            stats.data_bytes = bytes;
+            let mut out = out
+                .into_inner()
+                .map_err(|e| OpError::Output(e.into_error()))?;
+            out.flush().map_err(OpError::Output)?;
+            out.count()
+        }
     };
-    let out = writer
-        .finish(Some(source_digest))
-        .map_err(OpError::Output)?;
-    stats.bytes_written = out.count();
+    stats.bytes_written = written;
     progress.finish();
     stats.elapsed = started.elapsed();
     Ok(stats)
@@ -197,14 +424,13 @@ pub fn diff_device<R: Read, W: Write>(
 /// Compare one chunk's blocks with the remote's and write records for the runs that differ.
 fn compare_chunk<R: Read, W: Write>(
     chunk: &Chunk<'_>,
-    remote: &mut Remote<R>,
+    remote: &mut Remote<'_, R>,
     compare_from: u64,
-    writer: &mut PatchWriter<W>,
+    sink: &mut Out<W>,
     stats: &mut Stats,
 ) -> Result<(), OpError> {
     let bs = remote.header.block_size as u64;
-    let (start, remote_size) = (remote.header.start_offset, remote.header.device_size);
-    let kind: HashKind = remote.header.kind;
+    let remote_size = remote.header.device_size;
     let chunk_end = chunk.offset + chunk.data.len() as u64;
     let mut run: Option<u64> = None;
     for (i, h) in chunk.hashes.iter().enumerate() {
@@ -212,7 +438,9 @@ fn compare_chunk<R: Read, W: Write>(
         let differs = if off < compare_from {
             None
         } else if off < remote_size {
-            Some(kind.reduce(*h) != remote.hash((off - start) / bs)?)
+            // A block a range-restricted stream does not hold was read because it lies past
+            // the remote's last whole block: send it.
+            Some(remote.differs(off, *h)?.unwrap_or(true))
         } else {
             remote.finish()?;
             Some(true)
@@ -227,13 +455,13 @@ fn compare_chunk<R: Read, W: Write>(
                     stats.blocks_same += 1;
                 }
                 if let Some(s) = run.take() {
-                    emit_run(writer, chunk, s, off)?;
+                    sink.run(chunk, s, off)?;
                 }
             }
         }
     }
     if let Some(s) = run {
-        emit_run(writer, chunk, s, chunk_end)?;
+        sink.run(chunk, s, chunk_end)?;
     }
     Ok(())
 }
@@ -259,7 +487,9 @@ fn emit_run<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::{hash_device, HashOptions, HashOutput};
+    use crate::hash::{hash_device, hash_device_ranges, HashOptions, HashOutput};
+    use crate::ranges::RangeLimits;
+    use blkpipe_format::hash::HashKind;
     use blkpipe_format::patch::{PatchReader, RecordData};
 
     /// A malformed, corrupted or truncated hash stream (exit 3), not an I/O error.
@@ -495,6 +725,159 @@ mod tests {
             assert!(bad_stream(&e), "flip {flip}: {e}");
             assert_no_end(&patch);
         }
+    }
+
+    /// Pass 1 with coarse blocks, pass 2 over its list with 4 KiB blocks; returns the target
+    /// after applying, the list and the pass-2 hash stream.
+    fn two_pass(src: &[u8], dst: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let coarse = hashes_of(dst, 65536, HashKind::Xxh3_64, 0);
+        let (fs, fd) = (file(src), file(dst));
+        let sdev = Device::open_source(fs.path(), false).unwrap();
+        let ddev = Device::open_source(fd.path(), false).unwrap();
+        let mut list = Vec::new();
+        let opts = DiffOptions {
+            list_differing: true,
+            ..DiffOptions::default()
+        };
+        diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+        let sorted = SortedRanges::load(
+            &list[..],
+            dst.len() as u64,
+            false,
+            0,
+            RangeLimits::default(),
+        )
+        .unwrap();
+        let mut fine = Vec::new();
+        let hopts = HashOptions {
+            block_size: 4096,
+            seed: 5,
+            kind: HashKind::Xxh3_64,
+            from_offset: 0,
+            output: HashOutput::Stream,
+            scan: ScanOptions::default(),
+            key: None,
+        };
+        hash_device_ranges(&ddev, &sorted, &mut fine, &hopts, &Progress::hidden()).unwrap();
+        let mut patch = Vec::new();
+        diff_device_ranges(
+            &sdev,
+            &fine[..],
+            Some(&list[..]),
+            RangeLimits::default(),
+            &mut patch,
+            &DiffOptions::default(),
+            &Progress::hidden(),
+        )
+        .unwrap();
+        let mut r = PatchReader::new(&patch[..]).unwrap();
+        let mut out = dst.to_vec();
+        out.resize(r.header().source_size as usize, 0);
+        while let Some(rec) = r.next_record().unwrap() {
+            let (o, l) = (rec.offset as usize, rec.length as usize);
+            match rec.data {
+                RecordData::Data(d) => out[o..o + l].copy_from_slice(d),
+                RecordData::Zero => out[o..o + l].fill(0),
+            }
+        }
+        assert!(r.end().unwrap().source_digest.is_none());
+        (out, list, fine)
+    }
+
+    #[test]
+    fn two_pass_sends_only_the_fine_blocks_that_differ() {
+        let dst = pattern(3 << 20, 0);
+        let mut src = dst.clone();
+        src[4096 * 3] ^= 1;
+        src[4096 * 17 + 9] ^= 1;
+        src[(2 << 20) + 5] ^= 1;
+        let (out, list, fine) = two_pass(&src, &dst);
+        assert_eq!(out, src);
+        let text = String::from_utf8(list).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "# blkranges v1 size={} chunk=65536
+0 131072
+2097152 65536
+",
+                3 << 20
+            )
+        );
+        // 48 fine hashes of 8 bytes, one group, header, extension and end record.
+        assert_eq!(fine.len(), 56 + 40 + 48 * 8 + 8 + 56);
+        // Sizes that differ and are not block multiples.
+        for (sl, dl) in [
+            (50_000usize, 30_000usize),
+            (30_000, 50_000),
+            (200_000, 70_000),
+            (12_289, 12_288),
+            (0, 9000),
+            (9000, 0),
+        ] {
+            let src = pattern(sl, 1);
+            let mut dst = pattern(dl, 1);
+            if let Some(b) = dst.get_mut(5) {
+                *b ^= 1;
+            }
+            let (out, _, _) = two_pass(&src, &dst);
+            assert_eq!(out, src, "src {sl} dst {dl}");
+        }
+    }
+
+    #[test]
+    fn a_stream_from_another_list_or_none_is_refused() {
+        let dst = pattern(1 << 20, 0);
+        let src = pattern(1 << 20, 1);
+        let (fs, fd) = (file(&src), file(&dst));
+        let sdev = Device::open_source(fs.path(), false).unwrap();
+        let ddev = Device::open_source(fd.path(), false).unwrap();
+        let list = b"0 4096\n65536 10\n".to_vec();
+        let sorted =
+            SortedRanges::load(&list[..], 1 << 20, false, 0, RangeLimits::default()).unwrap();
+        let hopts = HashOptions {
+            block_size: 4096,
+            seed: 5,
+            kind: HashKind::Xxh3_64,
+            from_offset: 0,
+            output: HashOutput::Stream,
+            scan: ScanOptions::default(),
+            key: None,
+        };
+        let mut fine = Vec::new();
+        hash_device_ranges(&ddev, &sorted, &mut fine, &hopts, &Progress::hidden()).unwrap();
+        let run = |hashes: &[u8], list: Option<&[u8]>| {
+            let mut patch = Vec::new();
+            let r = diff_device_ranges(
+                &sdev,
+                hashes,
+                list,
+                RangeLimits::default(),
+                &mut patch,
+                &DiffOptions::default(),
+                &Progress::hidden(),
+            );
+            (r, patch)
+        };
+        // The same blocks listed otherwise: accepted (the canonical form is compared).
+        let (r, _) = run(&fine, Some(b"# x\n65540 1\n0 4096\n0 100\n"));
+        assert!(r.is_ok(), "{r:?}");
+        for other in [&b"0 4096\n"[..], b"0 4096\n69632 1\n", b""] {
+            let (r, patch) = run(&fine, Some(other));
+            assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+            assert!(patch.is_empty(), "nothing written before the refusal");
+        }
+        let (r, patch) = run(&fine, None);
+        assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+        assert!(patch.is_empty());
+        let whole = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+        let (r, patch) = run(&whole, Some(&list));
+        assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+        assert!(patch.is_empty());
+        // A range past the remote's end is bad input.
+        let (r, patch) = run(&fine, Some(b"1048000 1000\n"));
+        assert!(matches!(r, Err(OpError::BadRange(_))), "{r:?}");
+        assert!(patch.is_empty());
     }
 
     fn assert_no_end(patch: &[u8]) {

@@ -10,12 +10,13 @@ use std::time::Instant;
 
 use blkpipe_dev::Device;
 use blkpipe_format::digest::{BlockHasher, DigestBuilder};
-use blkpipe_format::hash::{HashHeader, HashKind, HashWriter, GROUP_BLOCKS};
+use blkpipe_format::hash::{group_blocks_for, HashHeader, HashKind, HashWriter};
 use blkpipe_format::seal::SealKey;
 
 use crate::digest::push_chunk;
 use crate::progress::Progress;
-use crate::scan::{scan_with, ScanOptions};
+use crate::ranges::SortedRanges;
+use crate::scan::{scan_ranges, RangeSource, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// What `blkhash` writes.
@@ -66,6 +67,33 @@ pub fn hash_device<W: Write>(
     opts: &HashOptions,
     progress: &Progress,
 ) -> Result<Hashed, OpError> {
+    hash_device_in(dev, None, out, opts, progress)
+}
+
+/// Hash only the blocks of `dev` that the range list `ranges` touches, into a range-restricted
+/// hash stream (FORMAT.md 3.5) bound to the list. `opts.from_offset` must be 0.
+pub fn hash_device_ranges<W: Write>(
+    dev: &Device,
+    ranges: &SortedRanges,
+    out: W,
+    opts: &HashOptions,
+    progress: &Progress,
+) -> Result<Hashed, OpError> {
+    if opts.from_offset != 0 {
+        return Err(OpError::BadRange(
+            "a start offset cannot be combined with a range list (hash the listed ranges)".into(),
+        ));
+    }
+    hash_device_in(dev, Some(ranges), out, opts, progress)
+}
+
+fn hash_device_in<W: Write>(
+    dev: &Device,
+    ranges: Option<&SortedRanges>,
+    out: W,
+    opts: &HashOptions,
+    progress: &Progress,
+) -> Result<Hashed, OpError> {
     let started = Instant::now();
     if opts.from_offset > dev.size() {
         return Err(OpError::BadRange(format!(
@@ -83,13 +111,23 @@ pub fn hash_device<W: Write>(
     let header = HashHeader {
         block_size: opts.block_size,
         kind: opts.kind,
-        group_blocks: GROUP_BLOCKS,
+        group_blocks: group_blocks_for(opts.block_size),
         device_size: dev.size(),
         seed: opts.seed,
         start_offset: start,
+        ranges: None,
     };
     check_header(&header)?;
-    progress.set_total(dev.size() - start);
+    let mut header = header;
+    let total = match ranges {
+        Some(list) => {
+            let (binding, bytes) = list.binding(opts.block_size, dev.size())?;
+            header.ranges = Some(binding);
+            bytes
+        }
+        None => dev.size() - start,
+    };
+    progress.set_total(total);
     let out = CountingWriter::new(out);
     let mut sink = match opts.output {
         HashOutput::Stream => Sink::Stream(Box::new(
@@ -101,33 +139,32 @@ pub fn hash_device<W: Write>(
     let bs = opts.block_size as usize;
     let mut digest = DigestBuilder::new(bs as u64, opts.seed);
     let mut stats = Stats::default();
+    let pieces: RangeSource<'_> = match ranges {
+        Some(list) => Box::new(
+            list.blocks(opts.block_size, dev.size())?
+                .map(|r| r.map(|r| (r.offset, r.end()))),
+        ),
+        None => Box::new(std::iter::once(Ok((start, dev.size())))),
+    };
     let hasher = BlockHasher::new(opts.seed, opts.key.as_ref());
-    scan_with(
-        dev,
-        start,
-        dev.size(),
-        opts.block_size,
-        &hasher,
-        &opts.scan,
-        |chunk| {
-            push_chunk(&mut digest, chunk.hashes, chunk.data.len(), bs);
-            match &mut sink {
-                Sink::Stream(w) => {
-                    for h in chunk.hashes {
-                        w.push(*h).map_err(OpError::Output)?;
-                    }
-                    // Hand the sealed groups on now, so blkdiff on the other side compares
-                    // (and reads its own device) while this side is still reading.
-                    w.flush().map_err(OpError::Output)?;
+    scan_ranges(dev, pieces, opts.block_size, &hasher, &opts.scan, |chunk| {
+        push_chunk(&mut digest, chunk.hashes, chunk.data.len(), bs);
+        match &mut sink {
+            Sink::Stream(w) => {
+                for h in chunk.hashes {
+                    w.push(*h).map_err(OpError::Output)?;
                 }
-                Sink::Text(t) => write_text(t, chunk, opts.kind, bs)?,
-                Sink::Digest => {}
+                // Hand the sealed groups on now, so blkdiff on the other side compares
+                // (and reads its own device) while this side is still reading.
+                w.flush().map_err(OpError::Output)?;
             }
-            stats.bytes_read += chunk.data.len() as u64;
-            progress.inc(chunk.data.len() as u64);
-            Ok(())
-        },
-    )?;
+            Sink::Text(t) => write_text(t, chunk, opts.kind, bs)?,
+            Sink::Digest => {}
+        }
+        stats.bytes_read += chunk.data.len() as u64;
+        progress.inc(chunk.data.len() as u64);
+        Ok(())
+    })?;
     let digest = digest.finish();
     let written = match sink {
         Sink::Stream(w) => w.finish(digest).map_err(OpError::Output)?.count(),

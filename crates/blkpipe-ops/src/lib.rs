@@ -43,6 +43,7 @@ pub mod ranges;
 pub mod scan;
 pub mod state;
 mod stats;
+pub mod view;
 
 pub use error::OpError;
 pub use stats::Stats;

@@ -13,11 +13,12 @@
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use blkpipe_dev::DevError;
-use blkpipe_format::range::{Range, RangeReader};
+use blkpipe_format::hash::{RangeBinding, RangeBindingBuilder};
+use blkpipe_format::range::{BlockAligned, Range, RangeReader};
 use blkpipe_format::FormatError;
 
 use crate::OpError;
@@ -237,6 +238,29 @@ impl SortedRanges {
         self.spill.is_some()
     }
 
+    /// The canonical ranges for blocks of `block_size` on a device of `size` bytes
+    /// (FORMAT.md 3.5): widened to whole blocks, cut at `size`, merged.
+    pub fn blocks(
+        &self,
+        block_size: u32,
+        size: u64,
+    ) -> Result<BlockAligned<RangeIter<'_>>, OpError> {
+        Ok(BlockAligned::new(self.iter()?, block_size, size))
+    }
+
+    /// The binding of a range-restricted hash stream over this list (FORMAT.md 3.5), and the
+    /// bytes its blocks cover.
+    pub fn binding(&self, block_size: u32, size: u64) -> Result<(RangeBinding, u64), OpError> {
+        let mut b = RangeBindingBuilder::new(block_size);
+        let mut bytes = 0;
+        for r in self.blocks(block_size, size)? {
+            let r = r?;
+            b.push(r.offset, r.length);
+            bytes += r.length;
+        }
+        Ok((b.finish(), bytes))
+    }
+
     /// The ranges in order, coalesced (overlapping and adjacent ones merged).
     pub fn iter(&self) -> Result<RangeIter<'_>, OpError> {
         let mut heads = BinaryHeap::new();
@@ -392,82 +416,8 @@ impl Iterator for RangeIter<'_> {
     }
 }
 
-/// The directory for temporary files: `$TMPDIR` or `/tmp`. Never one under `/dev`.
-pub fn temp_dir() -> Result<PathBuf, OpError> {
-    let dir = std::env::var_os("TMPDIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    checked_temp_dir(dir)
-}
-
-fn checked_temp_dir(dir: PathBuf) -> Result<PathBuf, OpError> {
-    let real = std::fs::canonicalize(&dir).map_err(|source| {
-        OpError::Dev(DevError::Io {
-            path: dir.clone(),
-            op: "temporary directory ($TMPDIR)".into(),
-            source,
-        })
-    })?;
-    if real.starts_with("/dev") || real.starts_with("/proc") || real.starts_with("/sys") {
-        return Err(OpError::Refused(format!(
-            "{}: temporary directory ($TMPDIR) is under {}; refusing to write temporary files there",
-            dir.display(),
-            real.display()
-        )));
-    }
-    if !real.is_dir() {
-        return Err(OpError::Refused(format!(
-            "{}: temporary directory ($TMPDIR) is not a directory",
-            dir.display()
-        )));
-    }
-    Ok(real)
-}
-
-/// A new file in [`temp_dir`], created `O_EXCL` with mode 0600 and unlinked at once: only
-/// this process can reach it, and it goes away when closed.
-pub fn spill_temp_file(purpose: &str) -> Result<(File, PathBuf), OpError> {
-    let dir = temp_dir()?;
-    let mut last = None;
-    for _ in 0..16 {
-        let tag = crate::random_bytes();
-        let name = format!(
-            ".blkpipe-{purpose}-{}-{:016x}",
-            std::process::id(),
-            u64::from_le_bytes(tag[..8].try_into().expect("8 bytes"))
-        );
-        let path = dir.join(name);
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-        {
-            Ok(file) => {
-                let _ = std::fs::remove_file(&path);
-                return Ok((file, path));
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(source) => {
-                return Err(OpError::Dev(DevError::Io {
-                    path,
-                    op: "create temporary file".into(),
-                    source,
-                }))
-            }
-        }
-    }
-    Err(OpError::Dev(DevError::Io {
-        path: dir,
-        op: "create temporary file".into(),
-        source: last.unwrap_or_else(|| io::Error::other("no free name")),
-    }))
-}
-
 fn spill_file() -> Result<Spill, OpError> {
-    let (file, path) = spill_temp_file("ranges")?;
+    let (file, path) = blkpipe_dev::guard::create_unlinked_temp("ranges")?;
     Ok(Spill { file, path })
 }
 

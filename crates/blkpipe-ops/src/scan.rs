@@ -27,7 +27,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 
@@ -125,35 +124,6 @@ impl Pool {
     }
 }
 
-/// The chunk layout of `start..end`: chunk `k` covers `range(k)`.
-#[derive(Debug, Clone, Copy)]
-struct Layout {
-    start: u64,
-    end: u64,
-    chunk: u64,
-}
-
-impl Layout {
-    fn count(&self) -> u64 {
-        if self.start >= self.end {
-            0
-        } else {
-            (self.end - 1) / self.chunk - self.start / self.chunk + 1
-        }
-    }
-
-    fn range(&self, k: u64) -> (u64, u64) {
-        let first = self.start / self.chunk;
-        let off = if k == 0 {
-            self.start
-        } else {
-            (first + k) * self.chunk
-        };
-        let end = ((first + k + 1) * self.chunk).min(self.end);
-        (off, end - off)
-    }
-}
-
 /// Read `dev` from `start` to `end` in blocks of `block_size` (`start` a multiple of it),
 /// hash every block with `seed`, and call `consume` with each chunk in device order.
 ///
@@ -171,8 +141,15 @@ pub fn scan<F>(
 where
     F: FnMut(&Chunk<'_>) -> Result<(), OpError>,
 {
-    let hasher = BlockHasher::Xxh3 { seed };
-    scan_with(dev, start, end, block_size, &hasher, opts, consume)
+    scan_with(
+        dev,
+        start,
+        end,
+        block_size,
+        &BlockHasher::Xxh3 { seed },
+        opts,
+        consume,
+    )
 }
 
 /// [`scan`] with block hashes made by `hasher` (keyed BLAKE3 for keyed hash streams).
@@ -183,63 +160,89 @@ pub fn scan_with<F>(
     block_size: u32,
     hasher: &BlockHasher,
     opts: &ScanOptions,
-    mut consume: F,
+    consume: F,
 ) -> Result<(), OpError>
 where
     F: FnMut(&Chunk<'_>) -> Result<(), OpError>,
 {
+    let whole = std::iter::once(Ok::<_, OpError>((start, end))).filter(|_| start < end);
+    scan_ranges(dev, whole, block_size, hasher, opts, consume)
+}
+
+/// A boxed source of `(start, end)` ranges for [`scan_ranges`].
+pub type RangeSource<'a> = Box<dyn Iterator<Item = Result<(u64, u64), OpError>> + Send + 'a>;
+
+/// Like [`scan`], over several ranges `(start, end)` in ascending order, each `start` a
+/// multiple of `block_size` (ranges as [`blkpipe_format::range::BlockAligned`] gives them).
+/// Chunks never cross a range's end; an `Err` from `ranges` stops the scan and is returned.
+pub fn scan_ranges<I, F>(
+    dev: &Device,
+    ranges: I,
+    block_size: u32,
+    hasher: &BlockHasher,
+    opts: &ScanOptions,
+    mut consume: F,
+) -> Result<(), OpError>
+where
+    I: Iterator<Item = Result<(u64, u64), OpError>> + Send,
+    F: FnMut(&Chunk<'_>) -> Result<(), OpError>,
+{
     let bs = block_size as u64;
-    debug_assert!(bs.is_power_of_two() && start % bs == 0);
-    let layout = Layout {
-        start,
-        end,
-        chunk: CHUNK_BYTES.max(bs),
-    };
-    let count = layout.count();
-    if count == 0 {
+    let chunk = CHUNK_BYTES.max(bs);
+    let mut ranges = ranges.peekable();
+    if ranges.peek().is_none() {
         return Ok(());
     }
-    let slots = ((POOL_BYTES / layout.chunk).max(3) as usize)
+    let slots = ((POOL_BYTES / chunk).max(3) as usize)
         .min(opts.worker_count() + 2)
         .max(3);
-    let workers = opts
-        .worker_count()
-        .min(slots - 1)
-        .min(count as usize)
-        .max(1);
+    let workers = opts.worker_count().min(slots - 1).max(1);
     let pool = Pool {
         state: Mutex::new((
             (0..slots)
                 .map(|_| Slot {
-                    buf: AlignedBuf::new(layout.chunk as usize),
-                    hashes: Vec::with_capacity((layout.chunk / bs) as usize),
+                    buf: AlignedBuf::new(chunk as usize),
+                    hashes: Vec::with_capacity((chunk / bs) as usize),
                 })
                 .collect(),
             false,
         )),
         ready: Condvar::new(),
     };
-    let next = AtomicU64::new(0);
     let how = read_mode(opts);
-    let reading = Mutex::new(());
-    let (tx, rx) = mpsc::channel::<(u64, Result<Slot, OpError>)>();
+    // The chunk source: the next chunk's number and place, taken in turn under this lock.
+    let pieces = Mutex::new(Pieces {
+        ranges,
+        current: None,
+        chunk,
+        next: 0,
+    });
+    let (tx, rx) = mpsc::channel::<(u64, Result<(u64, u64, Slot), OpError>)>();
 
     std::thread::scope(|s| {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (pool, next, reading) = (&pool, &next, &reading);
+            let (pool, pieces) = (&pool, &pieces);
             s.spawn(move || {
                 // Take the buffer before claiming a chunk, so every claimed chunk can finish
                 // and the consumer never waits on a chunk that waits for a buffer.
                 while let Some(mut slot) = pool.take() {
-                    let turn = reading.lock().unwrap_or_else(|e| e.into_inner());
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= count {
-                        drop(turn);
-                        pool.put(slot);
-                        return;
-                    }
-                    let (off, len) = layout.range(k);
+                    let mut turn = pieces.lock().unwrap_or_else(|e| e.into_inner());
+                    let (k, piece) = turn.claim();
+                    let (off, len) = match piece {
+                        None => {
+                            drop(turn);
+                            pool.put(slot);
+                            return;
+                        }
+                        Some(Err(e)) => {
+                            drop(turn);
+                            let _ = tx.send((k, Err(e)));
+                            pool.stop();
+                            return;
+                        }
+                        Some(Ok(p)) => p,
+                    };
                     // Reads through the page cache are made one at a time in device order,
                     // so the kernel sees one sequential reader and reads ahead for it (two
                     // interleaved readers of one file defeat read-ahead and contend on the
@@ -260,7 +263,7 @@ where
                                 .chunks(bs as usize)
                                 .map(|b| hasher.hash(b)),
                         );
-                        slot
+                        (off, len, slot)
                     });
                     let failed = msg.is_err();
                     if tx.send((k, msg)).is_err() || failed {
@@ -272,12 +275,11 @@ where
         }
         drop(tx);
 
-        let mut pending: BTreeMap<u64, Slot> = BTreeMap::new();
+        let mut pending: BTreeMap<u64, (u64, u64, Slot)> = BTreeMap::new();
         let mut want = 0u64;
         let result = (|| {
-            while want < count {
-                if let Some(slot) = pending.remove(&want) {
-                    let (off, len) = layout.range(want);
+            loop {
+                if let Some((off, len, slot)) = pending.remove(&want) {
                     let chunk = Chunk {
                         offset: off,
                         data: &slot.buf[..len as usize],
@@ -289,10 +291,12 @@ where
                     continue;
                 }
                 match rx.recv() {
-                    Ok((k, Ok(slot))) => {
-                        pending.insert(k, slot);
+                    Ok((k, Ok(piece))) => {
+                        pending.insert(k, piece);
                     }
                     Ok((_, Err(e))) => return Err(e),
+                    // Every worker is gone: all claimed chunks were delivered, or one is lost.
+                    Err(_) if pending.is_empty() => return Ok(()),
                     Err(_) => {
                         return Err(OpError::Refused(
                             "internal error: device readers stopped early".into(),
@@ -300,11 +304,45 @@ where
                     }
                 }
             }
-            Ok(())
         })();
         pool.stop();
         result
     })
+}
+
+/// Cuts ranges into chunks aligned to multiples of the chunk size on the device, numbered in
+/// order.
+struct Pieces<I> {
+    ranges: I,
+    current: Option<(u64, u64)>,
+    chunk: u64,
+    next: u64,
+}
+
+impl<I: Iterator<Item = Result<(u64, u64), OpError>>> Pieces<I> {
+    /// The next chunk's number and `(offset, length)`, `None` at the end.
+    #[allow(clippy::type_complexity)]
+    fn claim(&mut self) -> (u64, Option<Result<(u64, u64), OpError>>) {
+        let k = self.next;
+        loop {
+            match self.current {
+                Some((at, end)) if at < end => {
+                    let stop = ((at / self.chunk + 1) * self.chunk).min(end);
+                    self.current = Some((stop, end));
+                    self.next += 1;
+                    return (k, Some(Ok((at, stop - at))));
+                }
+                _ => match self.ranges.next() {
+                    None => return (k, None),
+                    Some(Err(e)) => {
+                        self.current = None;
+                        return (k, Some(Err(e)));
+                    }
+                    Some(Ok(r)) => self.current = Some(r),
+                },
+            }
+        }
+    }
 }
 
 /// How one chunk is read.
@@ -401,24 +439,83 @@ mod tests {
     }
 
     #[test]
-    fn layout_covers_range_in_aligned_chunks() {
-        let l = Layout {
-            start: 4096 * 3,
-            end: 3 * CHUNK_BYTES + 100,
+    fn pieces_are_aligned_chunks_that_never_cross_a_range() {
+        let ranges = [
+            (4096 * 3, 3 * CHUNK_BYTES + 100),
+            (5 * CHUNK_BYTES, 5 * CHUNK_BYTES + 4096),
+        ];
+        let mut p = Pieces {
+            ranges: ranges.iter().map(|&r| Ok::<_, OpError>(r)),
+            current: None,
             chunk: CHUNK_BYTES,
+            next: 0,
         };
-        let mut at = l.start;
-        for k in 0..l.count() {
-            let (off, len) = l.range(k);
-            assert_eq!(off, at);
-            assert!(len > 0 && len <= CHUNK_BYTES);
-            at = off + len;
-            if at != l.end {
-                assert_eq!(at % CHUNK_BYTES, 0);
-            }
+        let mut got = Vec::new();
+        while let (k, Some(piece)) = p.claim() {
+            assert_eq!(k, got.len() as u64);
+            got.push(piece.unwrap());
         }
-        assert_eq!(at, l.end);
-        assert_eq!(l.count(), 4);
+        assert_eq!(
+            got,
+            vec![
+                (4096 * 3, CHUNK_BYTES - 4096 * 3),
+                (CHUNK_BYTES, CHUNK_BYTES),
+                (2 * CHUNK_BYTES, CHUNK_BYTES),
+                (3 * CHUNK_BYTES, 100),
+                (5 * CHUNK_BYTES, 4096),
+            ]
+        );
+    }
+
+    #[test]
+    fn scan_ranges_reads_only_the_ranges() {
+        let len = 3 * CHUNK_BYTES as usize + 5000;
+        let (f, data) = image(len);
+        let dev = Device::open_source(f.path(), false).unwrap();
+        let ranges = [
+            (0u64, 8192u64),
+            (CHUNK_BYTES - 4096, CHUNK_BYTES + 4096),
+            (len as u64 - 904, len as u64),
+        ];
+        let mut got = Vec::new();
+        scan_ranges(
+            &dev,
+            ranges.iter().map(|&r| Ok(r)),
+            4096,
+            &BlockHasher::Xxh3 { seed: 5 },
+            &ScanOptions::default(),
+            |c| {
+                got.push((c.offset, c.data.to_vec(), c.hashes.len()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let want: Vec<(u64, Vec<u8>, usize)> = [
+            (0u64, 8192usize),
+            (CHUNK_BYTES - 4096, 4096),
+            (CHUNK_BYTES, 4096),
+            (len as u64 - 904, 904),
+        ]
+        .iter()
+        .map(|&(o, l)| {
+            (
+                o,
+                data[o as usize..o as usize + l].to_vec(),
+                l.div_ceil(4096),
+            )
+        })
+        .collect();
+        assert_eq!(got, want);
+        // An error from the range source stops the scan.
+        let r = scan_ranges(
+            &dev,
+            [Ok((0, 4096)), Err(OpError::Refused("bad list".into()))].into_iter(),
+            4096,
+            &BlockHasher::Xxh3 { seed: 5 },
+            &ScanOptions::default(),
+            |_| Ok(()),
+        );
+        assert!(matches!(r, Err(OpError::Refused(m)) if m == "bad list"));
     }
 
     #[test]

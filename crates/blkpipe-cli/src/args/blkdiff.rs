@@ -15,6 +15,13 @@ use clap::Parser;
 /// truncated hash stream is an error, and then no end record is written, so the blkpatch
 /// downstream fails too.
 ///
+/// Coarse-to-fine sync: --list-differing writes, instead of a patch, the range list of the
+/// remote blocks that differ (pass 1, with coarse blocks: blkhash --block-size 1M); blkhash
+/// --ranges LIST then hashes only those regions in 4 KiB blocks and `blkdiff --ranges LIST`
+/// compares them (pass 2). It refuses a hash stream made from another list. DEV is read only
+/// where listed (and past the remote's end), so that patch carries no digest of DEV: check it
+/// separately (blkhash --digest on both sides).
+///
 /// Streams:
 ///   stdin   hash stream from blkhash (or --hashes FILE); zstd, lz4 and gzip are recognised
 ///           and decompressed
@@ -35,6 +42,18 @@ pub struct Args {
     /// Read the hash stream from FILE instead of stdin.
     #[arg(long, value_name = "FILE", help_heading = "Input")]
     pub hashes: Option<PathBuf>,
+    /// The hash stream is range-restricted (blkhash --ranges LIST): compare only the blocks of
+    /// this same LIST.
+    #[arg(
+        long,
+        value_name = "LIST",
+        conflicts_with = "from",
+        help_heading = "Input"
+    )]
+    pub ranges: Option<PathBuf>,
+    /// Write the range list of the remote's differing blocks instead of a patch stream.
+    #[arg(long, conflicts_with_all = ["lz4", "stream_id"], help_heading = "Output")]
+    pub list_differing: bool,
     /// Compress data payloads with lz4 (only where that makes them smaller).
     #[arg(long, help_heading = "Output")]
     pub lz4: bool,
@@ -65,6 +84,9 @@ Examples:
   ssh dst blkhash /dev/vg/lv | blkdiff /dev/vg/lv | ssh dst blkpatch --verify /dev/vg/lv
   ssh dst 'blkhash /dev/x | zstd' | blkdiff --lz4 /dev/x | ssh dst blkpatch /dev/x
   blkhash old.img > old.hashes; blkdiff --hashes old.hashes new.img > delta.patch
+  ssh dst blkhash --block-size 1M /dev/x | blkdiff --list-differing /dev/x > regions
+  scp regions dst:; ssh dst blkhash --ranges regions /dev/x |
+      blkdiff --ranges regions /dev/x | ssh dst blkpatch /dev/x
 
 Exit codes:
   0    success

@@ -16,12 +16,16 @@ use clap::Parser;
 /// cache is dropped once copied, what was cached before stays (RWF_DONTCACHE on Linux 6.14+,
 /// else posix_fadvise).
 ///
+/// --ranges LIST hashes only the blocks LIST touches (a range list, e.g. from
+/// `blkdiff --list-differing`), into a range-restricted stream bound to LIST: the second
+/// pass of a coarse-to-fine sync, read by `blkdiff --ranges LIST`.
+///
 /// --text prints one line per block: the decimal byte offset and the stored hash in hex.
 /// --digest prints only `xxh3-128:HEX  DEV`; it uses seed 0 unless --seed is given, so two
 /// hosts get comparable digests.
 ///
 /// Streams:
-///   stdin   not read
+///   stdin   not read, except the range list with --ranges -
 ///   stdout  hash stream (binary; refused on a terminal unless --force-tty), or text lines
 ///           with --text or --digest
 ///   stderr  one line per error; progress and summary when asked (--progress, --stats)
@@ -41,6 +45,15 @@ pub struct Args {
     /// from the offset `blkpatch --print-state` recorded.
     #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = crate::parse_size, help_heading = "Input")]
     pub from: u64,
+    /// Hash only the blocks this range list touches (a range-restricted stream for
+    /// `blkdiff --ranges` with the same list); `-` reads it from stdin.
+    #[arg(
+        long,
+        value_name = "LIST",
+        conflicts_with = "from",
+        help_heading = "Input"
+    )]
+    pub ranges: Option<PathBuf>,
     /// Bytes per block: a power of two from 4096 to 16M (suffixes K, M accepted).
     #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = crate::parse_size, help_heading = "Output")]
     pub block_size: u64,

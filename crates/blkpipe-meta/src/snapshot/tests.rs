@@ -1,5 +1,4 @@
 use super::*;
-use blkpipe_format::patch::{PatchReader, RecordData};
 use proptest::prelude::*;
 
 fn opts(origin_size: Option<u64>) -> ReadOptions {
@@ -324,64 +323,6 @@ fn sort_matches_std() {
         sort_chunks(&mut v);
         assert_eq!(v, want);
     }
-}
-
-/// The snapshot's view as a patch stream, applied to the origin, gives the snapshot.
-#[test]
-fn view_patch_rolls_back() {
-    let cs = 8u32;
-    let cb = 4096usize;
-    let origin_chunks = 40u64;
-    let origin_size = origin_chunks * cb as u64 - 1000; // partial last chunk
-    let changed = [39u64, 3, 4, 5, 20, 0, 7];
-    // The snapshot saw pattern(chunk, 0); the origin now holds pattern(chunk, 1).
-    let pattern = |chunk: u64, gen: u8, buf: &mut [u8]| {
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (chunk as u8).wrapping_mul(31) ^ (i as u8) ^ gen;
-        }
-        if chunk == 20 {
-            buf.fill(0); // an all-zero chunk becomes a zero record
-        }
-    };
-    let cow = image::build(cs, &changed, None, Some(&|old, buf| pattern(old, 0, buf)));
-    let mut snap = vec![0u8; origin_size as usize];
-    let mut origin = vec![0u8; origin_size as usize];
-    for c in 0..origin_chunks {
-        let at = c as usize * cb;
-        let end = (at + cb).min(snap.len());
-        let mut full = vec![0u8; cb];
-        pattern(c, 0, &mut full);
-        snap[at..end].copy_from_slice(&full[..end - at]);
-        if changed.contains(&c) {
-            pattern(c, 1, &mut full);
-        }
-        origin[at..end].copy_from_slice(&full[..end - at]);
-    }
-    assert_ne!(snap, origin);
-    let view = SnapshotView::read(&cow[..], &opts(Some(origin_size))).unwrap();
-    let mut stream = Vec::new();
-    let stats = write_view_patch(
-        &cow[..],
-        &view,
-        origin_size,
-        &mut stream,
-        "test",
-        &Progress::hidden(),
-    )
-    .unwrap();
-    assert_eq!(stats.data_bytes + stats.zero_bytes, view.bytes());
-    assert_eq!(stats.zero_bytes, 4096);
-    let mut r = PatchReader::new(&stream[..]).unwrap();
-    assert_eq!(r.header().source_size, origin_size);
-    while let Some(rec) = r.next_record().unwrap() {
-        let at = rec.offset as usize;
-        match rec.data {
-            RecordData::Data(d) => origin[at..at + d.len()].copy_from_slice(d),
-            RecordData::Zero => origin[at..at + rec.length as usize].fill(0),
-        }
-    }
-    assert!(r.end().is_some());
-    assert_eq!(origin, snap);
 }
 
 proptest! {
