@@ -239,6 +239,28 @@ impl Device {
         Self::from_file(file, path)
     }
 
+    /// Open a device whose metadata the kernel may be writing while it is read (a live
+    /// snapshot's COW device), for scattered reads. A block device is opened with
+    /// `O_DIRECT`, since the kernel writes it with bios that bypass its page cache, so cached
+    /// pages of it can be stale; where the device refuses `O_DIRECT` (EINVAL), buffered. A
+    /// regular file (or an NBD export) is read through the page cache, which the kernel keeps
+    /// coherent for files, with random-access advice so nothing is read ahead. Returns the
+    /// device and whether its reads are direct.
+    pub fn open_live_metadata(path: &Path) -> Result<(Self, bool), DevError> {
+        let buffered = Self::open_source(path, false)?;
+        if !buffered.is_block_device() || buffered.nbd().is_some() {
+            buffered.fadvise_random();
+            return Ok((buffered, false));
+        }
+        match Self::open_source(path, true) {
+            Ok(d) => Ok((d, true)),
+            Err(e) if e.io_error().and_then(|e| e.raw_os_error()) == Some(libc::EINVAL) => {
+                Ok((buffered, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Open a target for writing (or, with `opts.read_only`, for the checks of a dry run),
     /// through [`guard::open`]: a regular file or block device that is not one of `avoid`,
     /// not in use unless `opts.force`, a block device `O_EXCL` unless `opts.shared`, a new
