@@ -57,7 +57,7 @@ pub fn code_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<i32> {
 /// An operation's error.
 pub fn op(e: &OpError) -> i32 {
     match e {
-        OpError::Format(e) => format(e),
+        OpError::Format(e) | OpError::InStream { error: e, .. } => format(e),
         OpError::Input(e) | OpError::Output(e) => io(e),
         OpError::BadRange(_) => BAD_INPUT,
         OpError::Refused(_) => REFUSED,

@@ -32,4 +32,12 @@ pub enum OpError {
     /// Reading the input stream failed.
     #[error("reading input: {0}")]
     Input(io::Error),
+    /// One of several named input streams is bad (blkmerge): the name, then what is wrong.
+    #[error("{name}: {error}")]
+    InStream {
+        /// The input's name as the user gave it.
+        name: String,
+        /// What is wrong with it.
+        error: FormatError,
+    },
 }

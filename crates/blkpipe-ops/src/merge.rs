@@ -54,25 +54,11 @@ impl<R: Read> Input<R> {
 }
 
 fn named(e: blkpipe_format::FormatError, name: &str) -> OpError {
-    use blkpipe_format::FormatError as F;
-    // Keep the variant (and so the exit code), add which input it was.
-    OpError::Format(match e {
-        F::Invalid {
-            record,
-            offset,
-            reason,
-        } => F::Invalid {
-            record,
-            offset,
-            reason: format!("{name}: {reason}"),
-        },
-        F::Io(io) => F::Io(std::io::Error::new(io.kind(), format!("{name}: {io}"))),
-        other => F::Invalid {
-            record: 0,
-            offset: 0,
-            reason: format!("{name}: {other}"),
-        },
-    })
+    // Keep the error (and so the exit code), say which input it was.
+    OpError::InStream {
+        name: name.to_owned(),
+        error: e,
+    }
 }
 
 /// Merge `inputs` (oldest first, each with a name for messages) into one stream on `out`.

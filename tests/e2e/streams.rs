@@ -7,8 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-mod common;
-use common::{pattern, run, stderr};
+use crate::common::{pattern, run, stderr};
 
 struct Fixture {
     _dir: tempfile::TempDir,

@@ -5,8 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-mod common;
-use common::{bin, pattern};
+use crate::common::{bin, pattern};
 
 /// The first ```sh block after the line containing `marker`.
 fn block_after(readme: &str, marker: &str) -> String {
@@ -19,7 +18,7 @@ fn block_after(readme: &str, marker: &str) -> String {
 
 #[test]
 fn offline_recipe_runs_as_written() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let script = block_after(readme, "Save a patch to a file");
     let dir = tempfile::tempdir().unwrap();
     let src = pattern(2 << 20, 1);

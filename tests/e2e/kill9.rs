@@ -20,7 +20,7 @@
 //!
 //! The rerun must exit 0 at every stage and leave the target equal to the source, byte for
 //! byte. The delays come from a PRNG whose seed is printed (`BLKPIPE_KILL_SEED` sets it), and
-//! a summary says how many kills landed mid-run (`cargo test --release --test kill9 --
+//! a summary says how many kills landed mid-run (`cargo test --release --test e2e -- kill9::
 //! --nocapture` shows it).
 //!
 //! What the survivors of a kill must do, checked exactly: a stage downstream of the killed one
@@ -45,8 +45,7 @@ use blkpipe_ops::state::ResumeState;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-mod common;
-use common::{bin, pattern};
+use crate::common::{bin, pattern, Rng};
 
 /// The tests of this file measure run times: they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -55,25 +54,6 @@ const BS: usize = 4096;
 const MIB: usize = 1 << 20;
 /// A run that takes longer than this is a hang.
 const HANG: Duration = Duration::from_secs(60);
-
-/// xorshift64*: small, seedable, good enough to spread kill moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use blkpipe_meta::snapshot::image;
 
-mod common;
-use common::{bin, pattern, require_loop, run, stderr, Loop};
+use crate::common::{bin, pattern, require_loop, run, stderr, Loop};
 
 const SIZE: usize = 1 << 20;
 

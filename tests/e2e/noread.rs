@@ -13,8 +13,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-mod common;
-use common::{pattern, require_loop, run, stderr, Loop};
+use crate::common::{self, pattern, require_loop, run, stderr, Loop};
 
 const SIZE: u64 = 256 << 20;
 const RECORDS: u64 = 2000;

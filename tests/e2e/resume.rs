@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-mod common;
-use common::{bin, pattern, run, stderr};
+use crate::common::{bin, pattern, run, stderr};
 
 /// `(stream id, applied offset)` from a state file, through `blkpatch --print-state`.
 fn print_state(state: &Path) -> (String, u64) {

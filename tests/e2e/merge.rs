@@ -3,8 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-mod common;
-use common::{pattern, run, stderr};
+use crate::common::{pattern, run, stderr};
 
 fn chunks(src: &Path, ranges: &str) -> Vec<u8> {
     let out = run(

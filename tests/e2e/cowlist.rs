@@ -9,8 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use blkpipe_meta::snapshot::image;
 
-mod common;
-use common::{bin, run, stderr};
+use crate::common::{bin, run, stderr};
 
 fn cowlist(args: &[&str]) -> Output {
     run("cowlist", args, b"")

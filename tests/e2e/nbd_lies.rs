@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-mod common;
-use common::{bin, pattern, stderr};
+use crate::common::{self, bin, pattern, stderr};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Lie {

@@ -8,8 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-mod common;
-use common::{bin, pattern};
+use crate::common::{bin, pattern};
 
 const CAP_KIB: u64 = 64 << 10;
 const LINES: u64 = 10_000_000;

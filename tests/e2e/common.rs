@@ -1,10 +1,9 @@
 //! Helpers shared by the end-to-end tests: the built tools, test data, processes, loop
 //! devices.
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 pub fn bin(name: &str) -> PathBuf {
     match name {
@@ -18,17 +17,48 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// Deterministic, incompressible-ish content: block `i` is filled from a simple generator.
+/// Deterministic, incompressible pseudo-random bytes (xorshift64, 8 bytes per step).
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// xorshift64*: small and seedable, for choosing blocks and moments.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Start a tool with piped stdout and stderr.
+pub fn spawn(name: &str, args: &[&str], stdin: Stdio) -> Child {
+    Command::new(bin(name))
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
 }
 
 pub fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-use common::{bin, pattern, stderr};
+use crate::common::{bin, pattern, stderr};
 
 /// A qemu-nbd serving one image on a Unix socket, killed on drop.
 struct QemuNbd {

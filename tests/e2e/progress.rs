@@ -6,8 +6,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-mod common;
-use common::{bin, pattern, run, stderr};
+use crate::common::{bin, pattern, run, stderr};
 
 /// Lines of the form `TOOL: DONE of TOTAL (P%), RATE/s, ETA m:ss`.
 fn periodic_lines<'a>(tool: &str, err: &'a str) -> Vec<&'a str> {

@@ -6,46 +6,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-mod common;
-use common::{bin, run};
+use crate::common::{bin, pattern, require_loop, run, spawn, Loop, Rng};
 
 const MIB: usize = 1 << 20;
 const BS: usize = 4096;
-
-/// Deterministic pseudo-random bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-/// A small deterministic generator for choosing blocks.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
-fn spawn(name: &str, args: &[&str], stdin: Stdio) -> Child {
-    Command::new(bin(name))
-        .args(args)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn")
-}
 
 fn stderr_of(child: &mut Child) -> String {
     let mut s = String::new();
@@ -125,46 +89,15 @@ fn expected_records(src: &[u8], dst: &[u8], bs: usize) -> Vec<(String, u64, u64)
     recs
 }
 
-/// A loop device over a file, detached when dropped.
-struct Loop(String);
-
-impl Loop {
-    /// `None` (with a notice) only when losetup itself is unavailable.
-    fn attach(file: &Path) -> Option<Loop> {
-        match Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-        {
-            Ok(o) if o.status.success() => {
-                Some(Loop(String::from_utf8(o.stdout).unwrap().trim().to_owned()))
-            }
-            Ok(o) => panic!(
-                "losetup failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => {
-                eprintln!("NOTICE: losetup unavailable ({e}); loop device part skipped");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        Path::new(&self.0)
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
     File,
     Loop,
+}
+
+/// `sync_case` with both sides image files.
+fn sync_files(name: &str, src: &[u8], dst: &[u8], extra: &[&str]) {
+    sync_case(name, src, dst, Side::File, Side::File, extra)
 }
 
 /// Sync `src` onto `dst` through the whole pipeline and check the result and the records.
@@ -173,12 +106,8 @@ fn sync_case(name: &str, src: &[u8], dst: &[u8], src_on: Side, dst_on: Side, ext
     let (src_file, dst_file) = (dir.path().join("src.img"), dir.path().join("dst.img"));
     fs::write(&src_file, src).unwrap();
     fs::write(&dst_file, dst).unwrap();
-    let src_loop = (src_on == Side::Loop)
-        .then(|| Loop::attach(&src_file))
-        .flatten();
-    let dst_loop = (dst_on == Side::Loop)
-        .then(|| Loop::attach(&dst_file))
-        .flatten();
+    let src_loop = (src_on == Side::Loop).then(|| require_loop(Loop::attach(&src_file)));
+    let dst_loop = (dst_on == Side::Loop).then(|| require_loop(Loop::attach(&dst_file)));
     let src_path: PathBuf = src_loop
         .as_ref()
         .map_or(src_file.clone(), |l| l.path().into());
@@ -260,14 +189,7 @@ fn clustered_changes_from_a_loop_device() {
 fn fully_different_with_lz4_and_128_bit_hashes() {
     let src = pattern(6 * MIB + 512, 5);
     let dst = pattern(6 * MIB + 512, 6);
-    sync_case(
-        "different",
-        &src,
-        &dst,
-        Side::File,
-        Side::File,
-        &["--lz4", "--hash-bits", "128"],
-    );
+    sync_files("different", &src, &dst, &["--lz4", "--hash-bits", "128"]);
 }
 
 #[test]
@@ -311,14 +233,7 @@ fn sizes_not_multiples_of_the_block_size() {
             dst[dl / 2] ^= 1;
         }
         let name = format!("sizes {sl}/{dl}/{bs}");
-        sync_case(
-            &name,
-            &src,
-            &dst,
-            Side::File,
-            Side::File,
-            &["--block-size", bs],
-        );
+        sync_files(&name, &src, &dst, &["--block-size", bs]);
     }
 }
 
@@ -333,14 +248,7 @@ fn zero_filled_regions() {
     src[6 * MIB + 4096 + 10] = 0xff; // a data block next to zero blocks in one 64 KiB block
     src[6 * MIB + 8192..6 * MIB + 65536].fill(0);
     for bs in ["4096", "65536"] {
-        sync_case(
-            "zeros",
-            &src,
-            &dst,
-            Side::File,
-            Side::File,
-            &["--block-size", bs],
-        );
+        sync_files("zeros", &src, &dst, &["--block-size", bs]);
     }
 }
 
@@ -601,14 +509,13 @@ fn digest_agrees_between_file_loop_device_and_options() {
     assert_eq!(digest(&file, &["--seed", "0"]), d);
     assert_ne!(digest(&file, &["--seed", "1"]), d);
     assert_ne!(digest(&file, &["--block-size", "64K"]), d);
-    if let Some(l) = Loop::attach(&file) {
-        assert_eq!(digest(l.path(), &[]), d);
-        assert_eq!(digest(l.path(), &["--direct", "--threads", "3"]), d);
-        assert_eq!(
-            digest(l.path(), &["--seed", "1"]),
-            digest(&file, &["--seed", "1"])
-        );
-    }
+    let l = require_loop(Loop::attach(&file));
+    assert_eq!(digest(l.path(), &[]), d);
+    assert_eq!(digest(l.path(), &["--direct", "--threads", "3"]), d);
+    assert_eq!(
+        digest(l.path(), &["--seed", "1"]),
+        digest(&file, &["--seed", "1"])
+    );
 }
 
 #[test]

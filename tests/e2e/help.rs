@@ -3,15 +3,13 @@
 //!
 //! After changing a tool's help on purpose, regenerate the expected texts and review the diff:
 //!
-//!     BLKPIPE_BLESS=1 cargo test --test help
-
-mod common;
+//!     BLKPIPE_BLESS=1 cargo test --release --test e2e -- help::
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::bin;
+use crate::common::{self, bin};
 
 const TOOLS: &[&str] = &[
     "blkhash",
@@ -73,7 +71,7 @@ fn help_texts_are_pinned() {
     assert!(
         changed.is_empty(),
         "--help of {changed:?} changed. If that is intended, regenerate the expected texts with \
-         `BLKPIPE_BLESS=1 cargo test --test help` and commit tests/help/ with the change."
+         `BLKPIPE_BLESS=1 cargo test --release --test e2e -- help::` and commit tests/help/ with the change."
     );
 }
 

@@ -1,0 +1,25 @@
+//! End-to-end tests of blkpipe: the built tools run as real processes joined by real pipes, on
+//! image files, loop devices and NBD exports. One test binary (one link in CI); each module
+//! covers one area, and `common` holds the helpers they share.
+//!
+//! Run one area with `cargo test --release --test e2e -- MODULE::`, e.g. `hashsync::`.
+
+mod common;
+
+mod blksync;
+mod contract;
+mod cowlist;
+mod hashsync;
+mod help;
+mod hostile;
+mod kill9;
+mod merge;
+mod nbd;
+mod nbd_lies;
+mod noread;
+mod patch;
+mod progress;
+mod readme;
+mod resume;
+mod scale;
+mod streams;
