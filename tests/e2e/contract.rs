@@ -257,7 +257,7 @@ fn broken_pipe(spec: &Spec) {
     let r = (spec.good)(&fx);
     // The reader is gone before the tool starts: its first write fails, whatever the size
     // of the pipe buffer.
-    let (reader, writer) = std::io::pipe().unwrap();
+    let (reader, writer) = nix::unistd::pipe().unwrap();
     drop(reader);
     let out = exec(spec, &r, Stdio::from(writer));
     let (status, err) = (out.status, stderr(&out));
