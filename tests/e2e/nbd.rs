@@ -385,6 +385,57 @@ fn one_connection_serves_many_threads() {
     assert!(fs::read(&raw).unwrap() == want, "contents on disk");
 }
 
+/// Bulk reads from two threads: over a second connection when the server allows several
+/// (qemu-nbd -r -e 8 sets NBD_FLAG_CAN_MULTI_CONN), over one when it does not (no -e); the
+/// same bytes either way, and blkread-chunks' copy equals the image.
+#[test]
+fn bulk_reads_use_a_second_connection_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("img.raw");
+    let data = pattern(24 << 20, 9);
+    fs::write(&raw, &data).unwrap();
+    for (extra, conns) in [(&["-r"][..], 2), (&["-r", "-e", "1"][..], 1)] {
+        let srv = QemuNbd::start(&raw, "raw", extra);
+        let dev = blkpipe_dev::Device::open_nbd(&srv.uri(), &[], false).unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for t in 0..2usize {
+                let (dev, data, barrier) = (&dev, &data, &barrier);
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 4 << 20];
+                    for i in 0..12usize {
+                        barrier.wait();
+                        let off = ((i * 2 + t) % 6) << 22;
+                        assert_eq!(dev.read_at(&mut buf, off as u64).unwrap(), buf.len());
+                        assert!(buf[..] == data[off..off + buf.len()], "thread {t} read {i}");
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            dev.nbd().unwrap().connections(),
+            conns,
+            "qemu-nbd {extra:?}"
+        );
+        drop(dev);
+        let copy = dir.path().join("copy.raw");
+        let out = sh(&format!(
+            "echo '0 {}' | {} '{}' | {} {}",
+            data.len(),
+            bin("blkread-chunks").display(),
+            srv.uri(),
+            bin("blkpatch").display(),
+            copy.display()
+        ));
+        ok(&out);
+        assert!(
+            fs::read(&copy).unwrap() == data,
+            "blkread-chunks copy with {extra:?}"
+        );
+        fs::remove_file(&copy).unwrap();
+    }
+}
+
 /// nbdkit (no extended headers) with structured replies, with simple replies only, and with
 /// a 4 KiB minimum and 64 KiB maximum block size that it enforces: reads and writes are
 /// aligned and split as it asks.

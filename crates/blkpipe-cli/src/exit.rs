@@ -80,7 +80,8 @@ pub fn meta(e: &MetaError) -> i32 {
         | MetaError::BadChunkSize { .. }
         | MetaError::Corrupt { .. }
         | MetaError::StorePastEnd { .. }
-        | MetaError::Xml { .. } => BAD_INPUT,
+        | MetaError::Xml { .. }
+        | MetaError::Json { .. } => BAD_INPUT,
         MetaError::Invalidated | MetaError::Refused(_) => REFUSED,
         MetaError::Usage(_) => USAGE,
         MetaError::Resolve(_) => FAILURE,

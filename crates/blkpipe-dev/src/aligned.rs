@@ -12,7 +12,7 @@ unsafe impl Send for AlignedBuf {}
 // SAFETY: shared access only hands out &[u8].
 unsafe impl Sync for AlignedBuf {}
 
-const ALIGN: usize = 4096;
+const ALIGN: usize = crate::DIRECT_ALIGN as usize;
 
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (at least 1).

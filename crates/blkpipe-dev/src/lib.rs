@@ -26,7 +26,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 mod aligned;
@@ -104,6 +104,11 @@ impl DevError {
         }
     }
 }
+
+/// The alignment of direct I/O here: [`AlignedBuf`]s start on it, and direct reads and writes
+/// cover whole multiples of it. A device whose logical block is larger is not written with
+/// `O_DIRECT` ([`Device::reopen_direct_for_writing`] says `None`).
+pub const DIRECT_ALIGN: u64 = 4096;
 
 /// An open file, block device or NBD export: an [`Engine`] and the path it was opened by.
 #[derive(Debug)]
@@ -234,6 +239,28 @@ impl Device {
         Self::from_file(file, path)
     }
 
+    /// Open a device whose metadata the kernel may be writing while it is read (a live
+    /// snapshot's COW device), for scattered reads. A block device is opened with
+    /// `O_DIRECT`, since the kernel writes it with bios that bypass its page cache, so cached
+    /// pages of it can be stale; where the device refuses `O_DIRECT` (EINVAL), buffered. A
+    /// regular file (or an NBD export) is read through the page cache, which the kernel keeps
+    /// coherent for files, with random-access advice so nothing is read ahead. Returns the
+    /// device and whether its reads are direct.
+    pub fn open_live_metadata(path: &Path) -> Result<(Self, bool), DevError> {
+        let buffered = Self::open_source(path, false)?;
+        if !buffered.is_block_device() || buffered.nbd().is_some() {
+            buffered.fadvise_random();
+            return Ok((buffered, false));
+        }
+        match Self::open_source(path, true) {
+            Ok(d) => Ok((d, true)),
+            Err(e) if e.io_error().and_then(|e| e.raw_os_error()) == Some(libc::EINVAL) => {
+                Ok((buffered, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Open a target for writing (or, with `opts.read_only`, for the checks of a dry run),
     /// through [`guard::open`]: a regular file or block device that is not one of `avoid`,
     /// not in use unless `opts.force`, a block device `O_EXCL` unless `opts.shared`, a new
@@ -308,6 +335,58 @@ impl Device {
     /// Read into `buf` at `offset`, retrying short reads; returns fewer bytes only at the end.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, DevError> {
         self.engine.read_at(buf, offset)
+    }
+
+    /// Read at least `len` bytes at `offset` (a multiple of the logical block size) from a
+    /// device opened with `O_DIRECT`: the request is rounded up to whole [`DIRECT_ALIGN`]
+    /// blocks (`buf` must be aligned, as an [`AlignedBuf`] is, and have room for them), and a
+    /// short read at the device's end is accepted: fewer than `len` bytes only there. Other
+    /// devices get a plain [`Device::read_at`] of `len` bytes.
+    pub fn read_at_direct(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        len: usize,
+    ) -> Result<usize, DevError> {
+        let Some(file) = self.file().filter(|_| self.is_direct()) else {
+            return self.read_at(&mut buf[..len], offset);
+        };
+        let request = (len as u64).next_multiple_of(DIRECT_ALIGN) as usize;
+        let mut done = 0;
+        while done < len {
+            let at = offset + done as u64;
+            match std::os::unix::fs::FileExt::read_at(file, &mut buf[done..request], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io(format!("read at offset {at}"), e)),
+            }
+            // O_DIRECT cannot continue from an unaligned position: a short read that is not
+            // block-aligned is the end of the device.
+            if done as u64 % self.logical_block_size() != 0 {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Another handle on the same file or block device, for writing with `O_DIRECT`, or
+    /// `None` where that is not possible: no local file (NBD, memory), a logical block larger
+    /// than [`DIRECT_ALIGN`], `O_DIRECT` refused (tmpfs), or the path no longer naming the
+    /// file this device has open.
+    pub fn reopen_direct_for_writing(&self) -> Option<File> {
+        if self.logical_block_size() > DIRECT_ALIGN {
+            return None;
+        }
+        let current = self.file()?.metadata().ok()?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)
+            .ok()?;
+        let now = file.metadata().ok()?;
+        let id = |m: &std::fs::Metadata| (m.dev(), m.ino(), m.rdev());
+        (id(&now) == id(&current)).then_some(file)
     }
 
     /// [`Device::read_at`] without keeping in the page cache what this read brought in, so a

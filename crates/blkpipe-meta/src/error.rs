@@ -109,6 +109,18 @@ pub enum MetaError {
         /// What is wrong.
         reason: String,
     },
+    /// `nbdinfo --map --json` output is malformed.
+    #[error("line {line}, column {column} (byte {offset}): {reason}")]
+    Json {
+        /// 1-based line.
+        line: u64,
+        /// 1-based column, in bytes.
+        column: u64,
+        /// 0-based byte offset in the input.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// Reading XML input failed.
     #[error("reading input: {0}")]
     Input(io::Error),

@@ -93,7 +93,7 @@ fn bad(text: &str, at: usize, reason: impl Into<String>) -> MetaError {
             .rposition(|&b| b == b'\n')
             .map_or(0, |p| p + 1)) as u64
         + 1;
-    MetaError::Xml {
+    MetaError::Json {
         line,
         column,
         offset: at as u64,
@@ -340,6 +340,39 @@ mod tests {
         #[test]
         fn never_panics(s in "[\\[\\]{}\",: 0-9a-z\\\\\n]{0,200}") {
             let _ = parse_nbdinfo_json(&s);
+        }
+
+        /// Valid maps with bytes overwritten, inserted or cut: an error naming a place
+        /// inside the text, or extents that are contiguous from 0 and end at the end given.
+        #[test]
+        fn mutated_maps(ext in proptest::collection::vec((1u64..1 << 40, 0u64..4), 1..20),
+                        edits in proptest::collection::vec((0u8..3, any::<usize>(), any::<u8>()), 1..6)) {
+            let mut t = String::from("[");
+            let mut at = 0u64;
+            for (i, (len, ty)) in ext.iter().enumerate() {
+                if i > 0 { t.push(','); }
+                t.push_str(&format!("{{\"offset\": {at}, \"length\": {len}, \"type\": {ty}, \"description\": \"dirty\"}}"));
+                at += len;
+            }
+            t.push(']');
+            let mut b = t.into_bytes();
+            for (op, pos, byte) in edits {
+                let pos = pos % b.len().max(1);
+                match op {
+                    0 if !b.is_empty() => b[pos] = byte,
+                    1 => b.insert(pos, byte),
+                    _ => b.truncate(pos),
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&b) else { return Ok(()) };
+            match parse_nbdinfo_json(text) {
+                Ok((end, ranges)) => {
+                    prop_assert!(ranges.windows(2).all(|w| w[0].end() < w[1].offset));
+                    prop_assert!(ranges.last().is_none_or(|r| r.end() <= end));
+                }
+                Err(MetaError::Json { offset, .. }) => prop_assert!(offset as usize <= text.len()),
+                Err(e) => prop_assert!(false, "not a JSON error: {e}"),
+            }
         }
 
         #[test]

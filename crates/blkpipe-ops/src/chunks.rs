@@ -79,24 +79,40 @@ pub fn read_chunks<R: Read, W: Write>(
     };
     let mut writer = PatchWriter::new(out, header, opts.lz4).map_err(OpError::Output)?;
 
-    // A reader thread keeps the device busy while this thread writes the stream.
-    let (full_tx, full_rx) = sync_channel::<Result<Piece, OpError>>(2);
-    let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(3);
+    // Reader threads keep the device busy while this thread writes the stream. An NBD export
+    // that allows several connections gets two readers, taking pieces in turn, so requests
+    // stay in flight across pieces (one reader leaves the server idle between its reads);
+    // the client gives the second its own connection. The pieces still arrive in order.
+    let readers = if dev.nbd().is_some_and(|c| c.can_multi_conn()) {
+        2
+    } else {
+        1
+    };
+    let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(2 + readers);
     // With O_DIRECT, reads cover the whole blocks of this size around a piece.
     let align = dev
         .is_direct()
         .then(|| dev.logical_block_size().max(ZERO_BLOCK));
     let slack = align.map_or(0, |a| 2 * a);
-    for _ in 0..3 {
+    for _ in 0..2 + readers {
         empty_tx
             .send(AlignedBuf::new((MAX_RECORD_LEN + slack) as usize))
             .expect("channel has room");
     }
     let mut stats = Stats::default();
     std::thread::scope(|s| {
-        s.spawn(|| read_pieces(dev, align, range_iter, full_tx, empty_rx));
-        // The channels are moved in, so an early return closes them and the reader stops.
-        write_pieces(full_rx, empty_tx, &mut writer, &mut stats, progress)
+        let mut work = Vec::new();
+        let mut full = Vec::new();
+        for _ in 0..readers {
+            let (work_tx, work_rx) = sync_channel::<Result<Piece, OpError>>(1);
+            let (full_tx, full_rx) = sync_channel::<Result<Piece, OpError>>(2);
+            s.spawn(move || read_pieces(dev, work_rx, full_tx));
+            work.push(work_tx);
+            full.push(full_rx);
+        }
+        s.spawn(move || plan_pieces(align, range_iter, work, empty_rx));
+        // The channels are moved in, so an early return closes them and the readers stop.
+        write_pieces(full, empty_tx, &mut writer, &mut stats, progress)
     })?;
     stats.records = writer.record_count();
     stats.data_bytes = writer.data_bytes();
@@ -108,80 +124,112 @@ pub fn read_chunks<R: Read, W: Write>(
 }
 
 fn write_pieces<W: Write>(
-    full: Receiver<Result<Piece, OpError>>,
+    full: Vec<Receiver<Result<Piece, OpError>>>,
     empty: SyncSender<AlignedBuf>,
     writer: &mut PatchWriter<W>,
     stats: &mut Stats,
     progress: &Progress,
 ) -> Result<(), OpError> {
-    for piece in full.iter() {
+    // Piece k comes from reader k mod n; the first closed channel in turn is the end.
+    for rx in full.iter().cycle() {
+        let Ok(piece) = rx.recv() else { break };
         let piece = piece?;
         let bytes = &piece.buf[piece.skip..piece.skip + piece.len];
         emit_piece(writer, piece.offset, bytes).map_err(OpError::Output)?;
         stats.bytes_read += piece.len as u64;
         progress.inc(piece.len as u64);
-        // The reader may have quit after an error; then this buffer is not needed.
+        // The readers may have quit after an error; then this buffer is not needed.
         let _ = empty.send(piece.buf);
     }
     Ok(())
 }
 
-fn read_pieces(
-    dev: &Device,
+/// Cut the ranges into pieces, give each an empty buffer and hand them to the readers in
+/// turn (an error too, so it reaches the writer in its place).
+fn plan_pieces(
     align: Option<u64>,
     ranges: RangeIter<'_>,
-    full: SyncSender<Result<Piece, OpError>>,
+    work: Vec<SyncSender<Result<Piece, OpError>>>,
     empty: Receiver<AlignedBuf>,
 ) {
+    let mut turn = work.iter().cycle();
     for r in ranges {
+        let to = turn.next().expect("at least one reader");
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                let _ = full.send(Err(e));
+                let _ = to.send(Err(e));
                 return;
             }
         };
         let mut offset = r.offset;
+        let mut to = Some(to);
         while offset < r.end() {
+            let to = to
+                .take()
+                .unwrap_or_else(|| turn.next().expect("at least one reader"));
             // Pieces end on MAX_RECORD_LEN boundaries of the device, so reads stay aligned.
             let boundary = (offset / MAX_RECORD_LEN + 1) * MAX_RECORD_LEN;
             let len = (r.end().min(boundary) - offset) as usize;
-            let Ok(mut buf) = empty.recv() else { return };
-            let (start, want) = match align {
-                Some(a) => {
-                    let start = offset / a * a;
-                    let end = (offset + len as u64).next_multiple_of(a);
-                    (start, (end - start) as usize)
-                }
-                None => (offset, len),
-            };
-            // Through the page cache (sequential read-ahead) without keeping what this read
-            // brought in: a whole-device copy does not evict the host's cached data. With
-            // O_DIRECT nothing is cached anyway.
-            let read = match align {
-                Some(_) => dev.read_at(&mut buf[..want], start),
-                None => dev.read_at_drop_behind(&mut buf[..want], start),
-            };
-            let skip = (offset - start) as usize;
-            let msg = match read {
-                Ok(n) if n >= skip + len => Ok(Piece {
+            let Ok(buf) = empty.recv() else { return };
+            // `skip` is where the piece starts within the (aligned) read.
+            let skip = align.map_or(0, |a| (offset - offset / a * a) as usize);
+            if to
+                .send(Ok(Piece {
                     offset,
                     buf,
                     skip,
                     len,
-                }),
-                Ok(n) => Err(OpError::Refused(format!(
-                    "{}: device ended at {} while reading {len} bytes at offset {offset}",
-                    dev.path().display(),
-                    start + n as u64
-                ))),
-                Err(e) => Err(e.into()),
-            };
-            let failed = msg.is_err();
-            if full.send(msg).is_err() || failed {
+                }))
+                .is_err()
+            {
                 return;
             }
             offset += len as u64;
+        }
+    }
+}
+
+/// Read the pieces given to this reader, in the order given, and pass them on.
+fn read_pieces(
+    dev: &Device,
+    work: Receiver<Result<Piece, OpError>>,
+    full: SyncSender<Result<Piece, OpError>>,
+) {
+    for piece in work.iter() {
+        let Ok(mut piece) = piece else {
+            let _ = full.send(piece);
+            return;
+        };
+        let (offset, len, skip) = (piece.offset, piece.len, piece.skip);
+        let start = offset - skip as u64;
+        let aligned = dev.is_direct();
+        let want = if aligned {
+            let a = dev.logical_block_size().max(ZERO_BLOCK);
+            ((offset + len as u64).next_multiple_of(a) - start) as usize
+        } else {
+            len
+        };
+        // Through the page cache (sequential read-ahead) without keeping what this read
+        // brought in: a whole-device copy does not evict the host's cached data. With
+        // O_DIRECT nothing is cached anyway.
+        let read = if aligned {
+            dev.read_at(&mut piece.buf[..want], start)
+        } else {
+            dev.read_at_drop_behind(&mut piece.buf[..want], start)
+        };
+        let msg = match read {
+            Ok(n) if n >= skip + len => Ok(piece),
+            Ok(n) => Err(OpError::Refused(format!(
+                "{}: device ended at {} while reading {len} bytes at offset {offset}",
+                dev.path().display(),
+                start + n as u64
+            ))),
+            Err(e) => Err(e.into()),
+        };
+        let failed = msg.is_err();
+        if full.send(msg).is_err() || failed {
+            return;
         }
     }
 }

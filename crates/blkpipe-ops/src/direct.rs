@@ -11,8 +11,8 @@
 //! path. The writer is drained (every queued write done, any error returned) before each
 //! checkpoint and at the end, so a sync after a drain covers every write.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -25,7 +25,7 @@ use crate::OpError;
 
 /// Offsets and lengths written directly are multiples of this (any logical block size up to
 /// a page divides it).
-pub const ALIGN: u64 = 4096;
+pub const ALIGN: u64 = blkpipe_dev::DIRECT_ALIGN;
 /// Records shorter than this go through the page cache.
 pub const MIN_DIRECT: u64 = 256 << 10;
 /// Writes in flight at once (one thread each).
@@ -96,19 +96,7 @@ impl DirectWriter {
     /// possible (not supported, a logical block larger than [`ALIGN`], or the path no longer
     /// names the same file).
     pub fn open(target: &Device) -> Option<Self> {
-        if target.logical_block_size() > ALIGN {
-            return None; // its direct I/O alignment is larger than records are aligned to
-        }
-        let current = target.file()?.metadata().ok()?; // None for NBD: no local file
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(target.path())
-            .ok()?;
-        let (a, b) = (file.metadata().ok()?, current);
-        if (a.dev(), a.ino(), a.rdev()) != (b.dev(), b.ino(), b.rdev()) {
-            return None;
-        }
+        let file = target.reopen_direct_for_writing()?;
         let (jobs, job_rx) = sync_channel::<Job>(BUFFERS);
         let (free_tx, free) = sync_channel::<DirectBuf>(BUFFERS);
         for _ in 0..BUFFERS {

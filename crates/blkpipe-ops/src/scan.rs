@@ -26,11 +26,10 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io;
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 
-use blkpipe_dev::{AlignedBuf, DevError, Device};
+use blkpipe_dev::{AlignedBuf, Device};
 use blkpipe_format::digest::block_hash;
 
 use crate::OpError;
@@ -342,9 +341,8 @@ fn read_mode(opts: &ScanOptions) -> ReadMode {
     }
 }
 
-/// Read `len` bytes at `off` into `buf`. With `O_DIRECT`, the request is rounded up to whole
-/// 4 KiB blocks (the buffer has room), and a short read at the device's end is accepted as
-/// long as it covers `len`.
+/// Read `len` bytes at `off` into `buf` (with `O_DIRECT`, see [`Device::read_at_direct`]: the
+/// buffer has room for whole aligned blocks).
 fn read_chunk(
     dev: &Device,
     buf: &mut [u8],
@@ -353,39 +351,7 @@ fn read_chunk(
     how: ReadMode,
 ) -> Result<(), OpError> {
     let got = if how == ReadMode::Direct {
-        let file = dev.file().ok_or_else(|| {
-            OpError::Refused(format!(
-                "{}: O_DIRECT needs a local device",
-                dev.path().display()
-            ))
-        })?;
-        let request = len.div_ceil(4096) * 4096;
-        let mut done = 0;
-        while done < len {
-            match std::os::unix::fs::FileExt::read_at(
-                file,
-                &mut buf[done..request],
-                off + done as u64,
-            ) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return Err(DevError::Io {
-                        path: dev.path().to_owned(),
-                        op: format!("read at offset {}", off + done as u64),
-                        source: e,
-                    }
-                    .into())
-                }
-            }
-            // O_DIRECT cannot continue from an unaligned position: a short read that is not
-            // block-aligned is the end of the device.
-            if done % 512 != 0 {
-                break;
-            }
-        }
-        done
+        dev.read_at_direct(buf, off, len)?
     } else if how == ReadMode::BufferedDropBehind {
         dev.read_at_drop_behind(&mut buf[..len], off)?
     } else {

@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
 use super::handshake::{handshake, Stream};
 use super::uri::{Endpoint, NbdUri};
@@ -21,6 +21,9 @@ const PIECE: u64 = 1 << 20;
 const WINDOW: usize = 8;
 /// How long the handshake may wait for the server.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// How long the handshake of the optional second connection may take before the client
+/// makes do with one.
+const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The most extents accepted in one block status chunk.
 const MAX_EXTENTS: usize = 1 << 16;
 
@@ -59,6 +62,12 @@ pub struct Client {
     extended: bool,
     contexts: Vec<(ContextId, String)>,
     next_cookie: AtomicU64,
+    uri: NbdUri,
+    /// Calls of [`Client::read`] under way on this connection.
+    active: AtomicUsize,
+    /// A second connection for reads, opened at the first bulk read that finds this one busy
+    /// when the server allows several (`NBD_FLAG_CAN_MULTI_CONN`); `None` if it could not.
+    peer: OnceLock<Option<Box<Client>>>,
 }
 
 /// One request of a call, as its owner tracks it.
@@ -90,6 +99,14 @@ impl Client {
     /// `base:allocation`, `qemu:dirty-bitmap:b1`); each one the server does not agree to is an
     /// error.
     pub fn connect(uri: &NbdUri, contexts: &[&str]) -> Result<Client, NbdError> {
+        Self::connect_within(uri, contexts, HANDSHAKE_TIMEOUT)
+    }
+
+    fn connect_within(
+        uri: &NbdUri,
+        contexts: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<Client, NbdError> {
         let mut s = match &uri.endpoint {
             Endpoint::Unix(p) => Stream::Unix(
                 UnixStream::connect(p)
@@ -104,13 +121,13 @@ impl Client {
         };
         // A server that accepted the connection but serves one client at a time (qemu-nbd
         // without -e) never greets a second one: say so instead of waiting forever.
-        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        s.set_read_timeout(Some(timeout))
             .map_err(|e| io_err("socket", e))?;
         let hs = handshake(&mut s, &uri.export, contexts).map_err(|e| match e {
             NbdError::Io(m) if m.contains("timed out") || m.contains("temporarily unavailable") => {
                 NbdError::Io(format!(
                     "no answer from the server within {} s during the handshake (qemu-nbd serves one client at a time unless started with -e N)",
-                    HANDSHAKE_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 ))
             }
             e => e,
@@ -129,7 +146,35 @@ impl Client {
             extended: hs.extended,
             contexts: hs.contexts,
             next_cookie: AtomicU64::new(1),
+            uri: uri.clone(),
+            active: AtomicUsize::new(0),
+            peer: OnceLock::new(),
         })
+    }
+
+    /// Whether the server allows several connections to the export (then bulk reads from
+    /// several threads use two).
+    pub fn can_multi_conn(&self) -> bool {
+        self.info.flags & wire::TF_CAN_MULTI_CONN != 0
+    }
+
+    /// How many connections this client has open (2 once a second one serves reads).
+    pub fn connections(&self) -> usize {
+        1 + self.peer.get().is_some_and(|p| p.is_some()) as usize
+    }
+
+    /// The second connection, opened on first use; one that does not negotiate quickly or
+    /// sees a different export is not used.
+    fn peer(&self) -> Option<&Client> {
+        self.peer
+            .get_or_init(|| {
+                let c = Client::connect_within(&self.uri, &[], PEER_TIMEOUT).ok()?;
+                let same = c.info.size == self.info.size
+                    && c.info.flags == self.info.flags
+                    && c.info.block == self.info.block;
+                same.then(|| Box::new(c))
+            })
+            .as_deref()
     }
 
     /// The export's size in bytes.
@@ -380,15 +425,34 @@ impl Client {
         }
     }
 
-    /// Read `buf.len()` bytes at `offset` (which must lie within the export).
+    /// Read `buf.len()` bytes at `offset` (which must lie within the export). A bulk read
+    /// that finds another thread reading goes over a second connection when the server
+    /// allows several; a fault there poisons this connection too.
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<(), NbdError> {
+        let busy = self.active.fetch_add(1, Ordering::SeqCst) > 0;
+        let peer = if busy && buf.len() as u64 >= PIECE && self.can_multi_conn() {
+            self.peer()
+        } else {
+            None
+        };
+        let r = match (peer, self.fault()) {
+            (_, Some(f)) => Err(f),
+            (Some(peer), None) => peer.read_here(buf, offset).map_err(|e| self.poison(e)),
+            (None, None) => self.read_here(buf, offset),
+        };
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        r
+    }
+
+    /// [`Client::read`] on this connection.
+    fn read_here(&self, buf: &mut [u8], offset: u64) -> Result<(), NbdError> {
         let min = self.min_block();
         let end = offset + buf.len() as u64;
         if offset % min != 0 || end % min != 0 {
             let a = offset / min * min;
             let b = end.div_ceil(min) * min;
             let mut tmp = vec![0u8; (b - a) as usize];
-            self.read(&mut tmp, a)?;
+            self.read_here(&mut tmp, a)?;
             buf.copy_from_slice(&tmp[(offset - a) as usize..(end - a) as usize]);
             return Ok(());
         }

@@ -17,6 +17,9 @@ mod handshake;
 pub mod uri;
 pub mod wire;
 
+#[cfg(test)]
+mod prop_tests;
+
 pub use client::{Client, ContextId};
 pub use uri::{is_nbd_uri, Endpoint, NbdUri};
 pub use wire::Extent;

@@ -61,6 +61,8 @@ pub const TF_SEND_FLUSH: u16 = 1 << 2;
 pub const TF_SEND_TRIM: u16 = 1 << 5;
 /// The server accepts `NBD_CMD_WRITE_ZEROES`.
 pub const TF_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// Several connections to the export see one another's writes and flushes.
+pub const TF_CAN_MULTI_CONN: u16 = 1 << 8;
 /// The server accepts `NBD_CMD_FLAG_FAST_ZERO`.
 pub const TF_SEND_FAST_ZERO: u16 = 1 << 11;
 

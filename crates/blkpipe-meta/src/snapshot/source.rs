@@ -51,20 +51,10 @@ impl BlockSource for [u8] {
 /// device) is read through the page cache, which the kernel keeps coherent with writes to a
 /// file (buffered, or direct writes that invalidate the cached range), with random-access
 /// advice so the data chunks between the areas are not read ahead. `O_DIRECT` falls back to
-/// buffered reads where the device refuses it. Returns the device and whether reads are direct.
+/// buffered reads where the device refuses it. Returns the device and whether reads are direct
+/// (blkpipe-dev decides: [`Device::open_live_metadata`]).
 pub fn open_cow(path: &Path) -> Result<(Device, bool), MetaError> {
-    let buffered = Device::open_source(path, false)?;
-    if !buffered.is_block_device() || buffered.nbd().is_some() {
-        buffered.fadvise_random();
-        return Ok((buffered, false));
-    }
-    match Device::open_source(path, true) {
-        Ok(d) => Ok((d, true)),
-        Err(e) if e.io_error().and_then(|e| e.raw_os_error()) == Some(libc::EINVAL) => {
-            Ok((buffered, false))
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok(Device::open_live_metadata(path)?)
 }
 
 /// Read exactly `buf.len()` bytes at `offset`; a device that ends first is an error naming

@@ -43,6 +43,13 @@ fn apply(dev: &mut Device, opts: &ApplyOptions) -> Result<Applied, OpError> {
     apply_patch(Some(dev), &stream()[..], opts, &Progress::hidden(), None)
 }
 
+fn undo_opts(undo: &Path) -> ApplyOptions {
+    ApplyOptions {
+        undo: Some(undo.to_owned()),
+        ..ApplyOptions::default()
+    }
+}
+
 /// The records whose bytes `contents` holds (the rest must still hold the old bytes).
 fn applied_records(contents: &[u8]) -> usize {
     let recs = records();
@@ -99,14 +106,11 @@ fn a_write_fault_stops_the_stream_there() {
 fn a_fault_in_the_middle_of_an_undo_batch_writes_nothing_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let undo = dir.path().join("undo");
+    let opts = undo_opts(&undo);
     let (mut dev, mem) = target(Faults {
         fail_write: Some(5),
         ..Faults::default()
     });
-    let opts = ApplyOptions {
-        undo: Some(undo.clone()),
-        ..ApplyOptions::default()
-    };
     let e = apply(&mut dev, &opts).unwrap_err();
     assert!(e.to_string().contains("injected fault"), "{e}");
     // All eight records are one batch: the undo file has every old region, the target the
@@ -139,11 +143,7 @@ fn undo_data_is_on_disk_before_the_target_is_written() {
     };
     let mem = MemEngine::with_hook(vec![OLD; SIZE], Faults::default(), hook);
     let mut dev = Device::from_engine(Box::new(mem.clone()), Path::new("mem:target"));
-    let opts = ApplyOptions {
-        undo: Some(undo.clone()),
-        ..ApplyOptions::default()
-    };
-    apply(&mut dev, &opts).unwrap();
+    apply(&mut dev, &undo_opts(&undo)).unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), records().len());
     for (offset, covered) in seen.iter() {
@@ -239,14 +239,11 @@ fn a_short_read_while_saving_undo_data_saves_what_is_there() {
     // The target "ends" at 100,000 bytes for reads: the undo file keeps what could be read.
     let dir = tempfile::tempdir().unwrap();
     let undo = dir.path().join("undo");
+    let opts = undo_opts(&undo);
     let (mut dev, mem) = target(Faults {
         short_read_at: Some(100_000),
         ..Faults::default()
     });
-    let opts = ApplyOptions {
-        undo: Some(undo.clone()),
-        ..ApplyOptions::default()
-    };
     apply(&mut dev, &opts).unwrap();
     assert_eq!(applied_records(&mem.contents()), records().len());
     let saved = undo_records(&undo);
