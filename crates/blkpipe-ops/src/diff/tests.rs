@@ -1,0 +1,406 @@
+use super::*;
+use crate::hash::{hash_device, hash_device_ranges, HashOptions, HashOutput};
+use crate::ranges::RangeLimits;
+use blkpipe_format::hash::HashKind;
+use blkpipe_format::patch::{PatchReader, RecordData};
+
+/// A malformed, corrupted or truncated hash stream (exit 3), not an I/O error.
+fn bad_stream(e: &OpError) -> bool {
+    matches!(e, OpError::Format(f) if !matches!(f, blkpipe_format::FormatError::Io(_)))
+        || matches!(e, OpError::BadRange(_))
+}
+
+fn file(data: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(data).unwrap();
+    f
+}
+
+fn hashes_of(data: &[u8], bs: u32, kind: HashKind, from: u64) -> Vec<u8> {
+    let f = file(data);
+    let dev = Device::open_source(f.path(), false).unwrap();
+    let mut out = Vec::new();
+    let opts = HashOptions {
+        block_size: bs,
+        seed: 11,
+        kind,
+        from_offset: from,
+        output: HashOutput::Stream,
+        scan: ScanOptions::default(),
+        key: None,
+    };
+    hash_device(&dev, &mut out, &opts, &Progress::hidden()).unwrap();
+    out
+}
+
+/// Diff `src` against hashes of `dst`, apply the patch in memory, return the result and
+/// the records.
+fn sync(src: &[u8], dst: &[u8], bs: u32, kind: HashKind) -> (Vec<u8>, Vec<(u64, u64, bool)>) {
+    let hashes = hashes_of(dst, bs, kind, 0);
+    let f = file(src);
+    let dev = Device::open_source(f.path(), false).unwrap();
+    let mut patch = Vec::new();
+    diff_device(
+        &dev,
+        &hashes[..],
+        &mut patch,
+        &DiffOptions::default(),
+        &Progress::hidden(),
+    )
+    .unwrap();
+    let mut r = PatchReader::new(&patch[..]).unwrap();
+    let mut out = dst.to_vec();
+    out.resize(r.header().source_size as usize, 0);
+    let mut recs = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        let (o, l) = (rec.offset as usize, rec.length as usize);
+        match rec.data {
+            RecordData::Data(d) => {
+                out[o..o + l].copy_from_slice(d);
+                recs.push((rec.offset, rec.length, false));
+            }
+            RecordData::Zero => {
+                out[o..o + l].fill(0);
+                recs.push((rec.offset, rec.length, true));
+            }
+        }
+    }
+    let sd = r.end().unwrap().source_digest.unwrap();
+    assert_eq!(
+        sd.digest,
+        blkpipe_format::digest::digest_of(src, bs as usize, sd.seed)
+    );
+    (out, recs)
+}
+
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i / 4096) as u8).wrapping_mul(13) ^ (i as u8) ^ salt)
+        .collect()
+}
+
+#[test]
+fn only_differing_blocks_are_sent_and_runs_merge() {
+    let len = 10 << 20;
+    let dst = pattern(len, 0);
+    let mut src = dst.clone();
+    // Two isolated blocks, a run crossing a 4 MiB boundary, a zeroed block.
+    src[4096 * 3] ^= 1;
+    src[4096 * 100 + 5] ^= 1;
+    for b in 1020..1030 {
+        src[b * 4096 + 7] ^= 0xff;
+    }
+    src[4096 * 2000..4096 * 2001].fill(0);
+    for kind in [HashKind::Xxh3_64, HashKind::Xxh3_128] {
+        let (out, recs) = sync(&src, &dst, 4096, kind);
+        assert_eq!(out, src);
+        assert_eq!(
+            recs,
+            vec![
+                (4096 * 3, 4096, false),
+                (4096 * 100, 4096, false),
+                (4096 * 1020, 4096 * 4, false),
+                (4096 * 1024, 4096 * 6, false),
+                (4096 * 2000, 4096, true),
+            ]
+        );
+    }
+}
+
+#[test]
+fn sizes_differ_and_are_not_block_multiples() {
+    for (sl, dl) in [
+        (50_000usize, 30_000usize),
+        (30_000, 50_000),
+        (12_289, 12_288),
+        (0, 9000),
+        (9000, 0),
+    ] {
+        let src = pattern(sl, 1);
+        let mut dst = pattern(dl, 1);
+        if let Some(b) = dst.get_mut(5) {
+            *b ^= 1;
+        }
+        for bs in [4096u32, 65536] {
+            let (out, _) = sync(&src, &dst, bs, HashKind::Xxh3_64);
+            assert_eq!(out, src, "src {sl} dst {dl} bs {bs}");
+        }
+    }
+}
+
+#[test]
+fn large_blocks_split_into_records_of_at_most_the_cap() {
+    let dst = pattern(20 << 20, 0);
+    let src = pattern(20 << 20, 9);
+    let (out, recs) = sync(&src, &dst, 16 << 20, HashKind::Xxh3_64);
+    assert_eq!(out, src);
+    assert!(recs.iter().all(|r| r.1 <= MAX_RECORD_LEN));
+    assert_eq!(recs.len(), 5);
+}
+
+#[test]
+fn from_offset_skips_blocks_below_it_but_digests_everything() {
+    let dst = pattern(64 << 10, 0);
+    let src = pattern(64 << 10, 3);
+    let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+    let f = file(&src);
+    let dev = Device::open_source(f.path(), false).unwrap();
+    let mut patch = Vec::new();
+    let opts = DiffOptions {
+        from_offset: 32 << 10,
+        ..DiffOptions::default()
+    };
+    diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
+    let mut r = PatchReader::new(&patch[..]).unwrap();
+    let rec = r.next_record().unwrap().unwrap();
+    assert_eq!((rec.offset, rec.length), (32 << 10, 32 << 10));
+    assert!(r.next_record().unwrap().is_none());
+    let sd = r.end().unwrap().source_digest.unwrap();
+    assert_eq!(sd.digest, blkpipe_format::digest::digest_of(&src, 4096, 11));
+    // A stream that itself starts later is refused without the same --from (the blocks
+    // below its start would never be compared), and honoured with it.
+    let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 48 << 10);
+    let mut patch = Vec::new();
+    let refused = diff_device(
+        &dev,
+        &hashes[..],
+        &mut patch,
+        &DiffOptions::default(),
+        &Progress::hidden(),
+    );
+    assert!(matches!(refused, Err(OpError::Refused(_))), "{refused:?}");
+    assert!(patch.is_empty(), "nothing written before the refusal");
+    let opts = DiffOptions {
+        from_offset: 48 << 10,
+        ..DiffOptions::default()
+    };
+    diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
+    let mut r = PatchReader::new(&patch[..]).unwrap();
+    let rec = r.next_record().unwrap().unwrap();
+    assert_eq!((rec.offset, rec.length), (48 << 10, 16 << 10));
+    // An offset inside a block (the end of a record, from `blkpatch --print-state`) is
+    // rounded down to the block's start.
+    let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+    let mut patch = Vec::new();
+    let opts = DiffOptions {
+        from_offset: (40 << 10) + 100,
+        ..DiffOptions::default()
+    };
+    diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
+    let mut r = PatchReader::new(&patch[..]).unwrap();
+    let rec = r.next_record().unwrap().unwrap();
+    assert_eq!((rec.offset, rec.length), (40 << 10, 24 << 10));
+}
+
+#[test]
+fn a_bad_hash_stream_never_gets_an_end_record() {
+    let len = 5 << 20;
+    let dst = pattern(len, 0);
+    let src = pattern(len, 1);
+    let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+    let f = file(&src);
+    let dev = Device::open_source(f.path(), false).unwrap();
+    let cuts = [
+        0,
+        10,
+        56,
+        57,
+        56 + 8200,
+        hashes.len() - 56,
+        hashes.len() - 1,
+    ];
+    for cut in cuts {
+        let mut patch = Vec::new();
+        let r = diff_device(
+            &dev,
+            &hashes[..cut],
+            &mut patch,
+            &DiffOptions::default(),
+            &Progress::hidden(),
+        );
+        let e = r.expect_err("truncated stream accepted");
+        assert!(bad_stream(&e), "cut {cut}: {e}");
+        assert_no_end(&patch);
+    }
+    for flip in [20, 60, 56 + 8192 + 3, hashes.len() - 30] {
+        let mut bad = hashes.clone();
+        bad[flip] ^= 0x10;
+        let mut patch = Vec::new();
+        let r = diff_device(
+            &dev,
+            &bad[..],
+            &mut patch,
+            &DiffOptions::default(),
+            &Progress::hidden(),
+        );
+        let e = r.expect_err("corrupt stream accepted");
+        assert!(bad_stream(&e), "flip {flip}: {e}");
+        assert_no_end(&patch);
+    }
+}
+
+/// Pass 1 with coarse blocks, pass 2 over its list with 4 KiB blocks; returns the target
+/// after applying, the list and the pass-2 hash stream.
+fn two_pass(src: &[u8], dst: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let coarse = hashes_of(dst, 65536, HashKind::Xxh3_64, 0);
+    let (fs, fd) = (file(src), file(dst));
+    let sdev = Device::open_source(fs.path(), false).unwrap();
+    let ddev = Device::open_source(fd.path(), false).unwrap();
+    let mut list = Vec::new();
+    let opts = DiffOptions {
+        list_differing: true,
+        ..DiffOptions::default()
+    };
+    diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+    let sorted = SortedRanges::load(
+        &list[..],
+        dst.len() as u64,
+        false,
+        0,
+        RangeLimits::default(),
+    )
+    .unwrap();
+    let mut fine = Vec::new();
+    let hopts = HashOptions {
+        block_size: 4096,
+        seed: 5,
+        kind: HashKind::Xxh3_64,
+        from_offset: 0,
+        output: HashOutput::Stream,
+        scan: ScanOptions::default(),
+        key: None,
+    };
+    hash_device_ranges(&ddev, &sorted, &mut fine, &hopts, &Progress::hidden()).unwrap();
+    let mut patch = Vec::new();
+    diff_device_ranges(
+        &sdev,
+        &fine[..],
+        Some(&list[..]),
+        RangeLimits::default(),
+        &mut patch,
+        &DiffOptions::default(),
+        &Progress::hidden(),
+    )
+    .unwrap();
+    let mut r = PatchReader::new(&patch[..]).unwrap();
+    let mut out = dst.to_vec();
+    out.resize(r.header().source_size as usize, 0);
+    while let Some(rec) = r.next_record().unwrap() {
+        let (o, l) = (rec.offset as usize, rec.length as usize);
+        match rec.data {
+            RecordData::Data(d) => out[o..o + l].copy_from_slice(d),
+            RecordData::Zero => out[o..o + l].fill(0),
+        }
+    }
+    assert!(r.end().unwrap().source_digest.is_none());
+    (out, list, fine)
+}
+
+#[test]
+fn two_pass_sends_only_the_fine_blocks_that_differ() {
+    let dst = pattern(3 << 20, 0);
+    let mut src = dst.clone();
+    src[4096 * 3] ^= 1;
+    src[4096 * 17 + 9] ^= 1;
+    src[(2 << 20) + 5] ^= 1;
+    let (out, list, fine) = two_pass(&src, &dst);
+    assert_eq!(out, src);
+    let text = String::from_utf8(list).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "# blkranges v1 size={} chunk=65536
+0 131072
+2097152 65536
+",
+            3 << 20
+        )
+    );
+    // 48 fine hashes of 8 bytes, one group, header, extension and end record.
+    assert_eq!(fine.len(), 56 + 40 + 48 * 8 + 8 + 56);
+    // Sizes that differ and are not block multiples.
+    for (sl, dl) in [
+        (50_000usize, 30_000usize),
+        (30_000, 50_000),
+        (200_000, 70_000),
+        (12_289, 12_288),
+        (0, 9000),
+        (9000, 0),
+    ] {
+        let src = pattern(sl, 1);
+        let mut dst = pattern(dl, 1);
+        if let Some(b) = dst.get_mut(5) {
+            *b ^= 1;
+        }
+        let (out, _, _) = two_pass(&src, &dst);
+        assert_eq!(out, src, "src {sl} dst {dl}");
+    }
+}
+
+#[test]
+fn a_stream_from_another_list_or_none_is_refused() {
+    let dst = pattern(1 << 20, 0);
+    let src = pattern(1 << 20, 1);
+    let (fs, fd) = (file(&src), file(&dst));
+    let sdev = Device::open_source(fs.path(), false).unwrap();
+    let ddev = Device::open_source(fd.path(), false).unwrap();
+    let list = b"0 4096\n65536 10\n".to_vec();
+    let sorted = SortedRanges::load(&list[..], 1 << 20, false, 0, RangeLimits::default()).unwrap();
+    let hopts = HashOptions {
+        block_size: 4096,
+        seed: 5,
+        kind: HashKind::Xxh3_64,
+        from_offset: 0,
+        output: HashOutput::Stream,
+        scan: ScanOptions::default(),
+        key: None,
+    };
+    let mut fine = Vec::new();
+    hash_device_ranges(&ddev, &sorted, &mut fine, &hopts, &Progress::hidden()).unwrap();
+    let run = |hashes: &[u8], list: Option<&[u8]>| {
+        let mut patch = Vec::new();
+        let r = diff_device_ranges(
+            &sdev,
+            hashes,
+            list,
+            RangeLimits::default(),
+            &mut patch,
+            &DiffOptions::default(),
+            &Progress::hidden(),
+        );
+        (r, patch)
+    };
+    // The same blocks listed otherwise: accepted (the canonical form is compared).
+    let (r, _) = run(&fine, Some(b"# x\n65540 1\n0 4096\n0 100\n"));
+    assert!(r.is_ok(), "{r:?}");
+    for other in [&b"0 4096\n"[..], b"0 4096\n69632 1\n", b""] {
+        let (r, patch) = run(&fine, Some(other));
+        assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+        assert!(patch.is_empty(), "nothing written before the refusal");
+    }
+    let (r, patch) = run(&fine, None);
+    assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+    assert!(patch.is_empty());
+    let whole = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+    let (r, patch) = run(&whole, Some(&list));
+    assert!(matches!(r, Err(OpError::Refused(_))), "{r:?}");
+    assert!(patch.is_empty());
+    // A range past the remote's end is bad input.
+    let (r, patch) = run(&fine, Some(b"1048000 1000\n"));
+    assert!(matches!(r, Err(OpError::BadRange(_))), "{r:?}");
+    assert!(patch.is_empty());
+}
+
+fn assert_no_end(patch: &[u8]) {
+    if patch.is_empty() {
+        return;
+    }
+    let mut r = PatchReader::new(patch).unwrap();
+    loop {
+        match r.next_record() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("patch has an end record"),
+            Err(_) => return,
+        }
+    }
+}
