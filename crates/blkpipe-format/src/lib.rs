@@ -48,8 +48,9 @@ pub use error::FormatError;
 /// reader allocate more than this (plus the lz4 worst-case overhead).
 pub const MAX_RECORD_LEN: u64 = 4 << 20;
 
-/// Read exactly `buf.len()` bytes, or report how many were missing.
-pub(crate) fn read_full<R: std::io::Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Read until `buf` is full or the input ends; returns how many bytes were read (fewer than
+/// `buf.len()` only at the end of the input). Interrupted reads are retried.
+pub fn read_full<R: std::io::Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match r.read(&mut buf[done..]) {

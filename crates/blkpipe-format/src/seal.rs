@@ -160,15 +160,20 @@ impl Sealer {
     /// The MAC of record (or group) `index`: `keyed(subkey, tag ++ u64 index ++ parts...)`.
     /// It joins the chain the end record's MAC covers.
     pub(crate) fn mac(&mut self, tag: u8, index: u64, parts: &[&[u8]]) -> blake3::Hash {
+        let mac = self.compute(tag, index, parts);
+        self.chain.update(mac.as_bytes());
+        mac
+    }
+
+    /// `keyed(subkey, tag ++ u64 index ++ parts...)`, without joining the chain.
+    fn compute(&self, tag: u8, index: u64, parts: &[&[u8]]) -> blake3::Hash {
         let mut h = blake3::Hasher::new_keyed(&self.subkey);
         h.update(&[tag]);
         h.update(&index.to_le_bytes());
         for p in parts {
             h.update(p);
         }
-        let mac = h.finalize();
-        self.chain.update(mac.as_bytes());
-        mac
+        h.finalize()
     }
 
     /// Check a record MAC read from the wire (it joins the chain only if it matches).
@@ -179,13 +184,7 @@ impl Sealer {
         parts: &[&[u8]],
         wire: &[u8],
     ) -> Result<(), ()> {
-        let mut h = blake3::Hasher::new_keyed(&self.subkey);
-        h.update(&[tag]);
-        h.update(&index.to_le_bytes());
-        for p in parts {
-            h.update(p);
-        }
-        let mac = h.finalize();
+        let mac = self.compute(tag, index, parts);
         if mac != blake3::Hash::from_bytes(mac_bytes(wire)) {
             return Err(());
         }

@@ -3,8 +3,6 @@
 //!
 //! Make one with `head -c 32 /dev/urandom > key; chmod 600 key`.
 
-use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -48,7 +46,7 @@ pub fn load_key(path: &Path) -> Result<SealKey, OpError> {
         )));
     }
     let mut buf = [0u8; KEY_LEN + 1];
-    let got = read_upto(&mut file, &mut buf);
+    let got = blkpipe_format::read_full(&mut file, &mut buf);
     let key = match got {
         Ok(n) if n == KEY_LEN => SealKey::from_slice(&buf[..KEY_LEN]),
         Ok(n) => {
@@ -69,19 +67,6 @@ pub fn load_key(path: &Path) -> Result<SealKey, OpError> {
     };
     buf.zeroize();
     key.ok_or_else(|| refuse("internal error: key length".into()))
-}
-
-fn read_upto(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read(&mut buf[done..]) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]
