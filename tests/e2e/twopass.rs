@@ -26,6 +26,19 @@ struct Piped {
     out: Vec<u8>,
 }
 
+/// Pass 1, coarse: `blkhash --block-size 1M DST | blkdiff --list-differing SRC`, both exiting 0.
+fn pass1(dst: &Path, src: &Path) -> Piped {
+    let one = pipeline(
+        dst,
+        src,
+        &["--block-size", "1M"],
+        &["--list-differing"],
+        false,
+    );
+    assert_eq!(one.codes, [0, 0], "{:?}", one.errs);
+    one
+}
+
 fn pipeline(dst: &Path, src: &Path, hash_args: &[&str], diff_args: &[&str], patch: bool) -> Piped {
     let mut hash = Command::new(bin("blkhash"))
         .args(hash_args)
@@ -96,14 +109,7 @@ fn two_passes_send_only_the_fine_hashes_of_changed_regions() {
     let dir = tempfile::tempdir().unwrap();
     let (src, dst, data) = images(dir.path(), &[10, 300, 301 + 256 * 20, 8000]);
     let list = dir.path().join("regions");
-    let one = pipeline(
-        &dst,
-        &src,
-        &["--block-size", "1M"],
-        &["--list-differing"],
-        false,
-    );
-    assert_eq!(one.codes, [0, 0], "{:?}", one.errs);
+    let one = pass1(&dst, &src);
     fs::write(&list, &one.out).unwrap();
     let text = String::from_utf8(one.out).unwrap();
     assert_eq!(
@@ -124,14 +130,7 @@ fn two_passes_send_only_the_fine_hashes_of_changed_regions() {
     // 4 MiB of regions: 1024 fine hashes instead of 8192 for the whole device.
     assert_eq!(two.hash_bytes, 56 + 40 + 1024 * 8 + 8 + 56);
     // Nothing differs any more: an empty list, and a second pass that sends nothing.
-    let one = pipeline(
-        &dst,
-        &src,
-        &["--block-size", "1M"],
-        &["--list-differing"],
-        false,
-    );
-    assert_eq!(one.codes, [0, 0]);
+    let one = pass1(&dst, &src);
     assert_eq!(
         String::from_utf8(one.out.clone()).unwrap(),
         "# blkranges v1 size=33554432 chunk=1048576\n"
@@ -163,14 +162,7 @@ fn a_bigger_or_smaller_source_is_followed_in_two_passes() {
         fs::write(&src, &data).unwrap();
         fs::write(&dst, &old).unwrap();
         let list = dir.path().join("l");
-        let one = pipeline(
-            &dst,
-            &src,
-            &["--block-size", "1M"],
-            &["--list-differing"],
-            false,
-        );
-        assert_eq!(one.codes, [0, 0], "{:?}", one.errs);
+        let one = pass1(&dst, &src);
         fs::write(&list, &one.out).unwrap();
         let two = pipeline(
             &dst,
