@@ -33,15 +33,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..DiffOptions::default()
     };
     let list = match &args.ranges {
-        Some(p) => {
-            let file = std::fs::File::open(p)
-                .with_context(|| format!("{}: open range list", p.display()))?;
-            Some(blkpipe_ops::input::open_text(
-                Box::new(file),
-                &p.display().to_string(),
-                "range list",
-            )?)
-        }
+        Some(p) => Some(cli::open_range_list(Some(p))?.0),
         None => None,
     };
     let progress = args.report.progress("blkdiff")?;

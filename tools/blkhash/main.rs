@@ -73,14 +73,8 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Read the range list at `path` (`-`: stdin) for a device of `size` bytes.
 fn load_list(path: &std::path::Path, size: u64) -> anyhow::Result<SortedRanges> {
-    let (raw, name): (Box<dyn std::io::Read + Send>, String) = if path.as_os_str() == "-" {
-        (Box::new(std::io::stdin()), "stdin".into())
-    } else {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("{}: open range list", path.display()))?;
-        (Box::new(file), path.display().to_string())
-    };
-    let text = blkpipe_ops::input::open_text(raw, &name, "range list")?;
+    // `-` is stdin: blkhash reads nothing else there.
+    let (text, name) = cli::open_range_list((path.as_os_str() != "-").then_some(path))?;
     let list = SortedRanges::load(text, size, false, 0, RangeLimits::default())
         .with_context(|| format!("range list {name}"))?;
     Ok(list)

@@ -1,7 +1,11 @@
 //! The option groups several tools share (flattened into their `Args`), and the output glue
 //! that goes with them.
 
-use std::io::{self, IsTerminal};
+use std::fs::File;
+use std::io::{self, BufRead, IsTerminal, Read};
+use std::path::Path;
+
+use anyhow::Context;
 
 use blkpipe_ops::OpError;
 
@@ -119,6 +123,22 @@ impl KeyArg {
             None => None,
         })
     }
+}
+
+/// Open a range list: the file at `path`, or stdin for `None`. Binary or compressed data is
+/// named, not parsed as text (`input::open_text`). Returns the reader and the name that
+/// messages use.
+pub fn open_range_list(path: Option<&Path>) -> anyhow::Result<(Box<dyn BufRead + Send>, String)> {
+    let (raw, name): (Box<dyn Read + Send>, String) = match path {
+        Some(p) => {
+            let file =
+                File::open(p).with_context(|| format!("{}: open range list", p.display()))?;
+            (Box::new(file), p.display().to_string())
+        }
+        None => (Box::new(io::stdin()), "stdin".into()),
+    };
+    let text = blkpipe_ops::input::open_text(raw, &name, "range list")?;
+    Ok((text, name))
 }
 
 /// A large buffered stdout.
