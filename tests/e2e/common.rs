@@ -83,6 +83,34 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Run `cmd` to its end, assert that it exited 0 (the failure names `what` and shows its
+/// stderr) and return its stdout.
+pub fn stdout_ok(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = cmd.output().expect(what);
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\n{}",
+        out.status,
+        stderr(&out)
+    );
+    out.stdout
+}
+
+/// `PATH` with the directory of the built tools first, for shell scripts and pipelines.
+pub fn tools_path() -> String {
+    let tools = bin("blkpatch");
+    let dir = tools.parent().unwrap().display().to_string();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+/// `bash -euo pipefail -c SCRIPT`, with the built tools first on `PATH`.
+pub fn bash(script: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", script])
+        .env("PATH", tools_path());
+    cmd
+}
+
 /// A loop device over a file, detached on drop.
 pub struct Loop(pub String);
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use blkpipe_meta::snapshot::image;
 
-use crate::common::{bin, pattern, require_loop, run, stderr, Loop};
+use crate::common::{bin, pattern, require_loop, run, stderr, stdout_ok, Loop};
 
 const SIZE: usize = 1 << 20;
 
@@ -380,17 +380,13 @@ fn item08_print_state_to_a_full_stdout_is_an_io_error() {
 fn item09_blkdiff_refuses_a_hash_stream_that_starts_later() {
     let f = fx();
     let target = f.file("t.img", SIZE, 2);
-    let hashes = Command::new(bin("blkhash"))
-        .args(["--from", "524288"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(hashes.status.success());
-    let out = run("blkdiff", &[s(&f.src)], &hashes.stdout);
+    let mut cmd = Command::new(bin("blkhash"));
+    let hashes = stdout_ok(cmd.args(["--from", "524288"]).arg(&target), "blkhash");
+    let out = run("blkdiff", &[s(&f.src)], &hashes);
     assert_refused(&out, "--from 524288");
     assert!(out.stdout.is_empty(), "a patch was written");
     // With the same --from it is the documented resume.
-    let out = run("blkdiff", &["--from", "524288", s(&f.src)], &hashes.stdout);
+    let out = run("blkdiff", &["--from", "524288", s(&f.src)], &hashes);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
