@@ -125,6 +125,19 @@ impl KeyArg {
     }
 }
 
+/// The options every tool shares, in this order in its help: sealing (`--key FILE`) and
+/// reporting (`--progress`, `--progress-fd`, `--stats`); one group flattened into each tool's
+/// arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// `--key FILE`.
+    #[command(flatten)]
+    pub key: KeyArg,
+    /// `--progress`, `--progress-fd`, `--stats`.
+    #[command(flatten)]
+    pub report: Reporting,
+}
+
 /// Open a range list: the file at `path`, or stdin for `None`. Binary or compressed data is
 /// named, not parsed as text (`input::open_text`). Returns the reader and the name that
 /// messages use.

@@ -96,12 +96,9 @@ pub struct Args {
     /// stream whose header does not announce one (only blkdiff's do) is refused at once.
     #[arg(long, help_heading = "Safety")]
     pub verify: bool,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
+    pub common: crate::Common,
 }
 
 const AFTER_HELP: &str = "\

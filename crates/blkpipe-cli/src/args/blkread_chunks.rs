@@ -55,12 +55,9 @@ pub struct Args {
     /// Read DEV with O_DIRECT, bypassing the page cache.
     #[arg(long, help_heading = "Performance")]
     pub direct: bool,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
+    pub common: crate::Common,
 }
 
 const AFTER_HELP: &str = "\
