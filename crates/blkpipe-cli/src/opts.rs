@@ -148,7 +148,13 @@ pub fn open_range_list(path: Option<&Path>) -> anyhow::Result<(Box<dyn BufRead +
                 File::open(p).with_context(|| format!("{}: open range list", p.display()))?;
             (Box::new(file), p.display().to_string())
         }
-        None => (Box::new(io::stdin()), "stdin".into()),
+        None => {
+            blkpipe_ops::input::refuse_terminal_stdin(
+                None,
+                "a range list is read ('OFFSET LENGTH' lines, from cowlist or blkdiff --list-differing): pipe one in or give --ranges FILE",
+            )?;
+            (Box::new(io::stdin()), "stdin".into())
+        }
     };
     let text = blkpipe_ops::input::open_text(raw, &name, "range list")?;
     Ok((text, name))

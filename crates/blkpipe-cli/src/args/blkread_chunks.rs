@@ -72,5 +72,5 @@ Exit codes:
   2    bad command line
   3    bad range list (the error names its line)
   4    I/O error
-  5    refused: range list for another device size, stdout is a terminal
+  5    refused: range list for another device size, stdout or stdin (the list) is a terminal
   141  broken pipe: the reader of stdout went away (nothing is printed)";
