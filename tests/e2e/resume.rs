@@ -22,6 +22,12 @@ fn print_state(state: &Path) -> (String, u64) {
     (id.to_owned(), off.parse().unwrap())
 }
 
+/// `blkpatch --state STATE DST < stream`.
+fn with_state(state: &Path, dst: &Path, stream: &[u8]) -> std::process::Output {
+    let args = ["--state", state.to_str().unwrap(), dst.to_str().unwrap()];
+    run("blkpatch", &args, stream)
+}
+
 fn full_stream(src: &Path, size: u64, extra: &[&str]) -> Vec<u8> {
     let mut args = extra.to_vec();
     args.push(src.to_str().unwrap());
@@ -39,11 +45,7 @@ fn resume(src: &Path, dst: &Path, state: &Path, size: u64) {
         extra.extend(["--stream-id", &id]);
     }
     let stream = full_stream(src, size, &extra);
-    let out = run(
-        "blkpatch",
-        &["--state", state.to_str().unwrap(), dst.to_str().unwrap()],
-        &stream,
-    );
+    let out = with_state(state, dst, &stream);
     assert!(out.status.success(), "resume from {from}: {}", stderr(&out));
 }
 
@@ -57,11 +59,7 @@ fn truncated_then_resumed_from_the_recorded_offset() {
     let dst = dir.path().join("dst.img");
     let state = dir.path().join("state");
     let stream = full_stream(&src, size, &[]);
-    let out = run(
-        "blkpatch",
-        &["--state", state.to_str().unwrap(), dst.to_str().unwrap()],
-        &stream[..stream.len() * 2 / 3],
-    );
+    let out = with_state(&state, &dst, &stream[..stream.len() * 2 / 3]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let (_, applied) = print_state(&state);
     assert!(applied >= 12 << 20, "state records progress: {applied}");
@@ -70,11 +68,7 @@ fn truncated_then_resumed_from_the_recorded_offset() {
 
     // Another stream (a new id) is refused while the state file says otherwise.
     let other = full_stream(&src, size, &[]);
-    let out = run(
-        "blkpatch",
-        &["--state", state.to_str().unwrap(), dst.to_str().unwrap()],
-        &other,
-    );
+    let out = with_state(&state, &dst, &other);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("remove it to start over"),
@@ -197,11 +191,7 @@ fn full_filesystem_is_a_clear_error_and_the_state_tells_the_truth() {
         };
         let _ = fs::remove_file(&dst);
         let _ = fs::remove_file(&state);
-        let out = run(
-            "blkpatch",
-            &["--state", state.to_str().unwrap(), dst.to_str().unwrap()],
-            &stream,
-        );
+        let out = with_state(&state, &dst, &stream);
         assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
         assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
         assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
