@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
 
 pub fn bin(name: &str) -> PathBuf {
     match name {
@@ -61,19 +62,21 @@ pub fn spawn(name: &str, args: &[&str], stdin: Stdio) -> Child {
         .expect("spawn")
 }
 
-pub fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin(name))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+/// Start a tool with piped stdout and stderr, and `stdin` written to its stdin (from a
+/// thread, then closed).
+pub fn spawn_fed(name: &str, args: &[&str], stdin: &[u8]) -> (Child, JoinHandle<()>) {
+    let mut child = spawn(name, args, Stdio::piped());
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     let feeder = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
+    (child, feeder)
+}
+
+/// Run a tool to its end with `stdin` as its input.
+pub fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let (child, feeder) = spawn_fed(name, args, stdin);
     let out = child.wait_with_output().expect("wait");
     feeder.join().unwrap();
     out

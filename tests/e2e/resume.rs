@@ -2,12 +2,11 @@
 //! random moments, a full filesystem.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{bin, pattern, run, stderr};
+use crate::common::{bin, pattern, run, spawn_fed, stderr};
 
 /// `(stream id, applied offset)` from a state file, through `blkpatch --print-state`.
 fn print_state(state: &Path) -> (String, u64) {
@@ -91,24 +90,15 @@ fn kill_9_at_random_moments_then_resume() {
     let src_bytes = pattern(size as usize, 12);
     let src = dir.path().join("src.img");
     fs::write(&src, &src_bytes).unwrap();
+    let src_arg = src.to_str().unwrap();
     let mut rng = 0x1234_5678u64;
     for trial in 0..8 {
         let dst = dir.path().join(format!("dst{trial}.img"));
         let state = dir.path().join(format!("state{trial}"));
         fs::write(&dst, pattern(size as usize, 100 + trial)).unwrap();
         // Which stage dies alternates; when it dies is random.
-        let mut producer = Command::new(bin("blkread-chunks"))
-            .arg(&src)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        producer
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("0 {size}\n").as_bytes())
-            .unwrap();
+        let list = format!("0 {size}\n");
+        let (mut producer, _) = spawn_fed("blkread-chunks", &[src_arg], list.as_bytes());
         let mut consumer = Command::new(bin("blkpatch"))
             .arg("--state")
             .arg(&state)
