@@ -282,10 +282,16 @@ impl<W: Write> PatchWriter<W> {
         h[16..24].copy_from_slice(&length.to_le_bytes());
         let sum = record_checksum(&h[..24], plain, self.count);
         h[24..32].copy_from_slice(&sum.to_le_bytes());
+        // The MAC is computed before the record is written, not after its payload: the reader
+        // needs the MAC right behind the payload, and would otherwise wait for this hashing
+        // with nothing to do (both sides' hashing would run one after the other).
+        let mac = self
+            .seal
+            .as_mut()
+            .map(|seal| seal.mac(TAG_RECORD, self.count, &[&h, stored]));
         self.out.write_all(&h)?;
         self.out.write_all(stored)?;
-        if let Some(seal) = self.seal.as_mut() {
-            let mac = seal.mac(TAG_RECORD, self.count, &[&h, stored]);
+        if let Some(mac) = mac {
             self.out.write_all(mac.as_bytes())?;
         }
         // A plain payload is covered by the record checksum in `h` (FORMAT.md 2.3).
