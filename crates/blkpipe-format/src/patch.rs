@@ -4,6 +4,7 @@
 //! consumes it and returns a record only once its checksum has been verified, so a caller that
 //! applies records as they come never applies a byte that the stream did not vouch for.
 
+use std::hash::Hasher as _;
 use std::io::{self, Read, Write};
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
@@ -362,10 +363,17 @@ impl<W: Write> PatchWriter<W> {
 }
 
 fn record_checksum(header24: &[u8], plain: &[u8], index: u64) -> u64 {
-    let mut h = Xxh3::with_seed(index);
-    h.update(header24);
-    h.update(plain);
-    h.digest()
+    let mut h = record_hasher(index, header24);
+    h.write(plain);
+    h.finish()
+}
+
+/// The record checksum's xxh3-64 (seeded with the record number), header bytes 0..24 in: the
+/// payload follows. Streaming xxh3 with AVX2 picked at run time (the values are xxh3's).
+fn record_hasher(index: u64, header24: &[u8]) -> twox_hash::XxHash3_64 {
+    let mut h = twox_hash::XxHash3_64::with_seed(index);
+    h.write(header24);
+    h
 }
 
 fn encode_end(end: &PatchEnd) -> [u8; END_LEN] {

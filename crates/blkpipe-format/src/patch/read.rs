@@ -229,8 +229,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         /// Bytes read and hashed at a time: small enough to stay in the L2 cache between
         /// the two hashes.
         const SLICE: usize = 256 << 10;
-        let mut sum = Xxh3::with_seed(idx);
-        sum.update(&h[..24]);
+        let mut sum = record_hasher(idx, &h[..24]);
         let mut mac = self.seal.as_ref().map(|s| {
             let mut m = s.hasher(TAG_RECORD, idx);
             m.update(h);
@@ -248,13 +247,13 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                     at: self.pos + (RECORD_HEADER + at + got) as u64,
                 });
             }
-            sum.update(&buf[at..end]);
+            sum.write(&buf[at..end]);
             if let Some(m) = mac.as_mut() {
                 m.update(&buf[at..end]);
             }
             at = end;
         }
-        Ok((sum.digest(), mac))
+        Ok((sum.finish(), mac))
     }
 
     /// The next verified record, or `None` after a valid end record followed by end of input.
