@@ -25,7 +25,8 @@ pub const MAX_CREATOR_LEN: usize = 255;
 pub const UNKNOWN_TOTAL: u64 = u64::MAX;
 
 const HEADER_FIXED: usize = 50;
-const RECORD_HEADER: usize = 32;
+/// Bytes of a record header.
+pub const RECORD_HEADER: usize = 32;
 const END_LEN: usize = 80;
 
 /// Record kinds on the wire.
@@ -152,6 +153,15 @@ pub struct Record<'a> {
     pub data: RecordData<'a>,
 }
 
+/// What goes around a record's payload on the wire (see [`PatchWriter::frame_data`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFrame {
+    /// The 32-byte record header, written before the payload.
+    pub head: [u8; RECORD_HEADER],
+    /// The record MAC of a sealed stream, written after the payload.
+    pub mac: Option<[u8; MAC_LEN]>,
+}
+
 /// Writes a patch stream. Records must come in ascending, non-overlapping order.
 pub struct PatchWriter<W: Write> {
     out: W,
@@ -275,6 +285,38 @@ impl<W: Write> PatchWriter<W> {
         stored: &[u8],
         plain: &[u8],
     ) -> io::Result<()> {
+        let frame = self.frame(kind, flags, offset, length, stored, plain);
+        self.out.write_all(&frame.head)?;
+        self.out.write_all(stored)?;
+        if let Some(mac) = frame.mac {
+            self.out.write_all(&mac)?;
+        }
+        Ok(())
+    }
+
+    /// A data record's header and MAC for `data` at `offset`, written by the caller (not
+    /// through this writer): `head`, then `data` itself as the payload, then `mac` if any, to
+    /// the same output, before anything else is written through this writer. It counts as
+    /// written. The payload is never compressed, so the caller can write it from its own
+    /// buffer (from another thread) without a copy.
+    pub fn frame_data(&mut self, offset: u64, data: &[u8]) -> io::Result<RecordFrame> {
+        let length = data.len() as u64;
+        self.check(offset, length)?;
+        let frame = self.frame(KIND_DATA, 0, offset, length, data, data);
+        self.data_bytes += length;
+        Ok(frame)
+    }
+
+    /// Header and MAC of the next record; it counts as written.
+    fn frame(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        offset: u64,
+        length: u64,
+        stored: &[u8],
+        plain: &[u8],
+    ) -> RecordFrame {
         let mut h = [0u8; RECORD_HEADER];
         h[0] = kind;
         h[1] = flags;
@@ -289,12 +331,7 @@ impl<W: Write> PatchWriter<W> {
         let mac = self
             .seal
             .as_mut()
-            .map(|seal| seal.mac(TAG_RECORD, self.count, &[&h, stored]));
-        self.out.write_all(&h)?;
-        self.out.write_all(stored)?;
-        if let Some(mac) = mac {
-            self.out.write_all(mac.as_bytes())?;
-        }
+            .map(|seal| *seal.mac(TAG_RECORD, self.count, &[&h, stored]).as_bytes());
         // A plain payload is covered by the record checksum in `h` (FORMAT.md 2.3).
         self.digest.update(&h);
         if flags == FLAG_LZ4 {
@@ -302,7 +339,7 @@ impl<W: Write> PatchWriter<W> {
         }
         self.count += 1;
         self.next_min_offset = offset + length;
-        Ok(())
+        RecordFrame { head: h, mac }
     }
 
     /// Write a data record holding `data` at `offset`.
