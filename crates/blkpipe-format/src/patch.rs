@@ -4,6 +4,7 @@
 //! consumes it and returns a record only once its checksum has been verified, so a caller that
 //! applies records as they come never applies a byte that the stream did not vouch for.
 
+use std::hash::Hasher as _;
 use std::io::{self, Read, Write};
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
@@ -24,7 +25,8 @@ pub const MAX_CREATOR_LEN: usize = 255;
 pub const UNKNOWN_TOTAL: u64 = u64::MAX;
 
 const HEADER_FIXED: usize = 50;
-const RECORD_HEADER: usize = 32;
+/// Bytes of a record header.
+pub const RECORD_HEADER: usize = 32;
 const END_LEN: usize = 80;
 
 /// Record kinds on the wire.
@@ -151,6 +153,15 @@ pub struct Record<'a> {
     pub data: RecordData<'a>,
 }
 
+/// What goes around a record's payload on the wire (see [`PatchWriter::frame_data`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFrame {
+    /// The 32-byte record header, written before the payload.
+    pub head: [u8; RECORD_HEADER],
+    /// The record MAC of a sealed stream, written after the payload.
+    pub mac: Option<[u8; MAC_LEN]>,
+}
+
 /// Writes a patch stream. Records must come in ascending, non-overlapping order.
 pub struct PatchWriter<W: Write> {
     out: W,
@@ -274,6 +285,38 @@ impl<W: Write> PatchWriter<W> {
         stored: &[u8],
         plain: &[u8],
     ) -> io::Result<()> {
+        let frame = self.frame(kind, flags, offset, length, stored, plain);
+        self.out.write_all(&frame.head)?;
+        self.out.write_all(stored)?;
+        if let Some(mac) = frame.mac {
+            self.out.write_all(&mac)?;
+        }
+        Ok(())
+    }
+
+    /// A data record's header and MAC for `data` at `offset`, written by the caller (not
+    /// through this writer): `head`, then `data` itself as the payload, then `mac` if any, to
+    /// the same output, before anything else is written through this writer. It counts as
+    /// written. The payload is never compressed, so the caller can write it from its own
+    /// buffer (from another thread) without a copy.
+    pub fn frame_data(&mut self, offset: u64, data: &[u8]) -> io::Result<RecordFrame> {
+        let length = data.len() as u64;
+        self.check(offset, length)?;
+        let frame = self.frame(KIND_DATA, 0, offset, length, data, data);
+        self.data_bytes += length;
+        Ok(frame)
+    }
+
+    /// Header and MAC of the next record; it counts as written.
+    fn frame(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        offset: u64,
+        length: u64,
+        stored: &[u8],
+        plain: &[u8],
+    ) -> RecordFrame {
         let mut h = [0u8; RECORD_HEADER];
         h[0] = kind;
         h[1] = flags;
@@ -282,12 +325,13 @@ impl<W: Write> PatchWriter<W> {
         h[16..24].copy_from_slice(&length.to_le_bytes());
         let sum = record_checksum(&h[..24], plain, self.count);
         h[24..32].copy_from_slice(&sum.to_le_bytes());
-        self.out.write_all(&h)?;
-        self.out.write_all(stored)?;
-        if let Some(seal) = self.seal.as_mut() {
-            let mac = seal.mac(TAG_RECORD, self.count, &[&h, stored]);
-            self.out.write_all(mac.as_bytes())?;
-        }
+        // The MAC is computed before the record is written, not after its payload: the reader
+        // needs the MAC right behind the payload, and would otherwise wait for this hashing
+        // with nothing to do (both sides' hashing would run one after the other).
+        let mac = self
+            .seal
+            .as_mut()
+            .map(|seal| *seal.mac(TAG_RECORD, self.count, &[&h, stored]).as_bytes());
         // A plain payload is covered by the record checksum in `h` (FORMAT.md 2.3).
         self.digest.update(&h);
         if flags == FLAG_LZ4 {
@@ -295,7 +339,7 @@ impl<W: Write> PatchWriter<W> {
         }
         self.count += 1;
         self.next_min_offset = offset + length;
-        Ok(())
+        RecordFrame { head: h, mac }
     }
 
     /// Write a data record holding `data` at `offset`.
@@ -356,10 +400,17 @@ impl<W: Write> PatchWriter<W> {
 }
 
 fn record_checksum(header24: &[u8], plain: &[u8], index: u64) -> u64 {
-    let mut h = Xxh3::with_seed(index);
-    h.update(header24);
-    h.update(plain);
-    h.digest()
+    let mut h = record_hasher(index, header24);
+    h.write(plain);
+    h.finish()
+}
+
+/// The record checksum's xxh3-64 (seeded with the record number), header bytes 0..24 in: the
+/// payload follows. Streaming xxh3 with AVX2 picked at run time (the values are xxh3's).
+fn record_hasher(index: u64, header24: &[u8]) -> twox_hash::XxHash3_64 {
+    let mut h = twox_hash::XxHash3_64::with_seed(index);
+    h.write(header24);
+    h
 }
 
 fn encode_end(end: &PatchEnd) -> [u8; END_LEN] {

@@ -167,13 +167,31 @@ impl Sealer {
 
     /// `keyed(subkey, tag ++ u64 index ++ parts...)`, without joining the chain.
     fn compute(&self, tag: u8, index: u64, parts: &[&[u8]]) -> blake3::Hash {
-        let mut h = blake3::Hasher::new_keyed(&self.subkey);
-        h.update(&[tag]);
-        h.update(&index.to_le_bytes());
+        let mut h = self.hasher(tag, index);
         for p in parts {
             h.update(p);
         }
         h.finalize()
+    }
+
+    /// The keyed hasher of a MAC, `tag ++ u64 index` already in: a reader feeds it the rest
+    /// of the MAC input piece by piece as it arrives (while it is still in the CPU cache) and
+    /// gives it to [`Sealer::check_hasher`].
+    pub(crate) fn hasher(&self, tag: u8, index: u64) -> blake3::Hasher {
+        let mut h = blake3::Hasher::new_keyed(&self.subkey);
+        h.update(&[tag]);
+        h.update(&index.to_le_bytes());
+        h
+    }
+
+    /// [`Sealer::check`] for a MAC whose input went into `hasher` (from [`Sealer::hasher`]).
+    pub(crate) fn check_hasher(&mut self, hasher: &blake3::Hasher, wire: &[u8]) -> Result<(), ()> {
+        let mac = hasher.finalize();
+        if mac != blake3::Hash::from_bytes(mac_bytes(wire)) {
+            return Err(());
+        }
+        self.chain.update(mac.as_bytes());
+        Ok(())
     }
 
     /// Check a record MAC read from the wire (it joins the chain only if it matches).

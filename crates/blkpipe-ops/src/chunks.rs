@@ -81,31 +81,44 @@ pub fn read_chunks<R: Read, W: Write>(
         stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
         creator: opts.creator.clone(),
     };
-    let mut writer = PatchWriter::start(out, header, opts.lz4, false, opts.key.as_ref())
-        .map_err(OpError::Output)?;
+    let writer = PatchWriter::start(
+        Outbox::default(),
+        header,
+        opts.lz4,
+        false,
+        opts.key.as_ref(),
+    )
+    .map_err(OpError::Output)?;
 
-    // Reader threads keep the device busy while this thread writes the stream. An NBD export
-    // that allows several connections gets two readers, taking pieces in turn, so requests
-    // stay in flight across pieces (one reader leaves the server idle between its reads);
-    // the client gives the second its own connection. The pieces still arrive in order.
+    // Reader threads keep the device busy while a framing thread cuts what they read into
+    // records and hashes them (checksum, MAC), and this thread writes the stream: so the
+    // hashing of one piece overlaps the writing of the one before, which waits for the
+    // consumer to drain the pipe. An NBD export that allows several connections gets two
+    // readers, taking pieces in turn, so requests stay in flight across pieces (one reader
+    // leaves the server idle between its reads); the client gives the second its own
+    // connection. The pieces still arrive in order.
     let readers = if dev.nbd().is_some_and(|c| c.can_multi_conn()) {
         2
     } else {
         1
     };
-    let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(2 + readers);
+    // One buffer being read per reader, one waiting for the framer, one being framed, one
+    // queued for writing, one being written.
+    let buffers = 3 + readers;
+    let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(buffers);
     // With O_DIRECT, reads cover the whole blocks of this size around a piece.
     let align = dev
         .is_direct()
         .then(|| dev.logical_block_size().max(ZERO_BLOCK));
     let slack = align.map_or(0, |a| 2 * a);
-    for _ in 0..2 + readers {
+    for _ in 0..buffers {
         empty_tx
             .send(AlignedBuf::new((MAX_RECORD_LEN + slack) as usize))
             .expect("channel has room");
     }
     let mut stats = Stats::default();
-    std::thread::scope(|s| {
+    let mut out = out;
+    let counts = std::thread::scope(|s| {
         let mut work = Vec::new();
         let mut full = Vec::new();
         for _ in 0..readers {
@@ -116,37 +129,158 @@ pub fn read_chunks<R: Read, W: Write>(
             full.push(full_rx);
         }
         s.spawn(move || plan_pieces(align, range_iter, work, empty_rx));
-        // The channels are moved in, so an early return closes them and the readers stop.
-        write_pieces(full, empty_tx, &mut writer, &mut stats, progress)
+        let (batch_tx, batch_rx) = sync_channel::<Batch>(1);
+        let lz4 = opts.lz4;
+        let framer = s.spawn(move || frame_pieces(full, writer, lz4, batch_tx));
+        // The channels are moved in, so an early return closes them and the other threads
+        // stop.
+        let written = write_batches(batch_rx, &mut out, empty_tx, &mut stats, progress);
+        let framed = framer
+            .join()
+            .unwrap_or_else(|_| Err(OpError::Refused("the framing thread panicked".into())));
+        written?;
+        framed
     })?;
-    stats.records = writer.record_count();
-    stats.data_bytes = writer.data_bytes();
-    stats.zero_bytes = writer.zero_bytes();
-    writer.finish(None).map_err(OpError::Output)?;
+    (stats.records, stats.data_bytes, stats.zero_bytes) = counts;
     progress.finish();
     stats.elapsed = started.elapsed();
     Ok(stats)
 }
 
-fn write_pieces<W: Write>(
+/// Part of the stream, in order: bytes, or a range of the batch's piece buffer.
+enum Seg {
+    Bytes(Vec<u8>),
+    Piece(std::ops::Range<usize>),
+}
+
+/// What the framing thread hands to the writing thread: the stream bytes of one piece (its
+/// records' headers, payloads straight from the piece's buffer, MACs), or the end.
+struct Batch {
+    segs: Vec<Seg>,
+    /// The piece's buffer, back to the readers once written.
+    buf: Option<AlignedBuf>,
+    /// Device bytes the piece covers.
+    len: u64,
+}
+
+/// The output of the framing thread's [`PatchWriter`]: it collects what the writer writes
+/// (stream header, zero records, lz4 records, end record) and the payload ranges of plain
+/// data records in stream order, to be handed over as a [`Batch`].
+#[derive(Default)]
+struct Outbox {
+    segs: Vec<Seg>,
+}
+
+impl Write for Outbox {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self.segs.last_mut() {
+            Some(Seg::Bytes(v)) => v.extend_from_slice(b),
+            _ => self.segs.push(Seg::Bytes(b.to_vec())),
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Frame the pieces in device order (piece k comes from reader k mod n; the first closed
+/// channel in turn is the end), then the end record. Returns the record, data and zero byte
+/// counts.
+fn frame_pieces(
     full: Vec<Receiver<Result<Piece, OpError>>>,
-    empty: SyncSender<AlignedBuf>,
-    writer: &mut PatchWriter<W>,
-    stats: &mut Stats,
-    progress: &Progress,
-) -> Result<(), OpError> {
-    // Piece k comes from reader k mod n; the first closed channel in turn is the end.
+    mut writer: PatchWriter<Outbox>,
+    lz4: bool,
+    batches: SyncSender<Batch>,
+) -> Result<(u64, u64, u64), OpError> {
     for rx in full.iter().cycle() {
         let Ok(piece) = rx.recv() else { break };
         let piece = piece?;
         let bytes = &piece.buf[piece.skip..piece.skip + piece.len];
-        emit_piece(writer, piece.offset, bytes).map_err(OpError::Output)?;
-        stats.bytes_read += piece.len as u64;
-        progress.inc(piece.len as u64);
-        // The readers may have quit after an error; then this buffer is not needed.
-        let _ = empty.send(piece.buf);
+        frame_piece(&mut writer, piece.offset, bytes, piece.skip, lz4).map_err(OpError::Output)?;
+        let batch = Batch {
+            segs: std::mem::take(&mut writer.get_mut().segs),
+            buf: Some(piece.buf),
+            len: piece.len as u64,
+        };
+        if batches.send(batch).is_err() {
+            // The writing thread stopped at an error; it reports it.
+            return Ok((0, 0, 0));
+        }
     }
-    Ok(())
+    let counts = (
+        writer.record_count(),
+        writer.data_bytes(),
+        writer.zero_bytes(),
+    );
+    let end = writer.finish(None).map_err(OpError::Output)?;
+    let _ = batches.send(Batch {
+        segs: end.segs,
+        buf: None,
+        len: 0,
+    });
+    Ok(counts)
+}
+
+/// Write the batches to `out` in order, giving each piece buffer back once written.
+fn write_batches<W: Write>(
+    batches: Receiver<Batch>,
+    out: &mut W,
+    empty: SyncSender<AlignedBuf>,
+    stats: &mut Stats,
+    progress: &Progress,
+) -> Result<(), OpError> {
+    for batch in batches.iter() {
+        for seg in &batch.segs {
+            let bytes = match (seg, &batch.buf) {
+                (Seg::Bytes(v), _) => &v[..],
+                (Seg::Piece(r), Some(buf)) => &buf[r.clone()],
+                (Seg::Piece(_), None) => {
+                    return Err(OpError::Refused(
+                        "internal error: a payload range without its buffer".into(),
+                    ))
+                }
+            };
+            out.write_all(bytes).map_err(OpError::Output)?;
+        }
+        stats.bytes_read += batch.len;
+        progress.inc(batch.len);
+        if let Some(buf) = batch.buf {
+            // The readers may have quit after an error; then this buffer is not needed.
+            let _ = empty.send(buf);
+        }
+    }
+    out.flush().map_err(OpError::Output)
+}
+
+/// [`emit_piece`] into the framing thread's writer: plain data records are framed, their
+/// payloads left in the piece buffer (`buf` starts at `skip` in it); with `lz4`, records are
+/// written (compressed) through the writer.
+fn frame_piece(
+    writer: &mut PatchWriter<Outbox>,
+    offset: u64,
+    buf: &[u8],
+    skip: usize,
+    lz4: bool,
+) -> std::io::Result<()> {
+    for_each_run(offset, buf, |start, end, zero| {
+        let (a, b) = ((start - offset) as usize, (end - offset) as usize);
+        if zero {
+            writer.write_zero(start, end - start)
+        } else if lz4 {
+            writer.write_data(start, &buf[a..b])
+        } else {
+            let frame = writer.frame_data(start, &buf[a..b])?;
+            let out = writer.get_mut();
+            out.write_all(&frame.head)?;
+            out.segs.push(Seg::Piece(skip + a..skip + b));
+            if let Some(mac) = frame.mac {
+                out.write_all(&mac)?;
+            }
+            Ok(())
+        }
+    })
 }
 
 /// Cut the ranges into pieces, give each an empty buffer and hand them to the readers in
@@ -246,6 +380,18 @@ pub fn emit_piece<W: Write>(
     offset: u64,
     buf: &[u8],
 ) -> std::io::Result<()> {
+    for_each_run(offset, buf, |start, end, zero| {
+        emit_run(writer, offset, buf, start, end, zero)
+    })
+}
+
+/// Call `f(start, end, zero)` for each maximal run of all-zero or not-all-zero
+/// [`ZERO_BLOCK`]s (aligned to the device) of `buf`, device bytes at `offset`, in order.
+fn for_each_run(
+    offset: u64,
+    buf: &[u8],
+    mut f: impl FnMut(u64, u64, bool) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let end = offset + buf.len() as u64;
     let mut run_start = offset;
     let mut run_zero = None;
@@ -255,14 +401,14 @@ pub fn emit_piece<W: Write>(
         let block = &buf[(at - offset) as usize..(block_end - offset) as usize];
         let zero = is_zero(block);
         if run_zero.is_some_and(|z| z != zero) {
-            emit_run(writer, offset, buf, run_start, at, run_zero == Some(true))?;
+            f(run_start, at, run_zero == Some(true))?;
             run_start = at;
         }
         run_zero = Some(zero);
         at = block_end;
     }
     if let Some(z) = run_zero {
-        emit_run(writer, offset, buf, run_start, end, z)?;
+        f(run_start, end, z)?;
     }
     Ok(())
 }

@@ -435,9 +435,18 @@ impl Client {
         } else {
             None
         };
+        // A read is counted on the connection it goes over, so two reader threads settle on
+        // one connection each: a reply is then read by the thread that waits for it, into
+        // its buffer, not parked by the other thread (a zeroed buffer and one more copy).
         let r = match (peer, self.fault()) {
             (_, Some(f)) => Err(f),
-            (Some(peer), None) => peer.read_here(buf, offset).map_err(|e| self.poison(e)),
+            (Some(peer), None) => {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                peer.active.fetch_add(1, Ordering::SeqCst);
+                let r = peer.read_here(buf, offset).map_err(|e| self.poison(e));
+                peer.active.fetch_sub(1, Ordering::SeqCst);
+                return r;
+            }
             (None, None) => self.read_here(buf, offset),
         };
         self.active.fetch_sub(1, Ordering::SeqCst);
