@@ -17,6 +17,7 @@ use blkpipe_meta::resolve::Resolver;
 use blkpipe_meta::snapshot::{self, ChangeList, ReadOptions, SnapshotView};
 use blkpipe_meta::xml::{self, BlockRanges};
 use blkpipe_meta::MetaError;
+use blkpipe_dev::Avoid;
 use blkpipe_ops::view::write_view_patch_sealed;
 use clap::Parser;
 
@@ -39,9 +40,11 @@ fn json_wanted(args: &Args) -> bool {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    if args.key.key.is_some() && !args.data {
+    if (args.key.key.is_some() || args.chain.chain.is_some() || args.chain.chain_undo.is_some())
+        && !args.data
+    {
         return Err(MetaError::Usage(
-            "--key seals the patch stream of --data; a range list is not sealed".into(),
+            "--key and the chain options seal the patch stream of --data; a range list is not sealed".into(),
         )
         .into());
     }
@@ -91,6 +94,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             MetaError::Usage("--data needs the origin size: give --origin-size or --origin".into())
         })?;
         let view = SnapshotView::read(&cow, &opts)?;
+        // The chain file is never the COW device, the snapshot or stdout.
+        let mut avoid: Vec<Avoid> = Avoid::fd(1, "the output (stdout)").into_iter().collect();
+        avoid.extend(Avoid::path(&cow_path, "the COW device"));
+        let chain = args.chain.prepare(key.as_ref(), &avoid)?;
         let creator = format!("cowlist {}", env!("CARGO_PKG_VERSION"));
         let st = write_view_patch_sealed(
             &cow,
@@ -99,9 +106,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             &mut out,
             &creator,
             &progress,
-            key.as_ref(),
+            key.as_ref().map(|k| (k, chain.as_ref().map(|c| c.block()))),
         )?;
         out.flush().context("stdout")?;
+        if let (Some(c), Some(link)) = (&chain, st.link) {
+            c.commit(link, &avoid)?;
+        }
         if json_wanted(&args) {
             json_stats(
                 st.records,

@@ -58,6 +58,9 @@ pub struct Args {
     /// Sealing (`--key FILE`).
     #[command(flatten)]
     pub key: crate::KeyArg,
+    /// Backup chains (`--chain FILE`, `--new-chain STEP`, `--chain-undo FILE`).
+    #[command(flatten)]
+    pub chain: crate::ChainArgs,
     /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
     pub report: crate::Reporting,
