@@ -106,9 +106,14 @@ fn print_mac(args: &Args) -> anyhow::Result<()> {
     }
     let mac = key.text_mac(&bytes);
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "blake3-mac:{}  {}", mac.to_hex(), args.dev.display())
-        .and_then(|()| stdout.flush())
-        .map_err(blkpipe_ops::OpError::Output)?;
+    writeln!(
+        stdout,
+        "blake3-mac:{}  {}",
+        mac.to_hex(),
+        args.dev.display()
+    )
+    .and_then(|()| stdout.flush())
+    .map_err(blkpipe_ops::OpError::Output)?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use blkpipe_cli::args::cowlist::Args;
 use blkpipe_cli::{self as cli, eprint, eprintln};
+use blkpipe_dev::Avoid;
 use blkpipe_dev::Device;
 use blkpipe_format::range::Range;
 use blkpipe_meta::nbdmap::{self, MapKind};
@@ -17,7 +18,6 @@ use blkpipe_meta::resolve::Resolver;
 use blkpipe_meta::snapshot::{self, ChangeList, ReadOptions, SnapshotView};
 use blkpipe_meta::xml::{self, BlockRanges};
 use blkpipe_meta::MetaError;
-use blkpipe_dev::Avoid;
 use blkpipe_ops::view::write_view_patch_sealed;
 use clap::Parser;
 

@@ -133,7 +133,12 @@ pub struct ChainArgs {
     /// Backup chains (needs --key): FILE holds the last step written of a chain; the stream
     /// is written as the next step, bound to it, and FILE is advanced once the stream is
     /// complete (keep a copy to undo that if the stream is then lost).
-    #[arg(long, value_name = "FILE", requires = "key", conflicts_with = "chain_undo")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "key",
+        conflicts_with = "chain_undo"
+    )]
     pub chain: Option<std::path::PathBuf>,
     /// With --chain: the stream, a full image, starts a new chain (new random id) at STEP,
     /// which must be higher than any step FILE holds.

@@ -172,12 +172,9 @@ mod tests {
         let mut bad = bytes;
         bad[20] = 1;
         assert!(ChainBlock::from_bytes(&bad, 0).is_err());
-        for (f, l) in [(7, 6)] {
-            let mut c = b;
-            c.first = f;
-            c.last = l;
-            assert!(ChainBlock::from_bytes(&c.to_bytes(), 0).is_err());
-        }
+        let mut c = b;
+        (c.first, c.last) = (7, 6);
+        assert!(ChainBlock::from_bytes(&c.to_bytes(), 0).is_err());
         let mut c = b;
         c.head = NO_LINK;
         assert!(ChainBlock::from_bytes(&c.to_bytes(), 0).is_err());

@@ -292,10 +292,18 @@ fn chained_patch_example() {
     let c = r.header().chain.expect("a chain block");
     assert_eq!(&c.chain_id, b"example-chain-01");
     assert_eq!((c.kind, c.first, c.last), (ChainKind::Forward, 2, 2));
-    assert_eq!(&c.prev[..], &sealed[70..102], "prev = the 6.4 stream's header MAC");
+    assert_eq!(
+        &c.prev[..],
+        &sealed[70..102],
+        "prev = the 6.4 stream's header MAC"
+    );
     assert_eq!(c.head, NO_LINK);
     assert!(!c.is_base());
-    assert_eq!(&r.link().unwrap()[..], &bytes[182..214], "link = header MAC");
+    assert_eq!(
+        &r.link().unwrap()[..],
+        &bytes[182..214],
+        "link = header MAC"
+    );
     let mut got = Vec::new();
     while let Some(rec) = r.next_record().unwrap() {
         got.push((rec.offset, rec.length, matches!(rec.data, RecordData::Zero)));
@@ -331,5 +339,8 @@ fn chained_patch_example() {
     let mut d = blake3::Hasher::new_derive_key("blkpipe 2026-11-30 text MAC");
     d.update(&(0u8..32).collect::<Vec<u8>>());
     let tk = *d.finalize().as_bytes();
-    assert_eq!(key.text_mac(b"index\n"), blake3::keyed_hash(&tk, b"index\n"));
+    assert_eq!(
+        key.text_mac(b"index\n"),
+        blake3::keyed_hash(&tk, b"index\n")
+    );
 }

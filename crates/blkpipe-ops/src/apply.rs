@@ -474,7 +474,10 @@ pub fn apply_stream<R: Read>(
         }
     }
     if let Some(c) = &opts.chain_state {
-        avoid.extend(Avoid::path(c, format!("the chain state file {}", c.display())));
+        avoid.extend(Avoid::path(
+            c,
+            format!("the chain state file {}", c.display()),
+        ));
     }
     // A sealed undo stream of a chained stream is bound to the same steps, the other way.
     let undo_chain = match (header.chain, reader.link()) {

@@ -89,7 +89,8 @@ impl ChainPos {
         if words.next() != Some("blkpipe-chain") || words.next() != Some("v1") {
             return Err(bad());
         }
-        let (mut key_id, mut chain_id, mut step, mut link, mut prev) = (None, None, None, None, None);
+        let (mut key_id, mut chain_id, mut step, mut link, mut prev) =
+            (None, None, None, None, None);
         let (mut target, mut size, mut incarnation) = (None, None, None);
         for w in words {
             match w.split_once('=') {
@@ -176,11 +177,7 @@ pub struct ChainProducer {
 impl ChainProducer {
     /// Read the chain file and work out the block. `avoid`: files the chain file must not be
     /// (the source device, the output).
-    pub fn prepare(
-        req: &ChainRequest,
-        key: &SealKey,
-        avoid: &[Avoid],
-    ) -> Result<Self, OpError> {
+    pub fn prepare(req: &ChainRequest, key: &SealKey, avoid: &[Avoid]) -> Result<Self, OpError> {
         let (path, next) = match req {
             ChainRequest::Next(p) | ChainRequest::Start(p, _) => (p, true),
             ChainRequest::UndoOf(p) => (p, false),
@@ -328,23 +325,9 @@ impl ChainGate {
 
     /// The position the target holds once the stream is applied.
     pub fn after(&self, target: TargetBinding) -> ChainPos {
-        let b = &self.block;
-        let (step, link, prev) = match b.kind {
-            ChainKind::Forward => (
-                b.last,
-                b.head_link(&self.link),
-                if b.first == b.last { b.prev } else { NO_LINK },
-            ),
-            ChainKind::Undo => (b.first.saturating_sub(1), b.prev, NO_LINK),
-        };
-        ChainPos {
-            key_id: self.key_id,
-            chain_id: b.chain_id,
-            step,
-            link,
-            prev,
-            target: Some(target),
-        }
+        let mut pos = advance(self.key_id, &self.block, &self.link);
+        pos.target = Some(target);
+        pos
     }
 
     /// Record that the target holds the stream's end state (call only after the whole stream
@@ -352,6 +335,31 @@ impl ChainGate {
     pub fn commit(&self, target: TargetBinding, avoid: &[Avoid]) -> Result<(), OpError> {
         guard::check_replaceable(&self.path, STATE_FILE, avoid)?;
         self.after(target).store(&self.path, STATE_FILE, avoid)
+    }
+}
+
+/// The position a target holds after a stream with `block` and link `link` (sealed with the
+/// key `key_id`) was applied to it (no target binding).
+pub fn advance(key_id: [u8; KEY_ID_LEN], block: &ChainBlock, link: &Link) -> ChainPos {
+    let (step, to, prev) = match block.kind {
+        ChainKind::Forward => (
+            block.last,
+            block.head_link(link),
+            if block.first == block.last {
+                block.prev
+            } else {
+                NO_LINK
+            },
+        ),
+        ChainKind::Undo => (block.first.saturating_sub(1), block.prev, NO_LINK),
+    };
+    ChainPos {
+        key_id,
+        chain_id: block.chain_id,
+        step,
+        link: to,
+        prev,
+        target: None,
     }
 }
 
@@ -448,7 +456,9 @@ pub fn check(
 /// The chain block of the merge of `inputs` (oldest first, each with its header's block and
 /// its link): every input chained, same chain and kind, each one following the one before.
 /// `Ok(None)` when no input is chained.
-pub fn merged(inputs: &[(String, Option<ChainBlock>, Option<Link>)]) -> Result<Option<ChainBlock>, OpError> {
+pub fn merged(
+    inputs: &[(String, Option<ChainBlock>, Option<Link>)],
+) -> Result<Option<ChainBlock>, OpError> {
     if inputs.iter().all(|(_, b, _)| b.is_none()) {
         return Ok(None);
     }

@@ -272,9 +272,9 @@ pub(crate) fn load_line(path: &Path, what: &'static str) -> Result<Option<String
             path.display()
         )));
     }
-    String::from_utf8(bytes).map(Some).map_err(|_| {
-        OpError::Refused(format!("{what} {}: not text", path.display()))
-    })
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| OpError::Refused(format!("{what} {}: not text", path.display())))
 }
 
 /// Replace the small text file `path` with `line` atomically and durably: `FILE.tmp` is

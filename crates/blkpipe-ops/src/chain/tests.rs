@@ -75,9 +75,18 @@ fn merges_check_consecutive_links() {
     .unwrap();
     assert_eq!(m, block(fwd, 3, 5, 0, 5));
     for bad in [
-        vec![inp(block(fwd, 3, 3, 0, 0), 3), inp(block(fwd, 5, 5, 4, 0), 5)],
-        vec![inp(block(fwd, 4, 4, 3, 0), 4), inp(block(fwd, 3, 3, 0, 0), 3)],
-        vec![inp(block(fwd, 3, 3, 0, 0), 3), inp(block(fwd, 4, 4, 9, 0), 4)],
+        vec![
+            inp(block(fwd, 3, 3, 0, 0), 3),
+            inp(block(fwd, 5, 5, 4, 0), 5),
+        ],
+        vec![
+            inp(block(fwd, 4, 4, 3, 0), 4),
+            inp(block(fwd, 3, 3, 0, 0), 3),
+        ],
+        vec![
+            inp(block(fwd, 3, 3, 0, 0), 3),
+            inp(block(fwd, 4, 4, 9, 0), 4),
+        ],
         vec![inp(block(fwd, 3, 3, 0, 0), 3), ("y".into(), None, None)],
     ] {
         assert!(merged(&bad).is_err());
