@@ -78,5 +78,7 @@ Exit codes:
   2    bad command line
   3    bad range list (the error names its line)
   4    I/O error
-  5    refused: range list for another device size, stdout is a terminal
+  5    refused: range list for another device size, stdout is a terminal; a bad key file;
+       --chain: a chain FILE of another key, missing without --new-chain, or holding a
+       step at or above --new-chain
   141  broken pipe: the reader of stdout went away (nothing is printed)";

@@ -117,3 +117,17 @@ fn positions_round_trip() {
     assert!(ChainPos::parse("blkpipe-chain v1 step=1", "f", Path::new("f")).is_err());
     assert!(ChainPos::parse("junk", "f", Path::new("f")).is_err());
 }
+
+proptest::proptest! {
+    /// Any text: the position parser returns a position or a refusal, never panics; a position
+    /// it returns prints back to a line that parses to the same.
+    #[test]
+    fn position_parser_takes_any_text(text in "\\PC{0,300}", words in proptest::collection::vec("(key|chain|step|link|prev|target|incarnation)=[0-9a-f:]{0,70}", 0..8)) {
+        let p = Path::new("f");
+        let _ = ChainPos::parse(&text, "f", p);
+        let line = format!("blkpipe-chain v1 {}", words.join(" "));
+        if let Ok(pos) = ChainPos::parse(&line, "f", p) {
+            proptest::prop_assert_eq!(ChainPos::parse(&pos.line(), "f", p).unwrap(), pos);
+        }
+    }
+}
