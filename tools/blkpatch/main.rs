@@ -83,6 +83,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let opts = ApplyOptions {
         discard: args.discard,
         undo: if write { args.undo.clone() } else { None },
+        replace_undo: args.replace_undo,
         verify: args.verify && write,
         dry_run: !write,
         state: args.state.clone(),
