@@ -29,7 +29,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, HashOutput::Digest) => 0,
         (None, _) => u64::from_le_bytes(blkpipe_ops::random_bytes()[..8].try_into()?),
     };
-    let key = args.key.load()?;
+    let key = args.common.key.load()?;
     let dev = Device::open_source(&args.dev, args.scan.direct)?;
     let opts = HashOptions {
         key,
@@ -51,7 +51,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         output,
         scan: args.scan.options(),
     };
-    let progress = args.report.progress("blkhash")?;
+    let progress = args.common.report.progress("blkhash")?;
     let mut stdout = cli::stdout_buffered();
     let hashed = match &args.ranges {
         Some(path) => {
@@ -70,13 +70,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("stdout")?;
     }
     stdout.flush().context("stdout")?;
-    args.report.print_stats("blkhash", &hashed.stats);
+    args.common.report.print_stats("blkhash", &hashed.stats);
     Ok(())
 }
 
 /// `--mac`: the keyed text MAC of DEV's bytes (FORMAT.md 6.6).
 fn print_mac(args: &Args) -> anyhow::Result<()> {
-    let key = args.key.load()?.context("--mac needs --key")?;
+    let key = args.common.key.load()?.context("--mac needs --key")?;
     // A text file, read whole: at most 16 MiB (an index line per backup is ~200 bytes).
     const MAX: u64 = 16 << 20;
     let read_err = |e: std::io::Error| {

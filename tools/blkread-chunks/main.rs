@@ -8,7 +8,7 @@ use clap::Parser;
 
 fn run(args: Args) -> anyhow::Result<()> {
     args.output.guard()?;
-    let key = args.key.load()?;
+    let key = args.common.key.load()?;
     let dev = Device::open_source(&args.dev, args.direct)?;
     // The chain file is never the source or stdout.
     let mut avoid: Vec<Avoid> = Avoid::fd(1, "the output (stdout)").into_iter().collect();
@@ -25,13 +25,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         chain: chain.as_ref().map(|c| c.block()),
         ..ChunkOptions::default()
     };
-    let progress = args.report.progress("blkread-chunks")?;
+    let progress = args.common.report.progress("blkread-chunks")?;
     let stats = read_chunks(&dev, ranges, cli::stdout_buffered(), &opts, &progress)?;
     // The stream is complete (its end record flushed to stdout): advance the chain file.
     if let (Some(c), Some(link)) = (&chain, stats.link) {
         c.commit(link, &avoid)?;
     }
-    args.report.print_stats("blkread-chunks", &stats);
+    args.common.report.print_stats("blkread-chunks", &stats);
     Ok(())
 }
 

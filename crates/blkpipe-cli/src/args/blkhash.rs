@@ -78,16 +78,13 @@ pub struct Args {
     /// Scan options (`--threads`, `--direct`).
     #[command(flatten)]
     pub scan: crate::opts::ScanArgs,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
+    pub common: crate::Common,
     /// Print only the keyed MAC of DEV's bytes, as `blake3-mac:HEX  DEV` (for a small text
     /// file such as lvbackup's chain index, FORMAT.md 6.6). Needs --key.
     #[arg(long, requires = "key", conflicts_with_all = ["digest", "text", "ranges"], help_heading = "Sealing")]
     pub mac: bool,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\
@@ -103,5 +100,5 @@ Exit codes:
   2    bad command line
   3    bad --block-size, --from past the end of DEV
   4    I/O error
-  5    refused: stdout is a terminal, DEV shrank while being read
+  5    refused: stdout is a terminal, or stdin for --ranges -; DEV shrank while being read
   141  broken pipe: the reader of stdout went away (nothing is printed)";

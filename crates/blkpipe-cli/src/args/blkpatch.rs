@@ -96,9 +96,9 @@ pub struct Args {
     /// stream whose header does not announce one (only blkdiff's do) is refused at once.
     #[arg(long, help_heading = "Safety")]
     pub verify: bool,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
+    pub common: crate::Common,
     /// Backup chains: FILE records the chain step TARGET holds (bound to the key and to
     /// TARGET). A chained stream is refused, before TARGET is touched, unless it is the next
     /// step of that chain (dropped, replayed, reordered or foreign streams are refused), or a
@@ -110,9 +110,6 @@ pub struct Args {
     /// (a rollback, refused without this).
     #[arg(long, requires = "chain_state", help_heading = "Sealing")]
     pub accept_rollback: bool,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\

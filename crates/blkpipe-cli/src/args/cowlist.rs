@@ -96,15 +96,12 @@ pub struct Args {
     /// With --data, write the binary stream even when stdout is a terminal.
     #[arg(long, help_heading = "Safety")]
     pub force_tty: bool,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
+    pub common: crate::Common,
     /// Backup chains (`--chain FILE`, `--new-chain STEP`, `--chain-undo FILE`).
     #[command(flatten)]
     pub chain: crate::ChainArgs,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
 }
 
 const AFTER_HELP: &str = "\

@@ -15,7 +15,7 @@ pub struct ChangeList {
 impl ChangeList {
     /// Read the store in `src`. A duplicate origin chunk, or a COW chunk used twice, is an
     /// error naming both entries.
-    pub fn read<S: BlockSource + ?Sized>(src: &S, opts: &ReadOptions) -> Result<Self, MetaError> {
+    pub fn read(src: &Device, opts: &ReadOptions) -> Result<Self, MetaError> {
         let mut chunks = Vec::new();
         let mut cow_chunks = Vec::new();
         let summary = walk_store(src, opts, |_, e| {
