@@ -3,25 +3,19 @@
 //! PATH.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::common::{bin, pattern};
+use crate::common::{pattern, tools_path};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn blksync(args: &[&str]) -> Output {
-    let tools: PathBuf = bin("blkpatch").parent().unwrap().to_owned();
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     Command::new(repo().join("shell/blksync"))
         .args(args)
-        .env("PATH", path)
+        .env("PATH", tools_path())
         .output()
         .expect("run shell/blksync")
 }

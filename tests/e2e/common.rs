@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::thread::JoinHandle;
 
 pub fn bin(name: &str) -> PathBuf {
     match name {
@@ -61,19 +62,21 @@ pub fn spawn(name: &str, args: &[&str], stdin: Stdio) -> Child {
         .expect("spawn")
 }
 
-pub fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(bin(name))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+/// Start a tool with piped stdout and stderr, and `stdin` written to its stdin (from a
+/// thread, then closed).
+pub fn spawn_fed(name: &str, args: &[&str], stdin: &[u8]) -> (Child, JoinHandle<()>) {
+    let mut child = spawn(name, args, Stdio::piped());
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     let feeder = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
+    (child, feeder)
+}
+
+/// Run a tool to its end with `stdin` as its input.
+pub fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let (child, feeder) = spawn_fed(name, args, stdin);
     let out = child.wait_with_output().expect("wait");
     feeder.join().unwrap();
     out
@@ -81,6 +84,34 @@ pub fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Run `cmd` to its end, assert that it exited 0 (the failure names `what` and shows its
+/// stderr) and return its stdout.
+pub fn stdout_ok(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = cmd.output().expect(what);
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\n{}",
+        out.status,
+        stderr(&out)
+    );
+    out.stdout
+}
+
+/// `PATH` with the directory of the built tools first, for shell scripts and pipelines.
+pub fn tools_path() -> String {
+    let tools = bin("blkpatch");
+    let dir = tools.parent().unwrap().display().to_string();
+    format!("{dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+/// `bash -euo pipefail -c SCRIPT`, with the built tools first on `PATH`.
+pub fn bash(script: &str) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", script])
+        .env("PATH", tools_path());
+    cmd
 }
 
 /// A loop device over a file, detached on drop.

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::common::{bin, pattern, require_loop, run, spawn, Loop, Rng};
+use crate::common::{bin, pattern, require_loop, run, spawn, stdout_ok, Loop, Rng};
 
 const MIB: usize = 1 << 20;
 const BS: usize = 4096;
@@ -346,14 +346,14 @@ fn fault_fixture() -> FaultFixture {
     let dst = dir.path().join("dst.img");
     fs::write(&src, &src_bytes).unwrap();
     fs::write(&dst, &dst_bytes).unwrap();
-    let out = Command::new(bin("blkhash"))
-        .args(["--seed", "77"])
-        .arg(&dst)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let hashes = stdout_ok(
+        Command::new(bin("blkhash"))
+            .args(["--seed", "77"])
+            .arg(&dst),
+        "blkhash",
+    );
     assert_eq!(
-        out.stdout.len(),
+        hashes.len(),
         HEADER_LEN + 2 * GROUP_LEN + (256 * 8 + 8) + END_LEN
     );
     FaultFixture {
@@ -361,7 +361,7 @@ fn fault_fixture() -> FaultFixture {
         src,
         src_bytes,
         dst_bytes,
-        hashes: out.stdout,
+        hashes,
     }
 }
 
@@ -485,18 +485,9 @@ fn digest_agrees_between_file_loop_device_and_options() {
     let file = dir.path().join("disk.img");
     fs::write(&file, pattern(7 * MIB + 512, 30)).unwrap();
     let digest = |p: &Path, extra: &[&str]| -> String {
-        let out = Command::new(bin("blkhash"))
-            .arg("--digest")
-            .args(extra)
-            .arg(p)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = String::from_utf8(out.stdout).unwrap();
+        let mut cmd = Command::new(bin("blkhash"));
+        let out = stdout_ok(cmd.arg("--digest").args(extra).arg(p), "blkhash --digest");
+        let line = String::from_utf8(out).unwrap();
         assert_eq!(
             line,
             format!("{}  {}\n", line.split("  ").next().unwrap(), p.display())

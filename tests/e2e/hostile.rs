@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use blkpipe_meta::snapshot::image;
 
-use crate::common::{bin, pattern, require_loop, run, stderr, Loop};
+use crate::common::{bin, pattern, require_loop, run, stderr, stdout_ok, Loop};
 
 const SIZE: usize = 1 << 20;
 
@@ -45,6 +45,11 @@ fn fx() -> Fx {
 }
 
 impl Fx {
+    /// `blkpatch --state STATE TARGET` with the fixture's stream.
+    fn patch_with_state(&self, state: &Path, target: &Path) -> Output {
+        patch(&["--state", s(state), s(target)], &self.stream)
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -190,7 +195,7 @@ fn item02_undo_or_state_on_a_block_device_is_refused() {
     let victim = f.file("victim", 4096, 9);
     let victim_before = fs::read(&victim).unwrap();
     symlink(&victim, f.path("st.tmp")).unwrap();
-    let out = patch(&["--state", s(&state), s(&target)], &f.stream);
+    let out = f.patch_with_state(&state, &target);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         fs::read(&victim).unwrap() == victim_before,
@@ -236,7 +241,7 @@ fn item03_undo_that_is_the_target_or_the_input_is_refused() {
     // A target that is the input, and a state file that is the target, are refused too.
     let out = patch(&["--input", s(&input), s(&input)], &[]);
     assert_refused(&out, "the input");
-    let out = patch(&["--state", s(&target_link), s(&target)], &f.stream);
+    let out = f.patch_with_state(&target_link, &target);
     assert_refused(&out, "the target");
     assert!(fs::read(&target).unwrap() == before);
     // A fresh undo file works and restores.
@@ -253,13 +258,13 @@ fn item04_state_is_bound_to_its_target() {
     let f = fx();
     let state = f.path("st");
     let a = f.file("a.img", SIZE, 2);
-    let out = patch(&["--state", s(&state), s(&a)], &f.stream);
+    let out = f.patch_with_state(&state, &a);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(fs::read(&a).unwrap() == f.src_bytes);
     // The same stream and state on another file: nothing may be skipped there.
     let b = f.file("b.img", SIZE, 3);
     let b_before = fs::read(&b).unwrap();
-    let out = patch(&["--state", s(&state), s(&b)], &f.stream);
+    let out = f.patch_with_state(&state, &b);
     assert_refused(&out, "another target");
     assert!(stderr(&out).contains("to start over"), "{}", stderr(&out));
     assert!(fs::read(&b).unwrap() == b_before);
@@ -267,7 +272,7 @@ fn item04_state_is_bound_to_its_target() {
     fs::remove_file(&a).unwrap();
     std::thread::sleep(Duration::from_millis(20));
     fs::write(&a, pattern(SIZE, 4)).unwrap();
-    let out = patch(&["--state", s(&state), s(&a)], &f.stream);
+    let out = f.patch_with_state(&state, &a);
     assert_refused(&out, "another target");
     // Another loop device than the one the state was made on.
     let la = f.file("la.img", SIZE, 5);
@@ -283,7 +288,7 @@ fn item04_state_is_bound_to_its_target() {
     assert!(fs::read(&lb).unwrap() == lb_before);
     // Starting over as the message says works.
     fs::remove_file(&state).unwrap();
-    let out = patch(&["--state", s(&state), s(&b)], &f.stream);
+    let out = f.patch_with_state(&state, &b);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(fs::read(&b).unwrap() == f.src_bytes);
 }
@@ -367,7 +372,7 @@ fn item08_print_state_to_a_full_stdout_is_an_io_error() {
     let f = fx();
     let state = f.path("st");
     let target = f.file("t.img", SIZE, 2);
-    let out = patch(&["--state", s(&state), s(&target)], &f.stream);
+    let out = f.patch_with_state(&state, &target);
     assert!(out.status.success(), "{}", stderr(&out));
     for st in [&state, &f.path("none")] {
         let out =
@@ -380,17 +385,13 @@ fn item08_print_state_to_a_full_stdout_is_an_io_error() {
 fn item09_blkdiff_refuses_a_hash_stream_that_starts_later() {
     let f = fx();
     let target = f.file("t.img", SIZE, 2);
-    let hashes = Command::new(bin("blkhash"))
-        .args(["--from", "524288"])
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(hashes.status.success());
-    let out = run("blkdiff", &[s(&f.src)], &hashes.stdout);
+    let mut cmd = Command::new(bin("blkhash"));
+    let hashes = stdout_ok(cmd.args(["--from", "524288"]).arg(&target), "blkhash");
+    let out = run("blkdiff", &[s(&f.src)], &hashes);
     assert_refused(&out, "--from 524288");
     assert!(out.stdout.is_empty(), "a patch was written");
     // With the same --from it is the documented resume.
-    let out = run("blkdiff", &["--from", "524288", s(&f.src)], &hashes.stdout);
+    let out = run("blkdiff", &["--from", "524288", s(&f.src)], &hashes);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 

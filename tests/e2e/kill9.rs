@@ -45,7 +45,7 @@ use blkpipe_ops::state::ResumeState;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::common::{bin, pattern, Rng};
+use crate::common::{bin, pattern, stdout_ok, Rng};
 
 /// The tests of this file measure run times: they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -209,17 +209,12 @@ struct Resume {
 }
 
 fn print_state(state: &Path) -> Resume {
-    let out = Command::new(bin("blkpatch"))
-        .args(["--print-state", "--state"])
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "--print-state: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut cmd = Command::new(bin("blkpatch"));
+    let out = stdout_ok(
+        cmd.args(["--print-state", "--state"]).arg(state),
+        "--print-state",
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = String::from_utf8(out).unwrap();
     let (id, off) = text.trim().split_once(' ').unwrap();
     Resume {
         from: off.parse().unwrap(),

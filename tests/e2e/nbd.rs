@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{bin, pattern, stderr};
+use crate::common::{bash, bin, pattern, stderr};
 
 /// A qemu-nbd serving one image on a Unix socket, killed on drop.
 struct QemuNbd {
@@ -54,13 +54,7 @@ impl Drop for QemuNbd {
 
 /// Run a bash pipeline (pipefail) with the built tools first on PATH.
 fn sh(script: &str) -> Output {
-    let dir = bin("blkpatch").parent().unwrap().to_owned();
-    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
-    Command::new("bash")
-        .args(["-c", &format!("set -euo pipefail\n{script}")])
-        .env("PATH", path)
-        .output()
-        .unwrap()
+    bash(script).output().unwrap()
 }
 
 fn ok(o: &Output) -> String {

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use blkpipe_format::patch::{PatchReader, RecordData};
 
-use crate::common::{bin, pattern, require_loop, run, stderr, Loop};
+use crate::common::{bin, pattern, require_loop, run, spawn_fed, stderr, Loop};
 
 /// `blkread-chunks SRC < ranges` as bytes.
 fn read_chunks(src: &Path, ranges: &str, extra: &[&str]) -> Vec<u8> {
@@ -434,19 +434,8 @@ fn broken_pipes_exit_non_zero_quietly() {
     let f = fixture();
     let whole = format!("0 {}\n", f.src_bytes.len());
     // Consumer goes away: the producer must not report success.
-    let mut producer = Command::new(bin("blkread-chunks"))
-        .arg(&f.src)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    producer
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(whole.as_bytes())
-        .unwrap();
+    let src = f.src.to_str().unwrap();
+    let (mut producer, _) = spawn_fed("blkread-chunks", &[src], whole.as_bytes());
     drop(producer.stdout.take());
     let out = producer.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(141), "{}", stderr(&out));

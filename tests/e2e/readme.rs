@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{bin, pattern};
+use crate::common::{bash, bin, pattern, stdout_ok};
 
 /// The first ```sh block after the line containing `marker`.
 fn block_after(readme: &str, marker: &str) -> String {
@@ -25,23 +25,9 @@ fn offline_recipe_runs_as_written() {
     let dst = pattern(2 << 20, 2);
     fs::write(dir.path().join("src.img"), &src).unwrap();
     fs::write(dir.path().join("dst.img"), &dst).unwrap();
-    let tools = bin("blkpatch");
-    let tools_dir = tools.parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        tools_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "recipe failed:\n{script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_ok(
+        bash(&script).current_dir(dir.path()),
+        &format!("recipe failed:\n{script}"),
     );
     // The recipe applies the delta and then its undo: dst.img is back to where it was, and
     // the saved files exist.

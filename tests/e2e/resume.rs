@@ -2,12 +2,11 @@
 //! random moments, a full filesystem.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{bin, pattern, run, stderr};
+use crate::common::{bin, pattern, run, spawn_fed, stderr};
 
 /// `(stream id, applied offset)` from a state file, through `blkpatch --print-state`.
 fn print_state(state: &Path) -> (String, u64) {
@@ -20,6 +19,12 @@ fn print_state(state: &Path) -> (String, u64) {
     let text = String::from_utf8(out.stdout).unwrap();
     let (id, off) = text.trim().split_once(' ').unwrap();
     (id.to_owned(), off.parse().unwrap())
+}
+
+/// `blkpatch --state STATE DST < stream`.
+fn with_state(state: &Path, dst: &Path, stream: &[u8]) -> std::process::Output {
+    let args = ["--state", state.to_str().unwrap(), dst.to_str().unwrap()];
+    run("blkpatch", &args, stream)
 }
 
 fn full_stream(src: &Path, size: u64, extra: &[&str]) -> Vec<u8> {
@@ -39,11 +44,7 @@ fn resume(src: &Path, dst: &Path, state: &Path, size: u64) {
         extra.extend(["--stream-id", &id]);
     }
     let stream = full_stream(src, size, &extra);
-    let out = run(
-        "blkpatch",
-        &["--state", state.to_str().unwrap(), dst.to_str().unwrap()],
-        &stream,
-    );
+    let out = with_state(state, dst, &stream);
     assert!(out.status.success(), "resume from {from}: {}", stderr(&out));
 }
 
@@ -57,11 +58,7 @@ fn truncated_then_resumed_from_the_recorded_offset() {
     let dst = dir.path().join("dst.img");
     let state = dir.path().join("state");
     let stream = full_stream(&src, size, &[]);
-    let out = run(
-        "blkpatch",
-        &["--state", state.to_str().unwrap(), dst.to_str().unwrap()],
-        &stream[..stream.len() * 2 / 3],
-    );
+    let out = with_state(&state, &dst, &stream[..stream.len() * 2 / 3]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let (_, applied) = print_state(&state);
     assert!(applied >= 12 << 20, "state records progress: {applied}");
@@ -70,11 +67,7 @@ fn truncated_then_resumed_from_the_recorded_offset() {
 
     // Another stream (a new id) is refused while the state file says otherwise.
     let other = full_stream(&src, size, &[]);
-    let out = run(
-        "blkpatch",
-        &["--state", state.to_str().unwrap(), dst.to_str().unwrap()],
-        &other,
-    );
+    let out = with_state(&state, &dst, &other);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("remove it to start over"),
@@ -97,24 +90,15 @@ fn kill_9_at_random_moments_then_resume() {
     let src_bytes = pattern(size as usize, 12);
     let src = dir.path().join("src.img");
     fs::write(&src, &src_bytes).unwrap();
+    let src_arg = src.to_str().unwrap();
     let mut rng = 0x1234_5678u64;
     for trial in 0..8 {
         let dst = dir.path().join(format!("dst{trial}.img"));
         let state = dir.path().join(format!("state{trial}"));
         fs::write(&dst, pattern(size as usize, 100 + trial)).unwrap();
         // Which stage dies alternates; when it dies is random.
-        let mut producer = Command::new(bin("blkread-chunks"))
-            .arg(&src)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        producer
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("0 {size}\n").as_bytes())
-            .unwrap();
+        let list = format!("0 {size}\n");
+        let (mut producer, _) = spawn_fed("blkread-chunks", &[src_arg], list.as_bytes());
         let mut consumer = Command::new(bin("blkpatch"))
             .arg("--state")
             .arg(&state)
@@ -197,11 +181,7 @@ fn full_filesystem_is_a_clear_error_and_the_state_tells_the_truth() {
         };
         let _ = fs::remove_file(&dst);
         let _ = fs::remove_file(&state);
-        let out = run(
-            "blkpatch",
-            &["--state", state.to_str().unwrap(), dst.to_str().unwrap()],
-            &stream,
-        );
+        let out = with_state(&state, &dst, &stream);
         assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
         assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
         assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));

@@ -685,16 +685,9 @@ fn age_encryption_at_rest_recipe() {
     .unwrap();
     let src = b"secret-block-contents!".repeat(3000);
     std::fs::write(dir.path().join("src.img"), &src).unwrap();
-    let bin = common::bin("blkpatch");
-    let bindir = bin.parent().unwrap().to_str().unwrap();
     let sh = |script: &str| {
-        Command::new("bash")
-            .args(["-euo", "pipefail", "-c", script])
+        common::bash(script)
             .current_dir(dir.path())
-            .env(
-                "PATH",
-                format!("{bindir}:{}", std::env::var("PATH").unwrap()),
-            )
             .output()
             .unwrap()
     };

@@ -39,6 +39,16 @@ fn pass1(dst: &Path, src: &Path) -> Piped {
     one
 }
 
+/// The fine pass over `list`: blkhash --ranges LIST | blkdiff --ranges LIST [diff_extra] |
+/// blkpatch, every stage exiting 0.
+fn pass2(dst: &Path, src: &Path, list: &Path, diff_extra: &[&str]) -> Piped {
+    let mut diff_args = vec!["--ranges", p(list)];
+    diff_args.extend_from_slice(diff_extra);
+    let two = pipeline(dst, src, &["--ranges", p(list)], &diff_args, true);
+    assert_eq!(two.codes, [0, 0, 0], "{:?}", two.errs);
+    two
+}
+
 fn pipeline(dst: &Path, src: &Path, hash_args: &[&str], diff_args: &[&str], patch: bool) -> Piped {
     let mut hash = Command::new(bin("blkhash"))
         .args(hash_args)
@@ -118,14 +128,7 @@ fn two_passes_send_only_the_fine_hashes_of_changed_regions() {
     );
     // 32 coarse hashes in two groups of 16 (16 MiB each): header, groups, end record.
     assert_eq!(one.hash_bytes, 56 + 32 * 8 + 2 * 8 + 56);
-    let two = pipeline(
-        &dst,
-        &src,
-        &["--ranges", p(&list)],
-        &["--ranges", p(&list)],
-        true,
-    );
-    assert_eq!(two.codes, [0, 0, 0], "{:?}", two.errs);
+    let two = pass2(&dst, &src, &list, &[]);
     assert!(fs::read(&dst).unwrap() == data, "dst equals src");
     // 4 MiB of regions: 1024 fine hashes instead of 8192 for the whole device.
     assert_eq!(two.hash_bytes, 56 + 40 + 1024 * 8 + 8 + 56);
@@ -136,14 +139,7 @@ fn two_passes_send_only_the_fine_hashes_of_changed_regions() {
         "# blkranges v1 size=33554432 chunk=1048576\n"
     );
     fs::write(&list, &one.out).unwrap();
-    let two = pipeline(
-        &dst,
-        &src,
-        &["--ranges", p(&list)],
-        &["--ranges", p(&list), "--stats"],
-        true,
-    );
-    assert_eq!(two.codes, [0, 0, 0], "{:?}", two.errs);
+    let two = pass2(&dst, &src, &list, &["--stats"]);
     assert!(
         two.errs[1].contains("bytes read from devices: 0"),
         "{}",
@@ -164,14 +160,7 @@ fn a_bigger_or_smaller_source_is_followed_in_two_passes() {
         let list = dir.path().join("l");
         let one = pass1(&dst, &src);
         fs::write(&list, &one.out).unwrap();
-        let two = pipeline(
-            &dst,
-            &src,
-            &["--ranges", p(&list)],
-            &["--ranges", p(&list)],
-            true,
-        );
-        assert_eq!(two.codes, [0, 0, 0], "{:?}", two.errs);
+        pass2(&dst, &src, &list, &[]);
         assert!(fs::read(&dst).unwrap() == data, "src {sl} dst {dl}");
     }
 }

@@ -3,7 +3,7 @@
 //! - [`snapshot`]: the dm-snapshot persistent exception store on an LVM snapshot's COW device.
 //!   [`snapshot::ChangeList`] is the sorted, coalesced list of changed origin chunks (written
 //!   as a range list); [`snapshot::SnapshotView`] is where the snapshot's copies of those
-//!   chunks lie (`blkpipe_ops::view::write_view_patch` writes them as a patch stream, for
+//!   chunks lie (`blkpipe_ops::view::write_view_patch_sealed` writes them as a patch stream, for
 //!   `cowlist --data`). Every entry is checked against
 //!   the COW and origin sizes; an invalidated (overflowed) snapshot is refused.
 //! - [`resolve`]: from `vg/snap`, `/dev/vg/snap` or `/dev/mapper/vg-snap` to the snapshot's

@@ -459,16 +459,16 @@ impl Nesting {
     }
 }
 
-/// Parse `thin_delta` output. The block size comes from `<superblock data_block_size=...>`
-/// (sectors) or, if the XML lacks it, from `block_bytes`; when both are present they must agree.
-pub fn parse_thin_delta<R: BufRead>(
+/// Walk the elements of one XML document: `open(path, tag)` is called for every start (or
+/// empty) tag, with the names of the elements around it. Nesting, end tags, anything after
+/// the root element and an input that ends inside an element are checked here. Returns the
+/// lexer, for errors about the document as a whole.
+fn walk_document<R: BufRead>(
     input: R,
-    block_bytes: Option<u64>,
-) -> Result<BlockRanges, MetaError> {
+    mut open: impl FnMut(&[&str], &Tag) -> Result<(), MetaError>,
+) -> Result<Lexer<R>, MetaError> {
     let mut lex = Lexer::new(input);
     let mut nest = Nesting(Vec::new());
-    let mut collector: Option<Collector> = None;
-    let mut saw_diff = false;
     let mut closed_root = false;
     while let Some(tag) = lex.next_tag()? {
         if closed_root {
@@ -482,17 +482,45 @@ pub fn parse_thin_delta<R: BufRead>(
             closed_root = nest.0.is_empty();
             continue;
         }
-        let path = nest.path();
-        match (path.as_slice(), tag.name.as_str()) {
+        open(&nest.path(), &tag)?;
+        nest.enter(&tag)?;
+        if nest.0.is_empty() && tag.empty {
+            closed_root = true;
+        }
+    }
+    if let Some(open) = nest.0.last() {
+        return Err(lex.err(format!("input ended inside <{open}>")));
+    }
+    Ok(lex)
+}
+
+/// The error for `tag` where it may not stand: inside `path`.
+fn unexpected(tag: &Tag, path: &[&str]) -> MetaError {
+    tag_err(
+        tag,
+        format!("unexpected <{}> inside <{}>", tag.name, path.join("><")),
+    )
+}
+
+/// Parse `thin_delta` output. The block size comes from `<superblock data_block_size=...>`
+/// (sectors) or, if the XML lacks it, from `block_bytes`; when both are present they must agree.
+pub fn parse_thin_delta<R: BufRead>(
+    input: R,
+    block_bytes: Option<u64>,
+) -> Result<BlockRanges, MetaError> {
+    let mut collector: Option<Collector> = None;
+    let mut saw_diff = false;
+    let lex = walk_document(input, |path, tag| {
+        match (path, tag.name.as_str()) {
             ([], "superblock") => {
                 let from_xml = match tag.attr("data_block_size") {
                     Some(_) => {
-                        let sectors = num_attr(&tag, "data_block_size")?;
+                        let sectors = num_attr(tag, "data_block_size")?;
                         if sectors == 0 {
-                            return Err(tag_err(&tag, "data_block_size is 0"));
+                            return Err(tag_err(tag, "data_block_size is 0"));
                         }
                         Some(sectors.checked_mul(SECTOR).ok_or_else(|| {
-                            tag_err(&tag, "data_block_size does not fit 64 bits in bytes")
+                            tag_err(tag, "data_block_size does not fit 64 bits in bytes")
                         })?)
                     }
                     None => None,
@@ -500,7 +528,7 @@ pub fn parse_thin_delta<R: BufRead>(
                 let bytes = match (from_xml, block_bytes) {
                     (Some(x), Some(o)) if x != o => {
                         return Err(tag_err(
-                            &tag,
+                            tag,
                             format!("data_block_size is {x} bytes but --block-size says {o}"),
                         ))
                     }
@@ -508,7 +536,7 @@ pub fn parse_thin_delta<R: BufRead>(
                     (None, Some(o)) => o,
                     (None, None) => {
                         return Err(tag_err(
-                            &tag,
+                            tag,
                             "<superblock> has no data_block_size; give the pool's block size",
                         ))
                     }
@@ -521,7 +549,7 @@ pub fn parse_thin_delta<R: BufRead>(
             }
             ([], other) => {
                 return Err(tag_err(
-                    &tag,
+                    tag,
                     format!("expected <superblock> (thin_delta output), found <{other}>"),
                 ))
             }
@@ -533,35 +561,24 @@ pub fn parse_thin_delta<R: BufRead>(
                 if tag.empty {
                     if kind != "same" {
                         let c = collector.as_mut().expect("set with <superblock>");
-                        c.push(&tag, num_attr(&tag, "begin")?, num_attr(&tag, "length")?)?;
+                        c.push(tag, num_attr(tag, "begin")?, num_attr(tag, "length")?)?;
                     } else {
-                        num_attr(&tag, "begin")?;
-                        num_attr(&tag, "length")?;
+                        num_attr(tag, "begin")?;
+                        num_attr(tag, "length")?;
                     }
                 }
             }
             (["superblock", "diff", kind], "range") if tag.empty => {
-                let (begin, length) = (num_attr(&tag, "begin")?, num_attr(&tag, "length")?);
+                let (begin, length) = (num_attr(tag, "begin")?, num_attr(tag, "length")?);
                 if *kind != "same" {
                     let c = collector.as_mut().expect("set with <superblock>");
-                    c.push(&tag, begin, length)?;
+                    c.push(tag, begin, length)?;
                 }
             }
-            (p, other) => {
-                return Err(tag_err(
-                    &tag,
-                    format!("unexpected <{other}> inside <{}>", p.join("><")),
-                ))
-            }
+            (path, _) => return Err(unexpected(tag, path)),
         }
-        nest.enter(&tag)?;
-        if nest.0.is_empty() && tag.empty {
-            closed_root = true;
-        }
-    }
-    if let Some(open) = nest.0.last() {
-        return Err(lex.err(format!("input ended inside <{open}>")));
-    }
+        Ok(())
+    })?;
     let Some(collector) = collector else {
         return Err(lex.err("no <superblock> element: is this thin_delta output?"));
     };
@@ -579,63 +596,38 @@ pub fn parse_era_invalidate<R: BufRead>(
     if block_bytes == 0 {
         return Err(MetaError::Usage("the era block size must not be 0".into()));
     }
-    let mut lex = Lexer::new(input);
-    let mut nest = Nesting(Vec::new());
     let mut collector = Collector {
         block_bytes,
         ranges: Vec::new(),
         blocks: 0,
     };
     let mut saw_root = false;
-    let mut closed_root = false;
-    while let Some(tag) = lex.next_tag()? {
-        if closed_root {
-            return Err(tag_err(
-                &tag,
-                format!("<{}> after the document ended", tag.name),
-            ));
-        }
-        if tag.end {
-            nest.leave(&tag)?;
-            closed_root = nest.0.is_empty();
-            continue;
-        }
-        match (nest.path().as_slice(), tag.name.as_str()) {
+    let lex = walk_document(input, |path, tag| {
+        match (path, tag.name.as_str()) {
             ([], "blocks") => saw_root = true,
             ([], other) => {
                 return Err(tag_err(
-                    &tag,
+                    tag,
                     format!("expected <blocks> (era_invalidate output), found <{other}>"),
                 ))
             }
             (["blocks"], "range") if tag.empty => {
-                let (begin, end) = (num_attr(&tag, "begin")?, num_attr(&tag, "end")?);
+                let (begin, end) = (num_attr(tag, "begin")?, num_attr(tag, "end")?);
                 if end <= begin {
                     return Err(tag_err(
-                        &tag,
+                        tag,
                         format!("<range begin=\"{begin}\" end=\"{end}\">: end must exceed begin (end is exclusive)"),
                     ));
                 }
-                collector.push(&tag, begin, end - begin)?;
+                collector.push(tag, begin, end - begin)?;
             }
             (["blocks"], "block") if tag.empty => {
-                collector.push(&tag, num_attr(&tag, "block")?, 1)?;
+                collector.push(tag, num_attr(tag, "block")?, 1)?;
             }
-            (p, other) => {
-                return Err(tag_err(
-                    &tag,
-                    format!("unexpected <{other}> inside <{}>", p.join("><")),
-                ))
-            }
+            (path, _) => return Err(unexpected(tag, path)),
         }
-        nest.enter(&tag)?;
-        if nest.0.is_empty() && tag.empty {
-            closed_root = true;
-        }
-    }
-    if let Some(open) = nest.0.last() {
-        return Err(lex.err(format!("input ended inside <{open}>")));
-    }
+        Ok(())
+    })?;
     if !saw_root {
         return Err(lex.err("no <blocks> element: is this era_invalidate output?"));
     }

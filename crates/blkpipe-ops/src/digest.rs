@@ -24,26 +24,8 @@ pub fn device_digest_with(
     range_digest_with(dev, 0, len, block_size, hasher, &ScanOptions::default())
 }
 
-/// Digest `start..end` of `dev` (`start` a multiple of `block_size`).
-pub fn range_digest(
-    dev: &Device,
-    start: u64,
-    end: u64,
-    block_size: u32,
-    seed: u64,
-    opts: &ScanOptions,
-) -> Result<u128, OpError> {
-    range_digest_with(
-        dev,
-        start,
-        end,
-        block_size,
-        &BlockHasher::Xxh3 { seed },
-        opts,
-    )
-}
-
-/// [`range_digest`] with block hashes made by `hasher`.
+/// Digest `start..end` of `dev` (`start` a multiple of `block_size`), with block hashes made
+/// by `hasher`.
 pub fn range_digest_with(
     dev: &Device,
     start: u64,

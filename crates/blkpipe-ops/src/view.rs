@@ -13,7 +13,7 @@ use blkpipe_meta::MetaError;
 use crate::chunks::emit_piece;
 use crate::progress::Progress;
 
-/// What [`write_view_patch`] wrote.
+/// What [`write_view_patch_sealed`] wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ViewStats {
     /// Patch records.
@@ -30,20 +30,9 @@ pub struct ViewStats {
 
 /// Write a patch stream of the snapshot's view: for every exception, the COW chunk's bytes at
 /// the origin chunk's offset, ascending, for a device of `origin_size` bytes. Applied to the
-/// origin, it gives back the snapshot's contents.
-pub fn write_view_patch<W: Write>(
-    src: &Device,
-    view: &SnapshotView,
-    origin_size: u64,
-    out: W,
-    creator: &str,
-    progress: &Progress,
-) -> Result<ViewStats, MetaError> {
-    write_view_patch_sealed(src, view, origin_size, out, creator, progress, None)
-}
-
-/// [`write_view_patch`], sealed with the key when `seal` gives one (`cowlist --data --key`),
-/// and bound to a place in a backup chain when it gives a chain block too.
+/// origin, it gives back the snapshot's contents. Sealed with the key when `seal` gives one
+/// (`cowlist --data --key`), and bound to a place in a backup chain when it gives a chain
+/// block too.
 pub fn write_view_patch_sealed<W: Write>(
     src: &Device,
     view: &SnapshotView,
@@ -163,13 +152,14 @@ mod tests {
         assert_ne!(snap, origin);
         let view = SnapshotView::read(&cow, &opts(Some(origin_size))).unwrap();
         let mut stream = Vec::new();
-        let stats = write_view_patch(
+        let stats = write_view_patch_sealed(
             &cow,
             &view,
             origin_size,
             &mut stream,
             "test",
             &Progress::hidden(),
+            None,
         )
         .unwrap();
         assert_eq!(stats.data_bytes + stats.zero_bytes, view.bytes());
