@@ -7,6 +7,7 @@
 mod common;
 
 mod blksync;
+mod chain;
 mod contract;
 mod cowlist;
 mod hashsync;

@@ -1,6 +1,6 @@
 //! `blkhash DEV`: hash every block of a device into a hash stream for `blkdiff`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use anyhow::Context;
 use blkpipe_cli as cli;
@@ -13,6 +13,9 @@ use blkpipe_ops::ranges::{RangeLimits, SortedRanges};
 use clap::Parser;
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.mac {
+        return print_mac(&args);
+    }
     let output = if args.digest {
         HashOutput::Digest
     } else if args.text {
@@ -68,6 +71,49 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     stdout.flush().context("stdout")?;
     args.common.report.print_stats("blkhash", &hashed.stats);
+    Ok(())
+}
+
+/// `--mac`: the keyed text MAC of DEV's bytes (FORMAT.md 6.6).
+fn print_mac(args: &Args) -> anyhow::Result<()> {
+    let key = args.common.key.load()?.context("--mac needs --key")?;
+    // A text file, read whole: at most 16 MiB (an index line per backup is ~200 bytes).
+    const MAX: u64 = 16 << 20;
+    let read_err = |e: std::io::Error| {
+        blkpipe_ops::OpError::Input(std::io::Error::new(
+            e.kind(),
+            format!("{}: read: {e}", args.dev.display()),
+        ))
+    };
+    let file = std::fs::File::open(&args.dev).map_err(read_err)?;
+    if !file.metadata().map_err(read_err)?.is_file() {
+        return Err(blkpipe_ops::OpError::Refused(format!(
+            "--mac {}: not a regular file (--mac authenticates a small text file)",
+            args.dev.display()
+        ))
+        .into());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::take(file, MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX {
+        return Err(blkpipe_ops::OpError::Refused(format!(
+            "--mac {}: larger than {MAX} bytes, not a text index",
+            args.dev.display()
+        ))
+        .into());
+    }
+    let mac = key.text_mac(&bytes);
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "blake3-mac:{}  {}",
+        mac.to_hex(),
+        args.dev.display()
+    )
+    .and_then(|()| stdout.flush())
+    .map_err(blkpipe_ops::OpError::Output)?;
     Ok(())
 }
 

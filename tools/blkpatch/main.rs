@@ -8,6 +8,7 @@ use blkpipe_cli::{self as cli, eprintln};
 use blkpipe_dev::{Avoid, Device, TargetOptions};
 use blkpipe_format::FormatError;
 use blkpipe_ops::apply::{apply_stream, read_header, ApplyOptions};
+use blkpipe_ops::chain::ChainGate;
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::state::{hex_id, ResumeState};
 use blkpipe_ops::OpError;
@@ -48,6 +49,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     // stream at all never creates or touches a target.
     // So is a sealed stream without --key, an unsealed one with it, and another key.
     let reader = read_header(input, key.as_ref())?;
+    // --chain-state: a stream that does not follow the step the target holds is refused
+    // before the target is opened (or created).
+    if let Some(path) = &args.chain_state {
+        ChainGate::open(
+            path,
+            reader.header(),
+            reader.link(),
+            key.as_ref(),
+            args.accept_rollback,
+        )?;
+    }
     let write = !(args.dry_run || args.list);
     if args.verify && write && !reader.announces_source_digest() {
         return Err(OpError::Refused(
@@ -78,6 +90,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         checkpoint_bytes: Some(args.checkpoint),
         avoid,
         key,
+        chain_state: args.chain_state.clone(),
+        accept_rollback: args.accept_rollback,
     };
     let progress = args.common.report.progress("blkpatch")?;
     let mut stdout = cli::stdout_buffered();
@@ -91,8 +105,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     })?;
     std::io::Write::flush(&mut stdout).context("stdout")?;
     if args.dry_run {
+        let chain = match &applied.header.chain {
+            Some(c) => format!("; {}", c.describe()),
+            None => String::new(),
+        };
         eprintln!(
-            "blkpatch: dry run: stream is valid: {} records, {} data bytes, {} zero bytes, source size {}",
+            "blkpatch: dry run: stream is valid: {} records, {} data bytes, {} zero bytes, source size {}{chain}",
             applied.end.record_count, applied.end.data_bytes, applied.end.zero_bytes, applied.header.source_size
         );
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use blkpipe_cli::args::cowlist::Args;
 use blkpipe_cli::{self as cli, eprint, eprintln};
+use blkpipe_dev::Avoid;
 use blkpipe_dev::Device;
 use blkpipe_format::range::Range;
 use blkpipe_meta::nbdmap::{self, MapKind};
@@ -39,9 +40,13 @@ fn json_wanted(args: &Args) -> bool {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    if args.common.key.key.is_some() && !args.data {
+    if (args.common.key.key.is_some()
+        || args.chain.chain.is_some()
+        || args.chain.chain_undo.is_some())
+        && !args.data
+    {
         return Err(MetaError::Usage(
-            "--key seals the patch stream of --data; a range list is not sealed".into(),
+            "--key and the chain options seal the patch stream of --data; a range list is not sealed".into(),
         )
         .into());
     }
@@ -91,6 +96,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             MetaError::Usage("--data needs the origin size: give --origin-size or --origin".into())
         })?;
         let view = SnapshotView::read(&cow, &opts)?;
+        // The chain file is never the COW device, the snapshot or stdout.
+        let mut avoid: Vec<Avoid> = Avoid::fd(1, "the output (stdout)").into_iter().collect();
+        avoid.extend(Avoid::path(&cow_path, "the COW device"));
+        let chain = args.chain.prepare(key.as_ref(), &avoid)?;
         let creator = format!("cowlist {}", env!("CARGO_PKG_VERSION"));
         let st = write_view_patch_sealed(
             &cow,
@@ -99,9 +108,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             &mut out,
             &creator,
             &progress,
-            key.as_ref(),
+            key.as_ref().map(|k| (k, chain.as_ref().map(|c| c.block()))),
         )?;
         out.flush().context("stdout")?;
+        if let (Some(c), Some(link)) = (&chain, st.link) {
+            c.commit(link, &avoid)?;
+        }
         if json_wanted(&args) {
             json_stats(
                 st.records,

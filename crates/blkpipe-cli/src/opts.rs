@@ -127,6 +127,53 @@ impl KeyArg {
     }
 }
 
+/// The chain options of the tools that write patch streams for backup chains (blkread-chunks,
+/// cowlist --data): FORMAT.md 6.6, [`blkpipe_ops::chain`].
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Sealing")]
+pub struct ChainArgs {
+    /// Backup chains (needs --key): FILE holds the last step written of a chain; the stream
+    /// is written as the next step, bound to it, and FILE is advanced once the stream is
+    /// complete (keep a copy to undo that if the stream is then lost).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "key",
+        conflicts_with = "chain_undo"
+    )]
+    pub chain: Option<std::path::PathBuf>,
+    /// With --chain: the stream, a full image, starts a new chain (new random id) at STEP,
+    /// which must be higher than any step FILE holds.
+    #[arg(long, value_name = "STEP", requires = "chain", value_parser = crate::parse_u64)]
+    pub new_chain: Option<u64>,
+    /// Write the stream as the undo stream of the step the chain FILE holds (it takes a
+    /// target holding that step back to the step before); FILE is not changed. Needs --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub chain_undo: Option<std::path::PathBuf>,
+}
+
+impl ChainArgs {
+    /// Read the chain file and work out the stream's chain block (`None` without chain
+    /// options). `avoid`: files the chain file must not be (the source, stdout).
+    pub fn prepare(
+        &self,
+        key: Option<&blkpipe_format::seal::SealKey>,
+        avoid: &[blkpipe_dev::Avoid],
+    ) -> anyhow::Result<Option<blkpipe_ops::chain::ChainProducer>> {
+        use blkpipe_ops::chain::{ChainProducer, ChainRequest};
+        let req = match (&self.chain, self.new_chain, &self.chain_undo) {
+            (Some(f), Some(step), _) => ChainRequest::Start(f.clone(), step),
+            (Some(f), None, _) => ChainRequest::Next(f.clone()),
+            (None, _, Some(f)) => ChainRequest::UndoOf(f.clone()),
+            (None, _, None) => return Ok(None),
+        };
+        let Some(key) = key else {
+            return Err(OpError::Refused("chain options need --key".into()).into());
+        };
+        Ok(Some(ChainProducer::prepare(&req, key, avoid)?))
+    }
+}
+
 /// The options every tool shares, in this order in its help: sealing (`--key FILE`) and
 /// reporting (`--progress`, `--progress-fd`, `--stats`); one group flattened into each tool's
 /// arguments.

@@ -111,6 +111,26 @@ fn main() {
     let out = example_patch(b"example-stream-2", Some(&key), false);
     println!("== sealed patch ({} bytes)", out.len());
     hex(&out);
+    let sealed_link: [u8; 32] = out[70..102].try_into().unwrap();
+
+    // Chained patch (FORMAT.md 6.7): step 2 of chain "example-chain-01", after the stream of
+    // 6.4 (its header MAC is the link), one zero record.
+    let mut header = PatchHeader::new(8192, *b"example-stream-3");
+    header.total_payload = 4096;
+    header.creator = "spec".into();
+    header.chain = Some(blkpipe_format::chain::ChainBlock {
+        chain_id: *b"example-chain-01",
+        kind: blkpipe_format::chain::ChainKind::Forward,
+        first: 2,
+        last: 2,
+        prev: sealed_link,
+        head: blkpipe_format::chain::NO_LINK,
+    });
+    let mut w = PatchWriter::start(Vec::new(), header, false, false, Some(&key)).unwrap();
+    w.write_zero(4096, 4096).unwrap();
+    let out = w.finish(None).unwrap();
+    println!("== chained patch ({} bytes)", out.len());
+    hex(&out);
 
     // Keyed hash (FORMAT.md 6.5): the device of 3.4 under the same key.
     let out = example_hash(10000, None, Some(&key));

@@ -9,6 +9,7 @@
 //! - [`digest`]: the block hash and whole-device digest all tools agree on.
 //! - [`kind`]: what a stream is, from its first bytes, for errors that name it.
 //! - [`seal`]: sealed streams, authenticated with a 32-byte key (BLAKE3 keyed MACs).
+//! - [`chain`]: chain blocks binding a sealed patch stream to its place in a backup chain.
 //!
 //! Every reader distrusts its input: magic and version first, a checksum before any field is
 //! used, every length checked against a fixed cap before anything is allocated, and truncation
@@ -34,6 +35,7 @@
 //! assert_eq!(r.end().unwrap().record_count, 2);
 //! ```
 
+pub mod chain;
 pub mod digest;
 mod error;
 pub mod hash;

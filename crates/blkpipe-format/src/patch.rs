@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 
 use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
 
+use crate::chain::{ChainBlock, Link, CHAIN_LEN};
 use crate::seal::{mac_eq, SealKey, Sealer, CTX_PATCH, MAC_LEN, SEAL_LEN, TAG_RECORD};
 use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError, MAX_RECORD_LEN};
 
@@ -41,6 +42,9 @@ const FLAG_SOURCE_DIGEST: u8 = 0x01;
 const HEADER_FLAG_DIGEST: u32 = 0x01;
 /// Header flag (minor version 1): the stream is sealed (FORMAT.md 6).
 const HEADER_FLAG_SEALED: u32 = 0x02;
+/// Header flag (minor version 1, only with [`HEADER_FLAG_SEALED`]): a chain block follows the
+/// header (FORMAT.md 6.6).
+const HEADER_FLAG_CHAIN: u32 = 0x04;
 
 /// The patch stream header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,8 @@ pub struct PatchHeader {
     pub stream_id: [u8; 16],
     /// Free text naming the tool that wrote the stream.
     pub creator: String,
+    /// Where the stream stands in a backup chain (sealed streams only, FORMAT.md 6.6).
+    pub chain: Option<ChainBlock>,
 }
 
 impl PatchHeader {
@@ -63,6 +69,7 @@ impl PatchHeader {
             total_payload: UNKNOWN_TOTAL,
             stream_id,
             creator: String::new(),
+            chain: None,
         }
     }
 
@@ -170,6 +177,8 @@ pub struct PatchWriter<W: Write> {
     announced_digest: bool,
     /// Sealed: the stream's subkey and MAC chain.
     seal: Option<Sealer>,
+    /// Sealed: the header MAC (the stream's link in a chain).
+    link: Option<Link>,
     digest: Xxh3,
     source_size: u64,
     next_min_offset: u64,
@@ -195,7 +204,9 @@ impl<W: Write> PatchWriter<W> {
 
     /// The general constructor: `announce` as [`PatchWriter::announcing_digest`]; with a
     /// `key`, the stream is sealed (header flag bit 1, FORMAT.md 6): the key id and header
-    /// MAC follow the header, and every record and the end record carry a MAC.
+    /// MAC follow the header, and every record and the end record carry a MAC. A header with
+    /// a chain block (flag bit 2) must be sealed: the block follows the header, and the
+    /// subkey and header MAC cover both.
     pub fn start(
         mut out: W,
         header: PatchHeader,
@@ -207,15 +218,31 @@ impl<W: Write> PatchWriter<W> {
         if key.is_some() {
             flags |= HEADER_FLAG_SEALED;
         }
+        if header.chain.is_some() {
+            if key.is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a chain block needs a sealed stream (a key)",
+                ));
+            }
+            flags |= HEADER_FLAG_CHAIN;
+        }
         let bytes = header.encode(flags);
         out.write_all(&bytes)?;
-        let seal = match key {
+        let (seal, link) = match key {
             Some(k) => {
-                let (sealer, trailer) = Sealer::start(k, CTX_PATCH, &bytes);
+                let mut sealed = bytes.clone();
+                if let Some(c) = &header.chain {
+                    let cb = c.to_bytes();
+                    out.write_all(&cb)?;
+                    sealed.extend_from_slice(&cb);
+                }
+                let (sealer, trailer) = Sealer::start(k, CTX_PATCH, &sealed);
                 out.write_all(&trailer)?;
-                Some(sealer)
+                let link: Link = trailer[SEAL_LEN - MAC_LEN..].try_into().expect("32 bytes");
+                (Some(sealer), Some(link))
             }
-            None => None,
+            None => (None, None),
         };
         let mut digest = Xxh3::new();
         digest.update(&bytes);
@@ -224,6 +251,7 @@ impl<W: Write> PatchWriter<W> {
             lz4,
             announced_digest: announce,
             seal,
+            link,
             digest,
             source_size: header.source_size,
             next_min_offset: 0,
@@ -237,6 +265,11 @@ impl<W: Write> PatchWriter<W> {
     /// The inner writer (for flushing or syncing between records).
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.out
+    }
+
+    /// A sealed stream's link (its header MAC, FORMAT.md 6.6); `None` unsealed.
+    pub fn link(&self) -> Option<Link> {
+        self.link
     }
 
     /// Number of records written so far.

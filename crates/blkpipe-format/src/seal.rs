@@ -30,6 +30,7 @@ pub(crate) const CTX_PATCH: &str = "blkpipe 2026-11-30 sealed patch stream subke
 pub(crate) const CTX_HASH: &str = "blkpipe 2026-11-30 keyed hash stream subkey";
 const CTX_BLOCK: &str = "blkpipe 2026-11-30 keyed block hash key";
 const CTX_KEY_ID: &str = "blkpipe 2026-11-30 key id";
+const CTX_TEXT: &str = "blkpipe 2026-11-30 text MAC";
 
 /// MAC input tags (the first byte of every MAC input), so no MAC can stand for another.
 pub(crate) const TAG_HEADER: u8 = b'H';
@@ -77,6 +78,15 @@ impl SealKey {
         h.update(&self.bytes);
         h.update(&seed.to_le_bytes());
         *h.finalize().as_bytes()
+    }
+
+    /// The MAC of a text file (lvbackup's chain index, FORMAT.md 6.6):
+    /// `keyed(derive_key(CTX_TEXT, key), bytes)`.
+    pub fn text_mac(&self, bytes: &[u8]) -> blake3::Hash {
+        let mut k = blake3::derive_key(CTX_TEXT, &self.bytes);
+        let mac = blake3::keyed_hash(&k, bytes);
+        k.zeroize();
+        mac
     }
 
     fn subkey(&self, context: &str, header: &[u8]) -> [u8; 32] {

@@ -274,3 +274,73 @@ fn range_restricted_hash_example() {
         assert!(HashReader::new(&bad[..]).is_err(), "byte {at}");
     }
 }
+
+#[test]
+fn chained_patch_example() {
+    use blkpipe_format::chain::{ChainKind, NO_LINK};
+    let [body] = &blocks("hex chained-patch")[..] else {
+        panic!("one chained patch example expected")
+    };
+    let [sealed] = &blocks("hex sealed-patch")[..] else {
+        panic!("one sealed patch example expected")
+    };
+    let bytes = unhex(body);
+    let sealed = unhex(sealed);
+    let key = example_key();
+    assert_eq!(&bytes[12..16], &[6, 0, 0, 0], "flags: sealed and chained");
+    let mut r = PatchReader::with_key(&bytes[..], Vec::new(), Some(&key)).unwrap();
+    let c = r.header().chain.expect("a chain block");
+    assert_eq!(&c.chain_id, b"example-chain-01");
+    assert_eq!((c.kind, c.first, c.last), (ChainKind::Forward, 2, 2));
+    assert_eq!(
+        &c.prev[..],
+        &sealed[70..102],
+        "prev = the 6.4 stream's header MAC"
+    );
+    assert_eq!(c.head, NO_LINK);
+    assert!(!c.is_base());
+    assert_eq!(
+        &r.link().unwrap()[..],
+        &bytes[182..214],
+        "link = header MAC"
+    );
+    let mut got = Vec::new();
+    while let Some(rec) = r.next_record().unwrap() {
+        got.push((rec.offset, rec.length, matches!(rec.data, RecordData::Zero)));
+    }
+    assert_eq!(got, vec![(4096, 4096, true)]);
+    // From the text: the chain block's checksum, then subkey and header MAC over header and
+    // chain block together.
+    let cb = &bytes[62..174];
+    assert_eq!(
+        xxhash_rust::xxh3::xxh3_64_with_seed(&cb[..104], 0).to_le_bytes(),
+        cb[104..112]
+    );
+    assert_eq!(&bytes[174..182], &key.id()[..]);
+    let mut d = blake3::Hasher::new_derive_key("blkpipe 2026-11-30 sealed patch stream subkey");
+    d.update(&(0u8..32).collect::<Vec<u8>>());
+    d.update(&bytes[..174]);
+    let subkey = *d.finalize().as_bytes();
+    let mut h = blake3::Hasher::new_keyed(&subkey);
+    h.update(b"H");
+    h.update(&bytes[..174]);
+    h.update(&bytes[174..182]);
+    assert_eq!(h.finalize().as_bytes(), &bytes[182..214]);
+    // A flipped byte of `prev` with the block's xxh3 fixed is caught by the header MAC.
+    let mut bad = bytes.clone();
+    bad[62 + 50] ^= 1;
+    let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&bad[62..166], 0);
+    bad[166..174].copy_from_slice(&sum.to_le_bytes());
+    assert!(matches!(
+        PatchReader::with_key(&bad[..], Vec::new(), Some(&key)),
+        Err(blkpipe_format::FormatError::Mac { .. })
+    ));
+    // The text MAC of 6.6.
+    let mut d = blake3::Hasher::new_derive_key("blkpipe 2026-11-30 text MAC");
+    d.update(&(0u8..32).collect::<Vec<u8>>());
+    let tk = *d.finalize().as_bytes();
+    assert_eq!(
+        key.text_mac(b"index\n"),
+        blake3::keyed_hash(&tk, b"index\n")
+    );
+}

@@ -16,6 +16,7 @@ use blkpipe_format::patch::{PatchEnd, PatchHeader, PatchReader, PatchWriter, Rec
 use blkpipe_format::seal::SealKey;
 use blkpipe_format::MAX_RECORD_LEN;
 
+use crate::chain::ChainGate;
 use crate::chunks::emit_piece;
 use crate::direct::{DirectBuf, DirectWriter};
 use crate::progress::Progress;
@@ -47,8 +48,13 @@ pub struct ApplyOptions {
     /// undo and state files are checked against these, the target and each other.
     pub avoid: Vec<Avoid>,
     /// The stream must be sealed with this key (see [`read_header`]); the undo stream is
-    /// sealed with it too.
+    /// sealed with it too (and, for a chained stream, bound to the same steps: FORMAT.md 6.6).
     pub key: Option<SealKey>,
+    /// `--chain-state FILE`: refuse a chained stream that does not follow the step the target
+    /// holds, and record the new step once the stream is applied (see [`crate::chain`]).
+    pub chain_state: Option<PathBuf>,
+    /// With `chain_state`: accept an older full image or an undo stream (a rollback).
+    pub accept_rollback: bool,
 }
 
 /// What was applied, and the stream's end record.
@@ -89,6 +95,7 @@ impl Undo {
         target: &Device,
         avoid: &[Avoid],
         key: Option<&SealKey>,
+        chain: Option<blkpipe_format::chain::ChainBlock>,
         earlier: impl FnOnce(u64) -> Result<(), OpError>,
     ) -> Result<Self, OpError> {
         // Not a device, not in use, not the target or the input; created O_EXCL when new.
@@ -113,6 +120,7 @@ impl Undo {
             total_payload: blkpipe_format::patch::UNKNOWN_TOTAL,
             stream_id: crate::random_bytes(),
             creator: format!("blkpatch {} undo", env!("CARGO_PKG_VERSION")),
+            chain,
         };
         Ok(Undo {
             out: UndoOut::Pending(BufWriter::with_capacity(1 << 20, file), header),
@@ -468,15 +476,60 @@ pub fn apply_stream<R: Read>(
             what: format!("the target {}", t.path().display()),
         });
     }
-    if let (Some(u), Some(s)) = (&opts.undo, &opts.state) {
-        if guard::temp_path(s) == *u || s == u {
-            return Err(OpError::Refused(format!(
-                "--undo {} and --state {} name the same file",
-                u.display(),
-                s.display()
-            )));
+    let named = [
+        ("--undo", opts.undo.as_ref()),
+        ("--state", opts.state.as_ref()),
+        ("--chain-state", opts.chain_state.as_ref()),
+    ];
+    for (i, (a, pa)) in named.iter().enumerate() {
+        for (b, pb) in &named[i + 1..] {
+            if let (Some(pa), Some(pb)) = (pa, pb) {
+                if pa == pb || guard::temp_path(pa) == **pb || guard::temp_path(pb) == **pa {
+                    return Err(OpError::Refused(format!(
+                        "{a} {} and {b} {} name the same file",
+                        pa.display(),
+                        pb.display()
+                    )));
+                }
+            }
         }
     }
+    // --chain-state: the stream must follow the step the target holds (checked before
+    // anything is written; the tool checks it before it even opens the target).
+    let chain_gate = match &opts.chain_state {
+        Some(path) => {
+            let gate = ChainGate::open(
+                path,
+                &header,
+                reader.link(),
+                opts.key.as_ref(),
+                opts.accept_rollback,
+            )?;
+            if let Some(t) = target.as_deref() {
+                gate.check_target(&binding(t)?)?;
+                guard::check_replaceable(path, "chain state file", &avoid)?;
+            }
+            Some(gate)
+        }
+        None => None,
+    };
+    let mut chain_avoid = avoid.clone();
+    for (what, p) in [("undo file", &opts.undo), ("state file", &opts.state)] {
+        if let Some(p) = p {
+            chain_avoid.extend(Avoid::path(p, format!("the {what} {}", p.display())));
+        }
+    }
+    if let Some(c) = &opts.chain_state {
+        avoid.extend(Avoid::path(
+            c,
+            format!("the chain state file {}", c.display()),
+        ));
+    }
+    // A sealed undo stream of a chained stream is bound to the same steps, the other way.
+    let undo_chain = match (header.chain, reader.link()) {
+        (Some(b), Some(link)) => Some(crate::chain::undo_block(&b, &link)),
+        _ => None,
+    };
     // The undo file first: an existing one that holds data is refused before the state file
     // is created. Each is checked against the other when it exists.
     let undo = match (&opts.undo, target.as_deref()) {
@@ -494,6 +547,7 @@ pub fn apply_stream<R: Read>(
                 t,
                 &undo_avoid,
                 opts.key.as_ref(),
+                undo_chain,
                 earlier,
             )?)
         }
@@ -587,6 +641,10 @@ pub fn apply_stream<R: Read>(
         st.complete = true;
         st.store(&path, &avoid)?;
     }
+    // The whole stream is applied and the target synced: now the target holds its step.
+    if let (Some(gate), Some(t)) = (&chain_gate, target.as_deref()) {
+        gate.commit(binding(t)?, &chain_avoid)?;
+    }
     progress.finish();
     stats.storage_read = blkpipe_dev::storage_bytes_read();
     if opts.verify {
@@ -607,12 +665,7 @@ fn resume_state(
     avoid: &[Avoid],
 ) -> Result<ResumeState, OpError> {
     guard::check_replaceable(path, "state file", avoid)?;
-    let (id, incarnation) = target.identity()?;
-    let binding = TargetBinding {
-        id,
-        size: target.is_block_device().then(|| target.size()),
-        incarnation,
-    };
+    let binding = binding(target)?;
     match ResumeState::load(path)? {
         Some(st) if st.stream_id == header.stream_id && st.source_size == header.source_size => {
             st.check_target(path, &binding)?;
@@ -638,6 +691,17 @@ fn resume_state(
             Ok(st)
         }
     }
+}
+
+/// What a state file records of the target: its identity, a block device's size, its
+/// incarnation.
+fn binding(target: &Device) -> Result<TargetBinding, OpError> {
+    let (id, incarnation) = target.identity()?;
+    Ok(TargetBinding {
+        id,
+        size: target.is_block_device().then(|| target.size()),
+        incarnation,
+    })
 }
 
 /// Refuse an undo file that already holds data: it is an earlier run's only record of what

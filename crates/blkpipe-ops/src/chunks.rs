@@ -32,6 +32,8 @@ pub struct ChunkOptions {
     pub ignore_size: bool,
     /// Seal the stream with this key.
     pub key: Option<SealKey>,
+    /// With a key: bind the stream to this place in a backup chain (FORMAT.md 6.6).
+    pub chain: Option<blkpipe_format::chain::ChainBlock>,
 }
 
 impl Default for ChunkOptions {
@@ -43,6 +45,7 @@ impl Default for ChunkOptions {
             stream_id: None,
             ignore_size: false,
             key: None,
+            chain: None,
         }
     }
 }
@@ -80,6 +83,7 @@ pub fn read_chunks<R: Read, W: Write>(
         total_payload: total,
         stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
         creator: opts.creator.clone(),
+        chain: opts.chain,
     };
     let writer = PatchWriter::start(
         Outbox::default(),
@@ -89,6 +93,7 @@ pub fn read_chunks<R: Read, W: Write>(
         opts.key.as_ref(),
     )
     .map_err(OpError::Output)?;
+    let link = writer.link();
 
     // Reader threads keep the device busy while a framing thread cuts what they read into
     // records and hashes them (checksum, MAC), and this thread writes the stream: so the
@@ -144,6 +149,7 @@ pub fn read_chunks<R: Read, W: Write>(
     (stats.records, stats.data_bytes, stats.zero_bytes) = counts;
     progress.finish();
     stats.elapsed = started.elapsed();
+    stats.link = link;
     Ok(stats)
 }
 

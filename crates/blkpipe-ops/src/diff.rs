@@ -326,6 +326,7 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
             total_payload: UNKNOWN_TOTAL,
             stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
             creator: opts.creator.clone(),
+            chain: None,
         };
         let out = CountingWriter::new(out);
         let key = opts.key.as_ref();

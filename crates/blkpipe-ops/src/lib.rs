@@ -28,6 +28,7 @@
 //! [`Device`]: blkpipe_dev::Device
 
 pub mod apply;
+pub mod chain;
 pub mod chunks;
 pub mod diff;
 pub mod digest;

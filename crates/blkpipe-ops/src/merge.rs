@@ -88,11 +88,19 @@ pub fn merge_patches<R: Read, W: Write>(
         return Err(OpError::Refused("no input streams".into()));
     };
     let size = newest.reader.header().source_size;
+    // Chained inputs must be consecutive steps of one chain (FORMAT.md 6.6): checked from
+    // their headers, before a byte of output.
+    let links: Vec<_> = ins
+        .iter()
+        .map(|i| (i.name.clone(), i.reader.header().chain, i.reader.link()))
+        .collect();
+    let chain = crate::chain::merged(&links)?;
     let header = PatchHeader {
         source_size: size,
         total_payload: blkpipe_format::patch::UNKNOWN_TOTAL,
         stream_id: crate::random_bytes(),
         creator: format!("blkmerge {}", env!("CARGO_PKG_VERSION")),
+        chain,
     };
     let mut w = PatchWriter::start(out, header, opts.lz4, false, opts.key.as_ref())
         .map_err(OpError::Output)?;

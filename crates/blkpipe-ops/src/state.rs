@@ -41,7 +41,19 @@ pub struct TargetBinding {
 }
 
 impl TargetBinding {
-    fn describe(&self) -> String {
+    /// The binding as `target=… [target_size=…] [incarnation=…]` words.
+    pub(crate) fn words(&self) -> String {
+        let mut s = format!(" target={}", self.id.to_text());
+        if let Some(n) = self.size {
+            s += &format!(" target_size={n}");
+        }
+        if let Some(i) = &self.incarnation {
+            s += &format!(" incarnation={i}");
+        }
+        s
+    }
+
+    pub(crate) fn describe(&self) -> String {
         let mut s = self.id.to_text();
         if let Some(n) = self.size {
             s += &format!(", {n} bytes");
@@ -215,29 +227,76 @@ impl ResumeState {
     /// Replace the state file atomically and durably. `FILE.tmp` is created afresh (`O_EXCL`,
     /// through [`guard::create_temp`]) and must not be one of `avoid`.
     pub fn store(&self, path: &Path, avoid: &[Avoid]) -> Result<(), OpError> {
-        // FILE.tmp next to FILE: appended, not swapped for FILE's own extension, which would
-        // clobber a neighbour (`lv.state` would write `lv.tmp`).
-        let tmp = guard::temp_path(path);
-        let mut f: File = guard::create_temp(&tmp, "state file", avoid)?;
-        let mut write = || -> io::Result<()> {
-            f.write_all(self.line().as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
-            let dir = match path.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| state_err(path, e))
+        store_line(path, &self.line(), "state file", avoid)
     }
 }
 
-fn state_err(path: &Path, e: io::Error) -> OpError {
-    OpError::Output(io::Error::new(
-        e.kind(),
-        format!("state file {}: write: {e}", path.display()),
-    ))
+/// Read the small text file `path` (at most [`MAX_STATE_LEN`] bytes, UTF-8); `Ok(None)` if it
+/// does not exist. A directory, a device or a file in use is refused (`what` names it).
+pub(crate) fn load_line(path: &Path, what: &'static str) -> Result<Option<String>, OpError> {
+    let read_err = |e: io::Error| {
+        OpError::Input(io::Error::new(
+            e.kind(),
+            format!("{what} {}: read: {e}", path.display()),
+        ))
+    };
+    let file = match guard::open_read(path, 0) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_err(e)),
+    };
+    let meta = file.metadata().map_err(read_err)?;
+    if meta.is_dir() {
+        return Err(OpError::Refused(format!(
+            "{what} {}: is a directory",
+            path.display()
+        )));
+    }
+    guard::check(path, &meta, Role::Aux(what), &[])?;
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_STATE_LEN {
+        return Err(OpError::Refused(format!(
+            "{what} {}: longer than {MAX_STATE_LEN} bytes, not a {what}",
+            path.display()
+        )));
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| OpError::Refused(format!("{what} {}: not text", path.display())))
+}
+
+/// Replace the small text file `path` with `line` atomically and durably: `FILE.tmp` is
+/// created afresh (`O_EXCL`, through [`guard::create_temp`], checked against `avoid`),
+/// written, synced and renamed over `path`, and the directory is synced.
+pub(crate) fn store_line(
+    path: &Path,
+    line: &str,
+    what: &'static str,
+    avoid: &[Avoid],
+) -> Result<(), OpError> {
+    // FILE.tmp next to FILE: appended, not swapped for FILE's own extension, which would
+    // clobber a neighbour (`lv.state` would write `lv.tmp`).
+    let tmp = guard::temp_path(path);
+    let mut f: File = guard::create_temp(&tmp, what, avoid)?;
+    let mut write = || -> io::Result<()> {
+        f.write_all(line.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        OpError::Output(io::Error::new(
+            e.kind(),
+            format!("{what} {}: write: {e}", path.display()),
+        ))
+    })
 }
 
 #[cfg(test)]

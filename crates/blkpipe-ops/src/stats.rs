@@ -24,6 +24,8 @@ pub struct Stats {
     pub storage_read: Option<u64>,
     /// Wall time.
     pub elapsed: Duration,
+    /// A producer's sealed output: its link (header MAC, FORMAT.md 6.6). Not printed.
+    pub link: Option<[u8; 32]>,
 }
 
 impl Stats {

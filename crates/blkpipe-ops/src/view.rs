@@ -24,12 +24,15 @@ pub struct ViewStats {
     pub data_bytes: u64,
     /// Bytes in zero records.
     pub zero_bytes: u64,
+    /// A sealed stream's link (header MAC, FORMAT.md 6.6).
+    pub link: Option<[u8; 32]>,
 }
 
 /// Write a patch stream of the snapshot's view: for every exception, the COW chunk's bytes at
 /// the origin chunk's offset, ascending, for a device of `origin_size` bytes. Applied to the
-/// origin, it gives back the snapshot's contents. Sealed with `key` when one is given
-/// (`cowlist --data --key`).
+/// origin, it gives back the snapshot's contents. Sealed with the key when `seal` gives one
+/// (`cowlist --data --key`), and bound to a place in a backup chain when it gives a chain
+/// block too.
 pub fn write_view_patch_sealed<W: Write>(
     src: &Device,
     view: &SnapshotView,
@@ -37,7 +40,10 @@ pub fn write_view_patch_sealed<W: Write>(
     out: W,
     creator: &str,
     progress: &Progress,
-    key: Option<&blkpipe_format::seal::SealKey>,
+    seal: Option<(
+        &blkpipe_format::seal::SealKey,
+        Option<blkpipe_format::chain::ChainBlock>,
+    )>,
 ) -> Result<ViewStats, MetaError> {
     let cb = view.summary.chunk_bytes();
     let total = view.bytes();
@@ -47,10 +53,15 @@ pub fn write_view_patch_sealed<W: Write>(
         total_payload: total,
         stream_id: crate::random_bytes(),
         creator: creator.to_owned(),
+        chain: seal.and_then(|(_, c)| c),
     };
+    let key = seal.map(|(k, _)| k);
     let mut writer =
         PatchWriter::start(out, header, false, false, key).map_err(MetaError::Output)?;
-    let mut stats = ViewStats::default();
+    let mut stats = ViewStats {
+        link: writer.link(),
+        ..ViewStats::default()
+    };
     let piece_max = if cb >= MAX_RECORD_LEN {
         MAX_RECORD_LEN
     } else {

@@ -81,6 +81,10 @@ pub struct Args {
     /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
     pub common: crate::Common,
+    /// Print only the keyed MAC of DEV's bytes, as `blake3-mac:HEX  DEV` (for a small text
+    /// file such as lvbackup's chain index, FORMAT.md 6.6). Needs --key.
+    #[arg(long, requires = "key", conflicts_with_all = ["digest", "text", "ranges"], help_heading = "Sealing")]
+    pub mac: bool,
 }
 
 const AFTER_HELP: &str = "\
@@ -88,6 +92,7 @@ Examples:
   ssh dst blkhash /dev/vg/lv | blkdiff /dev/vg/lv | ssh dst blkpatch --verify /dev/vg/lv
   blkhash --text --block-size 1M disk.img | head
   blkhash --digest /dev/vg/lv; ssh other blkhash --digest /dev/vg/lv   # equal if same content
+  blkhash --key k --mac index.txt   # blake3-mac:HEX  index.txt
 
 Exit codes:
   0    success

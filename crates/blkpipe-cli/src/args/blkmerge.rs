@@ -11,6 +11,10 @@ use clap::Parser;
 /// streams' sizes. The result is complete (has an end record) only if every input was; its
 /// source size is the newest input's. Inputs may be zstd, lz4 or gzip compressed.
 ///
+/// Sealed chained inputs (--key; written with --chain) must be consecutive steps of one chain,
+/// each following the one before (undo streams: newest step first); the result is bound to
+/// all their steps (docs/FORMAT.md 6.6). Anything else is refused before any output.
+///
 /// Streams:
 ///   stdin   a patch stream, if `-` is one of the PATCH arguments
 ///   stdout  patch stream (binary; refused on a terminal unless --force-tty)
@@ -50,5 +54,6 @@ Exit codes:
   2    bad command line
   3    an input is bad, corrupted or truncated
   4    I/O error
-  5    refused: stdout is a terminal, or stdin (for `-`)
+  5    refused: stdout is a terminal, or stdin (for `-`); --key: an input not sealed with
+       the key; chained inputs that are not consecutive steps of one chain
   141  broken pipe: the reader of stdout went away (nothing is printed)";

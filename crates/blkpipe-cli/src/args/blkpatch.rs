@@ -99,6 +99,17 @@ pub struct Args {
     /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
     pub common: crate::Common,
+    /// Backup chains: FILE records the chain step TARGET holds (bound to the key and to
+    /// TARGET). A chained stream is refused, before TARGET is touched, unless it is the next
+    /// step of that chain (dropped, replayed, reordered or foreign streams are refused), or a
+    /// full image newer than the step held; FILE is updated after the stream is applied and
+    /// synced. Needs --key.
+    #[arg(long, value_name = "FILE", requires = "key", help_heading = "Sealing")]
+    pub chain_state: Option<PathBuf>,
+    /// With --chain-state: also apply an older full image, or an undo stream of the step held
+    /// (a rollback, refused without this).
+    #[arg(long, requires = "chain_state", help_heading = "Sealing")]
+    pub accept_rollback: bool,
 }
 
 const AFTER_HELP: &str = "\
@@ -110,6 +121,7 @@ Examples:
   read -r id off < <(ssh dst blkpatch --state st --print-state)
   echo \"0 $size\" | blkread-chunks --from \"$off\" --stream-id \"$id\" /dev/vg/lv \\
       | ssh dst blkpatch --state st /dev/vg/lv
+  blkpatch --key k --chain-state lv.chain /dev/vg/copy < 000007.incr.patch   # only step 7
 
 Exit codes:
   0    success: the whole stream was applied (and verified, with --verify)
@@ -121,6 +133,9 @@ Exit codes:
        that is a device, the target or the input, --state of another stream or target,
        --verify of a stream that announces no source digest, stdin is a terminal;
        --key: a sealed stream without it, an unsealed one with it, another key, a key
-       file that is not 32 bytes or is readable by group or others
+       file that is not 32 bytes or is readable by group or others;
+       --chain-state: a dropped, replayed, reordered or foreign chained stream, an older
+       full image or an undo stream without --accept-rollback, FILE of another target or
+       key
   6    --verify found the target differs from the source
   141  broken pipe: the reader of --list went away (nothing is printed)";

@@ -58,6 +58,9 @@ pub struct Args {
     /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
     pub common: crate::Common,
+    /// Backup chains (`--chain FILE`, `--new-chain STEP`, `--chain-undo FILE`).
+    #[command(flatten)]
+    pub chain: crate::ChainArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -72,5 +75,7 @@ Exit codes:
   2    bad command line
   3    bad range list (the error names its line)
   4    I/O error
-  5    refused: range list for another device size, stdout or stdin (the list) is a terminal
+  5    refused: range list for another device size, stdout or stdin (the list) is a terminal;
+       a bad key file; --chain: a chain FILE of another key, missing without --new-chain,
+       or holding a step at or above --new-chain
   141  broken pipe: the reader of stdout went away (nothing is printed)";

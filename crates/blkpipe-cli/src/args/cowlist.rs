@@ -99,6 +99,9 @@ pub struct Args {
     /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
     pub common: crate::Common,
+    /// Backup chains (`--chain FILE`, `--new-chain STEP`, `--chain-undo FILE`).
+    #[command(flatten)]
+    pub chain: crate::ChainArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -118,5 +121,6 @@ Exit codes:
   3    corrupt exception store or bad XML (one line naming the entry)
   4    I/O error
   5    refused: invalid or overflowed snapshot, merging, transient store, not a snapshot,
-       stdout is a terminal for --data
+       stdout is a terminal for --data; --data --key: a bad key file, a --chain or
+       --chain-undo FILE of another key, or missing
   141  broken pipe: the reader of stdout went away (nothing is printed)";

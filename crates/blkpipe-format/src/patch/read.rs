@@ -36,6 +36,8 @@ pub struct PatchReader<R: Read, B: PayloadBuf = Vec<u8>> {
     announced_digest: bool,
     /// Sealed: the stream's subkey and MAC chain; every record's MAC is checked with it.
     seal: Option<Sealer>,
+    /// Sealed: the verified header MAC (the stream's link in a chain, FORMAT.md 6.6).
+    link: Option<Link>,
     mac: [u8; MAC_LEN],
     pos: u64,
     digest: Xxh3,
@@ -121,7 +123,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         }
         let flags = le_u32(&fixed, 12);
         let known = if le_u16(&fixed, 10) >= 1 {
-            HEADER_FLAG_DIGEST | HEADER_FLAG_SEALED
+            HEADER_FLAG_DIGEST | HEADER_FLAG_SEALED | HEADER_FLAG_CHAIN
         } else {
             0
         };
@@ -133,34 +135,62 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
             ));
         }
         let header_len = HEADER_FIXED + creator_len + 8;
+        let chained = flags & HEADER_FLAG_CHAIN != 0;
+        if chained && flags & HEADER_FLAG_SEALED == 0 {
+            return Err(FormatError::invalid(
+                0,
+                12,
+                "patch header: a chain block (flag bit 2) in a stream that is not sealed",
+            ));
+        }
+        let mut chain = None;
+        let mut link = None;
         let seal = match (flags & HEADER_FLAG_SEALED != 0, key) {
             (true, None) => return Err(FormatError::KeyNeeded { stream: "patch" }),
             (false, Some(_)) => return Err(FormatError::NotSealed { stream: "patch" }),
             (false, None) => None,
             (true, Some(key)) => {
+                let mut bytes = Vec::with_capacity(header_len + CHAIN_LEN);
+                bytes.extend_from_slice(&fixed);
+                bytes.extend_from_slice(&rest);
+                if chained {
+                    let mut cb = [0u8; CHAIN_LEN];
+                    let got = read_full(&mut input, &mut cb)?;
+                    if got < CHAIN_LEN {
+                        return Err(FormatError::Truncated {
+                            what: "chain block",
+                            record: 0,
+                            at: (header_len + got) as u64,
+                        });
+                    }
+                    chain = Some(ChainBlock::from_bytes(&cb, header_len as u64)?);
+                    bytes.extend_from_slice(&cb);
+                }
                 let mut trailer = [0u8; SEAL_LEN];
                 let got = read_full(&mut input, &mut trailer)?;
                 if got < SEAL_LEN {
-                    return Err(truncated((header_len + got) as u64));
+                    return Err(truncated((bytes.len() + got) as u64));
                 }
-                let mut bytes = Vec::with_capacity(header_len);
-                bytes.extend_from_slice(&fixed);
-                bytes.extend_from_slice(&rest);
-                Some(Sealer::verify(key, CTX_PATCH, "patch", &bytes, &trailer)?)
+                let sealer = Sealer::verify(key, CTX_PATCH, "patch", &bytes, &trailer)?;
+                link = Some(trailer[SEAL_LEN - MAC_LEN..].try_into().expect("32 bytes"));
+                Some(sealer)
             }
         };
-        let pos = (header_len + if seal.is_some() { SEAL_LEN } else { 0 }) as u64;
+        let chain_len = if chain.is_some() { CHAIN_LEN } else { 0 };
+        let pos = (header_len + chain_len + if seal.is_some() { SEAL_LEN } else { 0 }) as u64;
         let header = PatchHeader {
             source_size: le_u64(&fixed, 16),
             total_payload: le_u64(&fixed, 24),
             stream_id: fixed[32..48].try_into().expect("16 bytes"),
             creator: String::from_utf8_lossy(&rest[..creator_len]).into_owned(),
+            chain,
         };
         Ok(PatchReader {
             input,
             header,
             announced_digest: flags & HEADER_FLAG_DIGEST != 0,
             seal,
+            link,
             mac: [0u8; MAC_LEN],
             pos,
             digest,
@@ -188,6 +218,11 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
     /// Whether the stream is sealed (then every record returned passed its MAC).
     pub fn is_sealed(&self) -> bool {
         self.seal.is_some()
+    }
+
+    /// A sealed stream's link: its verified header MAC (FORMAT.md 6.6).
+    pub fn link(&self) -> Option<Link> {
+        self.link
     }
 
     /// The end record, once [`next_record`](Self::next_record) has returned `None`.
