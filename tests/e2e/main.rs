@@ -11,6 +11,7 @@ mod contract;
 mod cowlist;
 mod hashsync;
 mod help;
+mod holes;
 mod hostile;
 mod kill9;
 mod merge;
