@@ -43,6 +43,7 @@ pub mod image;
 mod list;
 mod sort;
 mod source;
+mod spill;
 mod view;
 mod walk;
 
@@ -53,6 +54,7 @@ pub use header::*;
 pub use list::*;
 pub use sort::*;
 pub use source::*;
+pub use spill::*;
 pub use view::*;
 pub use walk::*;
 
