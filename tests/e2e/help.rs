@@ -182,7 +182,7 @@ fn sh_on_tty(cmd: &str) -> (Option<i32>, String) {
 }
 
 #[test]
-fn a_terminal_on_stdin_is_refused_where_a_binary_stream_is_read() {
+fn a_terminal_on_stdin_is_refused_where_a_stream_or_list_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
     fs::write(&img, common::pattern(64 * 1024, 7)).unwrap();
@@ -204,6 +204,14 @@ fn a_terminal_on_stdin_is_refused_where_a_binary_stream_is_read() {
         (
             format!("{} {img} - > /dev/null", b("blkmerge")),
             "blkmerge reads a patch stream from `-`",
+        ),
+        (
+            format!("{} {img} > /dev/null", b("blkread-chunks")),
+            "a range list is read",
+        ),
+        (
+            format!("{} --ranges - {img} > /dev/null", b("blkhash")),
+            "a range list is read",
         ),
     ];
     for (cmd, what) in &cases {

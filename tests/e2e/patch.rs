@@ -308,7 +308,11 @@ fn undo_restores_byte_for_byte_including_size() {
     // A stream cut short: what was applied is in the undo file, which puts it all back.
     let (dst, orig) = f.fresh_dst("dst.img");
     let cut = record_ends(&stream)[0] + 1000;
-    let out = patch(&dst, &stream[..cut], &["--undo", undo.to_str().unwrap()]);
+    let out = patch(
+        &dst,
+        &stream[..cut],
+        &["--undo", undo.to_str().unwrap(), "--replace-undo"],
+    );
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_ne!(
         fs::read(&dst).unwrap(),
@@ -317,6 +321,54 @@ fn undo_restores_byte_for_byte_including_size() {
     );
     let out = patch(&dst, &fs::read(&undo).unwrap(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&dst).unwrap(), orig);
+}
+
+/// An undo file that already holds data is an earlier run's only record of the target's old
+/// contents: it is refused (exit 5, nothing written) unless --replace-undo. A run resumed with
+/// --state names a new undo file for the rest, and the two undo files, newest first, restore
+/// the original.
+#[test]
+fn an_existing_undo_file_is_kept() {
+    let f = fixture();
+    let whole = format!("0 {}\n", f.src_bytes.len());
+    let stream = read_chunks(&f.src, &whole, &[]);
+    let (dst, orig) = f.fresh_dst("dst.img");
+    let undo = f.path("undo1.patch");
+    fs::write(&undo, b"earlier undo data").unwrap();
+    let out = patch(&dst, &stream, &["--undo", undo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--replace-undo"), "{}", stderr(&out));
+    assert_eq!(fs::read(&dst).unwrap(), orig, "the target was written");
+    assert_eq!(fs::read(&undo).unwrap(), b"earlier undo data");
+
+    // A stream that fails at its first record saves nothing, so the undo file stays empty
+    // and the next run may use it.
+    fs::remove_file(&undo).unwrap();
+    let cut = record_ends(&stream)[0] - 1;
+    let out = patch(&dst, &stream[..cut], &["--undo", undo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(fs::metadata(&undo).unwrap().len(), 0);
+
+    // Interrupted after the first record with --state and --undo, then resumed.
+    let state = f.path("state");
+    let cut = record_ends(&stream)[1] + 10;
+    let (u1, st) = (undo.to_str().unwrap(), state.to_str().unwrap());
+    let first = ["--undo", u1, "--state", st, "--checkpoint", "4K"];
+    let out = patch(&dst, &stream[..cut], &first);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let out = patch(&dst, &stream, &first);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted run"), "{}", stderr(&out));
+    let undo2 = f.path("undo2.patch");
+    let rest = ["--undo", undo2.to_str().unwrap(), "--state", st];
+    let out = patch(&dst, &stream, &rest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read(&dst).unwrap(), f.src_bytes);
+    for u in [&undo2, &undo] {
+        let out = patch(&dst, &fs::read(u).unwrap(), &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
     assert_eq!(fs::read(&dst).unwrap(), orig);
 }
 

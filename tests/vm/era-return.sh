@@ -9,25 +9,12 @@
 # Usage: tests/vm/era-return.sh [OUTDIR]   (BLKPIPE_BIN=DIR skips the build)
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-if [ -n "${BLKPIPE_BIN:-}" ]; then
-    bin="$BLKPIPE_BIN"
-else
-    (cd "$here" && cargo build --release -q --bin blkread-chunks --bin blkpatch --bin blkhash --bin cowlist)
-    bin="$here/target/release"
-fi
-work=$(mktemp -d "${TMPDIR:-/tmp}/blkpipe-era.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-outdir="${1:-$work/out}"
-mkdir -p "$outdir"
+# shellcheck source=tests/vm/vmlib.sh
+# shellcheck source=SCRIPTDIR/vmlib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/vmlib.sh"
+vm_test_start era "${1:-}" blkread-chunks blkpatch blkhash cowlist
 
-cat >"$work/guest.sh" <<'GUEST'
-#!/bin/bash
-set -euo pipefail
-fail=0
-check() { # DESCRIPTION STATUS
-    if [ "$2" -eq 0 ]; then echo "era-return: ok: $1"; else echo "era-return: FAIL: $1"; fail=1; fi
-}
+vm_test_guest era-return <<'GUEST'
 mib=$((1 << 20))
 size=$((32 * mib))
 # 8 MiB of era metadata, then a 32 MiB origin, on the scratch disk; era blocks of 64 KiB.
@@ -43,14 +30,14 @@ era_now() { dmsetup status era | awk '{ print $6 }'; }
 dmsetup message era 0 checkpoint
 left=$(era_now)
 echo "0 $size" | blkread-chunks "$src" | blkpatch /tmp/copy.img
-check "the copy equals the source when it leaves" "$(cmp -s "$src" /tmp/copy.img; echo $?)"
+vm_check "the copy equals the source when it leaves" "$(cmp -s "$src" /tmp/copy.img; echo $?)"
 
 # Writes while away: 4 KiB at 1 MiB + 4 KiB, 100 KiB at 10 MiB - 8 KiB (three era
 # blocks), 4 KiB at the last block.
 dd if=/dev/urandom of="$src" bs=4096 seek=257 count=1 oflag=direct conv=notrunc status=none
 dd if=/dev/urandom of="$src" bs=1024 seek=$((10 * 1024 - 8)) count=100 oflag=direct conv=notrunc status=none
 dd if=/dev/urandom of="$src" bs=4096 seek=$((size / 4096 - 1)) count=1 oflag=direct conv=notrunc status=none
-check "the source changed while the copy was away" "$(! cmp -s "$src" /tmp/copy.img; echo $?)"
+vm_check "the source changed while the copy was away" "$(! cmp -s "$src" /tmp/copy.img; echo $?)"
 
 # The copy returns: the era blocks written since it left, from a metadata snapshot.
 dmsetup message era 0 checkpoint
@@ -61,7 +48,7 @@ cowlist --era-invalidate /tmp/era.xml --block-size 64K --origin-size "$size" >/t
 cat /tmp/list
 # Era blocks 16 (1 MiB), 159..161 (10 MiB - 64 KiB .. 10 MiB + 128 KiB), 511 (the last).
 want="$(printf '1048576 65536\n10420224 196608\n33488896 65536')"
-check "the list holds the era blocks written while away ($(grep -v '^#' /tmp/list | tr '\n' ' '))" \
+vm_check "the list holds the era blocks written while away ($(grep -v '^#' /tmp/list | tr '\n' ' '))" \
     "$([ "$(grep -v '^#' /tmp/list)" = "$want" ]; echo $?)"
 dm="dm-$(dmsetup info -c --noheadings -o minor era | tr -d " ")"
 sync
@@ -69,31 +56,20 @@ echo 3 >/proc/sys/vm/drop_caches
 before=$(awk '{ print $3 }' "/sys/block/$dm/stat")
 rc=0
 blksync --changed /tmp/list --stats "$src" /tmp/copy.img 2>/tmp/read.err || rc=$?
-check "blksync --changed exits 0 (rc=$rc)" "$rc"
+vm_check "blksync --changed exits 0 (rc=$rc)" "$rc"
 after=$(awk '{ print $3 }' "/sys/block/$dm/stat")
 read_bytes=$(((after - before) * 512))
 cat /tmp/read.err
 listed=$((65536 * 5))
-check "the source device read $read_bytes bytes for $listed listed (device: $size)" \
+vm_check "the source device read $read_bytes bytes for $listed listed (device: $size)" \
     "$([ "$read_bytes" -ge "$listed" ] && [ "$read_bytes" -le $((listed + 4 * mib)) ]; echo $?)"
-check "blkread-chunks read only the listed regions" \
+vm_check "blkread-chunks read only the listed regions" \
     "$(grep -q "bytes read from devices: $listed\$" /tmp/read.err; echo $?)"
 sd=$(blkhash --digest "$src" | cut -d' ' -f1)
 cd=$(blkhash --digest /tmp/copy.img | cut -d' ' -f1)
-check "whole-device digests match after the return ($sd, $cd)" "$([ "$sd" = "$cd" ]; echo $?)"
-check "the returned copy equals the source" "$(cmp -s "$src" /tmp/copy.img; echo $?)"
-exit "$fail"
+vm_check "whole-device digests match after the return ($sd, $cd)" "$([ "$sd" = "$cd" ]; echo $?)"
+vm_check "the returned copy equals the source" "$(cmp -s "$src" /tmp/copy.img; echo $?)"
 GUEST
 
-args=()
-for tool in blkread-chunks blkpatch blkhash cowlist; do args+=(--add "$bin/$tool"); done
-args+=(--add "$here/shell/blksync" --add "$here/shell/lib/blkpipe.sh:/usr/local/bin/lib/blkpipe.sh")
-rc=0
-"$here/tests/vm/run-in-vm" --quiet --log "$outdir/console.log" --scratch-size 64M "${args[@]}" \
-    "$work/guest.sh" "$outdir" || rc=$?
-grep -E '^era-return: ' "$outdir/console.log" || true
-if [ "$rc" -ne 0 ]; then
-    echo "era-return: FAILED (exit $rc; console log: $outdir/console.log)" >&2
-    exit 1
-fi
-echo "era-return: PASS"
+vm_test_run era-return --scratch-size 64M \
+    --add "$here/shell/blksync" --add "$here/shell/lib/blkpipe.sh:/usr/local/bin/lib/blkpipe.sh"

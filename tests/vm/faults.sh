@@ -8,25 +8,12 @@
 # Usage: tests/vm/faults.sh [OUTDIR]   (BLKPIPE_BIN=DIR skips the build)
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-if [ -n "${BLKPIPE_BIN:-}" ]; then
-    bin="$BLKPIPE_BIN"
-else
-    (cd "$here" && cargo build --release -q --bin blkread-chunks --bin blkpatch --bin blkhash --bin blkdiff)
-    bin="$here/target/release"
-fi
-work=$(mktemp -d "${TMPDIR:-/tmp}/blkpipe-faults.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-outdir="${1:-$work/out}"
-mkdir -p "$outdir"
+# shellcheck source=tests/vm/vmlib.sh
+# shellcheck source=SCRIPTDIR/vmlib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/vmlib.sh"
+vm_test_start faults "${1:-}" blkread-chunks blkpatch blkhash blkdiff
 
-cat >"$work/guest.sh" <<'GUEST'
-#!/bin/bash
-set -euo pipefail
-fail=0
-check() { # DESCRIPTION STATUS
-    if [ "$2" -eq 0 ]; then echo "faults: ok: $1"; else echo "faults: FAIL: $1"; fail=1; fi
-}
+vm_test_guest faults <<'GUEST'
 mib=$((1 << 20))
 bad=$((18 * mib + 8192))          # first byte that fails (not on a 4 MiB boundary)
 bad_len=65536
@@ -43,33 +30,33 @@ dev=/dev/mapper/flaky
 # blkread-chunks: exit 4 naming the offset; only records below it.
 rc=0
 echo "0 $size" | blkread-chunks "$dev" >/tmp/p 2>/tmp/err || rc=$?
-check "blkread-chunks exits 4 on EIO (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
-check "the error names offset $bad" "$(grep -q "offset $bad" /tmp/err; echo $?)"
+vm_check "blkread-chunks exits 4 on EIO (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
+vm_check "the error names offset $bad" "$(grep -q "offset $bad" /tmp/err; echo $?)"
 rc=0
 blkpatch --list </tmp/p >/tmp/list 2>/tmp/err2 || rc=$?
-check "the stream has no end record (blkpatch --list exits 3: $(cat /tmp/err2))" "$([ "$rc" -eq 3 ]; echo $?)"
+vm_check "the stream has no end record (blkpatch --list exits 3: $(cat /tmp/err2))" "$([ "$rc" -eq 3 ]; echo $?)"
 maxend=$(awk '{ e = $2 + $3; if (e > m) m = e } END { print m + 0 }' /tmp/list)
-check "no record reaches the bad region (last end $maxend <= $bad)" "$([ "$maxend" -le "$bad" ]; echo $?)"
+vm_check "no record reaches the bad region (last end $maxend <= $bad)" "$([ "$maxend" -le "$bad" ]; echo $?)"
 rc=0
 blkpatch /tmp/target.img </tmp/p 2>/tmp/err3 || rc=$?
-check "blkpatch downstream exits 3 ($(cat /tmp/err3))" "$([ "$rc" -eq 3 ]; echo $?)"
-check "the target holds the source up to the last record" \
+vm_check "blkpatch downstream exits 3 ($(cat /tmp/err3))" "$([ "$rc" -eq 3 ]; echo $?)"
+vm_check "the target holds the source up to the last record" \
     "$(cmp -n "$maxend" /tmp/target.img "$SCRATCH_DISK" >/dev/null; echo $?)"
 
 # blkhash: exit 4 naming the offset, no end record.
 rc=0
 blkhash "$dev" >/tmp/h 2>/tmp/err || rc=$?
-check "blkhash exits 4 on EIO (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
-check "blkhash names the failing offset" "$(grep -Eq "offset (1887[0-9]{4}|$bad)" /tmp/err; echo $?)"
+vm_check "blkhash exits 4 on EIO (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
+vm_check "blkhash names the failing offset" "$(grep -Eq "offset (1887[0-9]{4}|$bad)" /tmp/err; echo $?)"
 
 # blkdiff with the failing device on the local side: exit 4, no end record downstream.
 dd if="$SCRATCH_DISK" of=/tmp/remote.img bs=1M count=32 status=none
 rc=0
 blkhash /tmp/remote.img | blkdiff "$dev" >/tmp/d 2>/tmp/err || rc=$?
-check "blkdiff exits 4 on EIO (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
+vm_check "blkdiff exits 4 on EIO (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
 rc=0
 blkpatch --dry-run </tmp/d 2>/dev/null || rc=$?
-check "blkdiff's stream is incomplete (blkpatch exits $rc)" "$([ "$rc" -eq 3 ]; echo $?)"
+vm_check "blkdiff's stream is incomplete (blkpatch exits $rc)" "$([ "$rc" -eq 3 ]; echo $?)"
 
 dmsetup remove flaky
 
@@ -84,22 +71,11 @@ $((s1 + s2)) $s3 linear $SCRATCH_DISK $((t0 + s1 + s2))"
 echo "0 $size" | blkread-chunks /tmp/remote.img >/tmp/full
 rc=0
 blkpatch --state /tmp/wstate /dev/mapper/badtarget </tmp/full 2>/tmp/err || rc=$?
-check "blkpatch exits 4 when the target fails writes (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
-check "the error is one line about writing" "$([ "$(wc -l </tmp/err)" -eq 1 ] && grep -Eq 'write|fsync' /tmp/err; echo $?)"
+vm_check "blkpatch exits 4 when the target fails writes (rc=$rc: $(cat /tmp/err))" "$([ "$rc" -eq 4 ]; echo $?)"
+vm_check "the error is one line about writing" "$([ "$(wc -l </tmp/err)" -eq 1 ] && grep -Eq 'write|fsync' /tmp/err; echo $?)"
 read -r _ applied < <(blkpatch --print-state --state /tmp/wstate)
-check "the state file does not claim the failed region (applied $applied <= $bad)" "$([ "$applied" -le "$bad" ]; echo $?)"
+vm_check "the state file does not claim the failed region (applied $applied <= $bad)" "$([ "$applied" -le "$bad" ]; echo $?)"
 dmsetup remove badtarget
-exit "$fail"
 GUEST
 
-args=()
-for tool in blkread-chunks blkpatch blkhash blkdiff; do args+=(--add "$bin/$tool"); done
-rc=0
-"$here/tests/vm/run-in-vm" --quiet --log "$outdir/console.log" --scratch-size 64M "${args[@]}" \
-    "$work/guest.sh" "$outdir" || rc=$?
-grep -E '^faults: ' "$outdir/console.log" || true
-if [ "$rc" -ne 0 ]; then
-    echo "faults: FAILED (exit $rc; console log: $outdir/console.log)" >&2
-    exit 1
-fi
-echo "faults: PASS"
+vm_test_run faults --scratch-size 64M

@@ -1,7 +1,7 @@
 # shellcheck shell=sh
 # Helpers for scripts running inside the blkpipe test VM. run-in-vm puts this
 # file at /vm/guest-lib.sh; source it with `. /vm/guest-lib.sh` (works in
-# busybox sh and in bash).
+# busybox sh and in bash). vm_check also serves host-side checks (vmsync-live).
 #
 # Deterministic data: a write with stamp S at byte offset O of length L and
 # granule G fills each G-byte granule at device byte offset X
@@ -69,4 +69,18 @@ vm_dump() {
 # vm_uptime: seconds since boot.
 vm_uptime() {
     cut -d' ' -f1 /proc/uptime
+}
+
+# vm_check DESCRIPTION STATUS: print "$VM_TEST: ok: DESCRIPTION" when STATUS is 0, else
+# "$VM_TEST: FAIL: DESCRIPTION" and set VM_FAILED=1; a test ends with `exit "$VM_FAILED"`.
+# shellcheck disable=SC2034  # VM_FAILED is read by the script that sources this file
+VM_FAILED=0
+# shellcheck disable=SC2034
+vm_check() {
+    if [ "$2" -eq 0 ]; then
+        echo "${VM_TEST:-test}: ok: $1"
+    else
+        echo "${VM_TEST:-test}: FAIL: $1"
+        VM_FAILED=1
+    fi
 }

@@ -117,3 +117,56 @@ vm_resolve_libs() {
         done < <(vm_needed "$f")
     done
 }
+
+# vm_test_start NAME OUTDIR TOOL...: the start every tests/vm test script shares. Sets
+# `here` (the checkout), `bin` (the release binaries: $BLKPIPE_BIN, else the TOOLs built
+# now; vm_test_run adds them to the VM), `work` (a new temporary directory, removed on exit;
+# a script with more to clean up sets its own EXIT trap and removes it there) and `outdir`
+# (OUTDIR, or $work/out when OUTDIR is empty; created).
+vm_test_start() {
+    local name="$1" out="$2" t build=()
+    shift 2
+    VM_TEST_TOOLS=("$@")
+    here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    if [[ -n "${BLKPIPE_BIN:-}" ]]; then
+        bin="$BLKPIPE_BIN"
+    else
+        for t in "$@"; do build+=(--bin "$t"); done
+        (cd "$here" && cargo build --release -q "${build[@]}")
+        bin="$here/target/release"
+    fi
+    work=$(mktemp -d "${TMPDIR:-/tmp}/blkpipe-$name.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    outdir="${out:-$work/out}"
+    mkdir -p "$outdir"
+}
+
+# vm_test_guest NAME < BODY: write $work/guest.sh, the guest side of test NAME: a bash
+# script (set -euo pipefail) that sources /vm/guest-lib.sh, runs BODY with VM_TEST=NAME
+# (for vm_check) and exits non-zero if any vm_check failed.
+vm_test_guest() {
+    {
+        printf '#!/bin/bash\nset -euo pipefail\n. /vm/guest-lib.sh\nVM_TEST=%s\n' "$1"
+        cat
+        # shellcheck disable=SC2016  # expanded in the guest
+        printf 'exit "$VM_FAILED"\n'
+    } >"$work/guest.sh"
+    chmod +x "$work/guest.sh"
+}
+
+# vm_test_run NAME RUN-IN-VM-OPTION...: run $work/guest.sh in the VM (tests/vm/run-in-vm,
+# console log $outdir/console.log) with vm_test_start's TOOLs, print the guest's "NAME: "
+# lines, then "NAME: PASS", or "NAME: FAILED" and exit 1.
+vm_test_run() {
+    local name="$1" rc=0 t add=()
+    shift
+    for t in "${VM_TEST_TOOLS[@]}"; do add+=(--add "$bin/$t"); done
+    "$here/tests/vm/run-in-vm" --quiet --log "$outdir/console.log" "${add[@]}" "$@" \
+        "$work/guest.sh" "$outdir" || rc=$?
+    grep -E "^$name: " "$outdir/console.log" || true
+    if [[ "$rc" -ne 0 ]]; then
+        echo "$name: FAILED (exit $rc; console log: $outdir/console.log)" >&2
+        exit 1
+    fi
+    echo "$name: PASS"
+}

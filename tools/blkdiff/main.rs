@@ -13,7 +13,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !args.list_differing {
         args.output.guard()?;
     }
-    let key = args.key.load()?;
+    let key = args.common.key.load()?;
     let dev = Device::open_source(&args.dev, args.scan.direct)?;
     refuse_terminal_stdin(
         args.hashes.as_deref(),
@@ -36,7 +36,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Some(cli::open_range_list(Some(p))?.0),
         None => None,
     };
-    let progress = args.report.progress("blkdiff")?;
+    let progress = args.common.report.progress("blkdiff")?;
     let stats = diff_device_ranges(
         &dev,
         input,
@@ -46,7 +46,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         &opts,
         &progress,
     )?;
-    args.report.print_stats("blkdiff", &stats);
+    args.common.report.print_stats("blkdiff", &stats);
     Ok(())
 }
 

@@ -26,7 +26,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, HashOutput::Digest) => 0,
         (None, _) => u64::from_le_bytes(blkpipe_ops::random_bytes()[..8].try_into()?),
     };
-    let key = args.key.load()?;
+    let key = args.common.key.load()?;
     let dev = Device::open_source(&args.dev, args.scan.direct)?;
     let opts = HashOptions {
         key,
@@ -48,7 +48,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         output,
         scan: args.scan.options(),
     };
-    let progress = args.report.progress("blkhash")?;
+    let progress = args.common.report.progress("blkhash")?;
     let mut stdout = cli::stdout_buffered();
     let hashed = match &args.ranges {
         Some(path) => {
@@ -67,7 +67,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .context("stdout")?;
     }
     stdout.flush().context("stdout")?;
-    args.report.print_stats("blkhash", &hashed.stats);
+    args.common.report.print_stats("blkhash", &hashed.stats);
     Ok(())
 }
 

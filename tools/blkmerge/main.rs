@@ -22,13 +22,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let opts = MergeOptions {
         lz4: args.lz4,
-        key: args.key.load()?,
+        key: args.common.key.load()?,
     };
-    let progress = args.report.progress("blkmerge")?;
+    let progress = args.common.report.progress("blkmerge")?;
     let out = ProgressWriter::new(cli::stdout_buffered(), progress.clone());
     let stats = merge_patches(inputs, out, &opts)?;
     progress.finish();
-    args.report.print_stats("blkmerge", &stats);
+    args.common.report.print_stats("blkmerge", &stats);
     Ok(())
 }
 

@@ -26,7 +26,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     // A bad key file is refused before the stream is read or the target opened.
-    let key = args.key.load()?;
+    let key = args.common.key.load()?;
     refuse_terminal_stdin(
         args.input.as_deref(),
         "blkpatch reads a patch stream (from blkread-chunks, blkdiff or cowlist --data): pipe one in, or give --input FILE",
@@ -71,6 +71,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let opts = ApplyOptions {
         discard: args.discard,
         undo: if write { args.undo.clone() } else { None },
+        replace_undo: args.replace_undo,
         verify: args.verify && write,
         dry_run: !write,
         state: args.state.clone(),
@@ -78,7 +79,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         avoid,
         key,
     };
-    let progress = args.report.progress("blkpatch")?;
+    let progress = args.common.report.progress("blkpatch")?;
     let mut stdout = cli::stdout_buffered();
     let list: Option<&mut dyn std::io::Write> = if args.list { Some(&mut stdout) } else { None };
     let applied = apply_stream(target.as_mut(), reader, &opts, &progress, list).map_err(|e| {
@@ -95,7 +96,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             applied.end.record_count, applied.end.data_bytes, applied.end.zero_bytes, applied.header.source_size
         );
     }
-    args.report.print_stats("blkpatch", &applied.stats);
+    args.common.report.print_stats("blkpatch", &applied.stats);
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use clap::Parser;
 
 fn run(args: Args) -> anyhow::Result<()> {
     args.output.guard()?;
-    let key = args.key.load()?;
+    let key = args.common.key.load()?;
     let dev = Device::open_source(&args.dev, args.direct)?;
     // A binary stream or compressed data is named, not parsed as text.
     let (ranges, _) = cli::open_range_list(args.ranges.as_deref())?;
@@ -20,9 +20,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         key,
         ..ChunkOptions::default()
     };
-    let progress = args.report.progress("blkread-chunks")?;
+    let progress = args.common.report.progress("blkread-chunks")?;
     let stats = read_chunks(&dev, ranges, cli::stdout_buffered(), &opts, &progress)?;
-    args.report.print_stats("blkread-chunks", &stats);
+    args.common.report.print_stats("blkread-chunks", &stats);
     Ok(())
 }
 

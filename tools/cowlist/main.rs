@@ -34,12 +34,12 @@ fn json_stats(ranges: u64, bytes: u64, metadata_read: u64, started: Instant) {
 }
 
 fn json_wanted(args: &Args) -> bool {
-    args.report.stats == Some(cli::StatsFormat::Json)
+    args.common.report.stats == Some(cli::StatsFormat::Json)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    if args.key.key.is_some() && !args.data {
+    if args.common.key.key.is_some() && !args.data {
         return Err(MetaError::Usage(
             "--key seals the patch stream of --data; a range list is not sealed".into(),
         )
@@ -64,7 +64,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.data {
         cli::guard_binary_stdout(args.force_tty)?;
     }
-    let key = args.key.load()?;
+    let key = args.common.key.load()?;
     let (cow_path, origin_size, what) = match (&args.snap, &args.cow) {
         (Some(snap), _) => {
             let s = Resolver::default().resolve(snap)?;
@@ -79,7 +79,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires a source"),
     };
     let (cow, direct) = snapshot::open_cow(&cow_path)?;
-    let progress = args.report.progress("cowlist")?;
+    let progress = args.common.report.progress("cowlist")?;
     let mut opts = if direct {
         ReadOptions::device(origin_size)
     } else {
@@ -109,7 +109,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 view.summary.metadata_bytes_read,
                 started,
             );
-        } else if args.report.stats.is_some() {
+        } else if args.common.report.stats.is_some() {
             summary(&cow, &view.summary, &what, view.bytes(), None, started);
             eprintln!("cowlist: records:          {}", st.records);
             eprintln!("cowlist: data bytes:       {}", st.data_bytes);
@@ -132,7 +132,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             list.summary.metadata_bytes_read,
             started,
         );
-    } else if args.report.stats.is_some() {
+    } else if args.common.report.stats.is_some() {
         let ranges = list.range_count();
         summary(
             &cow,
@@ -193,7 +193,7 @@ fn write_nbd_ranges(
         .context("stdout")?;
     if json_wanted(args) {
         json_stats(ranges.len() as u64, bytes, 0, started);
-    } else if args.report.stats.is_some() {
+    } else if args.common.report.stats.is_some() {
         eprintln!("cowlist: export size:      {size}");
         eprintln!("cowlist: ranges:           {}", ranges.len());
         eprintln!("cowlist: bytes to send:    {bytes}");
@@ -229,7 +229,7 @@ fn write_blocks(args: &Args, r: &BlockRanges, started: Instant) -> anyhow::Resul
     snapshot::write_ranges(&mut out, size, r.block_bytes, ranges).context("stdout")?;
     if json_wanted(args) {
         json_stats(r.ranges.len() as u64, r.bytes(), 0, started);
-    } else if args.report.stats.is_some() {
+    } else if args.common.report.stats.is_some() {
         eprintln!("cowlist: block size:       {} bytes", r.block_bytes);
         eprintln!("cowlist: blocks listed:    {}", r.blocks);
         eprintln!("cowlist: ranges:           {}", r.ranges.len());

@@ -125,6 +125,19 @@ impl KeyArg {
     }
 }
 
+/// The options every tool shares, in this order in its help: sealing (`--key FILE`) and
+/// reporting (`--progress`, `--progress-fd`, `--stats`); one group flattened into each tool's
+/// arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// `--key FILE`.
+    #[command(flatten)]
+    pub key: KeyArg,
+    /// `--progress`, `--progress-fd`, `--stats`.
+    #[command(flatten)]
+    pub report: Reporting,
+}
+
 /// Open a range list: the file at `path`, or stdin for `None`. Binary or compressed data is
 /// named, not parsed as text (`input::open_text`). Returns the reader and the name that
 /// messages use.
@@ -135,7 +148,13 @@ pub fn open_range_list(path: Option<&Path>) -> anyhow::Result<(Box<dyn BufRead +
                 File::open(p).with_context(|| format!("{}: open range list", p.display()))?;
             (Box::new(file), p.display().to_string())
         }
-        None => (Box::new(io::stdin()), "stdin".into()),
+        None => {
+            blkpipe_ops::input::refuse_terminal_stdin(
+                None,
+                "a range list is read ('OFFSET LENGTH' lines, from cowlist or blkdiff --list-differing): pipe one in or give --ranges FILE",
+            )?;
+            (Box::new(io::stdin()), "stdin".into())
+        }
     };
     let text = blkpipe_ops::input::open_text(raw, &name, "range list")?;
     Ok((text, name))

@@ -325,8 +325,9 @@ pub fn open(path: &Path, role: Role, how: OpenHow, avoid: &[Avoid]) -> Result<Fi
 }
 
 /// Open `path` to read a file or block device without blocking on a FIFO or a terminal, and
-/// with the descriptor back in blocking mode.
-pub(crate) fn open_read(path: &Path, extra_flags: i32) -> io::Result<File> {
+/// with the descriptor back in blocking mode. The caller checks what was opened (through the
+/// descriptor, so no window between check and read).
+pub fn open_read(path: &Path, extra_flags: i32) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | extra_flags)

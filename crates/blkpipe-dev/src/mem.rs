@@ -259,6 +259,15 @@ impl Engine for MemEngine {
     }
 }
 
+impl crate::Device {
+    /// A device holding `data` in memory, without faults, named `<memory>` in messages (for
+    /// readers' tests and fuzz bodies).
+    pub fn in_memory(data: Vec<u8>) -> Self {
+        let engine = MemEngine::new(data, Faults::default());
+        Self::from_engine(Box::new(engine), std::path::Path::new("<memory>"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,9 +31,15 @@ pub enum StreamKind {
     Empty,
 }
 
-const PATCH_MAGIC: &[u8] = b"BLKPATCH";
-const HASH_MAGIC: &[u8] = b"BLKHASH\0";
+const PATCH_MAGIC: &[u8] = crate::patch::MAGIC;
+const HASH_MAGIC: &[u8] = crate::hash::MAGIC;
 const RANGE_HEADER: &[u8] = b"# blkranges";
+/// The first bytes of a zstd frame.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The first bytes of an lz4 frame.
+pub const LZ4_MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
+/// The first bytes of a gzip member.
+pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 impl StreamKind {
     /// The kind `head` (the first bytes of an input, 8 are enough) looks like, if any.
@@ -46,11 +52,11 @@ impl StreamKind {
             StreamKind::Patch
         } else if head.starts_with(HASH_MAGIC) || prefix_of(HASH_MAGIC) {
             StreamKind::Hash
-        } else if starts(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        } else if starts(&ZSTD_MAGIC) {
             StreamKind::Zstd
-        } else if starts(&[0x04, 0x22, 0x4d, 0x18]) {
+        } else if starts(&LZ4_MAGIC) {
             StreamKind::Lz4
-        } else if starts(&[0x1f, 0x8b]) {
+        } else if starts(&GZIP_MAGIC) {
             StreamKind::Gzip
         } else if starts(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
             StreamKind::Xz

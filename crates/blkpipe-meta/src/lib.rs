@@ -21,12 +21,14 @@
 //! list may include chunks the origin never changed (a superset, still correct for syncing).
 //!
 //! ```
+//! use blkpipe_dev::Device;
 //! use blkpipe_meta::snapshot::{image, ChangeList, ReadOptions};
 //!
-//! // A COW image with 4 KiB chunks (8 sectors) whose store maps origin chunks 7, 3 and 4.
-//! let cow = image::build(8, &[7, 3, 4], None, None);
+//! // A COW image with 4 KiB chunks (8 sectors) whose store maps origin chunks 7, 3 and 4,
+//! // read from memory (a file, block device or NBD export reads the same way).
+//! let cow = Device::in_memory(image::build(8, &[7, 3, 4], None, None));
 //! let opts = ReadOptions { origin_size: Some(1 << 20), ..ReadOptions::default() };
-//! let list = ChangeList::read(&cow[..], &opts).unwrap();
+//! let list = ChangeList::read(&cow, &opts).unwrap();
 //! assert_eq!(list.summary.exceptions, 3);
 //!
 //! let mut out = Vec::new();

@@ -19,9 +19,10 @@
 //! chunks to COW chunks (blkpipe-ops writes it as a
 //! patch stream: `cowlist --data`). `image` (feature `test-util`) builds COW images for tests.
 //!
-//! Metadata is read through [`BlockSource`]; on a block device [`open_cow`] opens with
-//! `O_DIRECT`, so every read bypasses the page cache, which matters because the kernel keeps
-//! writing the areas of a live snapshot below it. Areas are read whole (at most [`MAX_READ`]
+//! Metadata is read from a [`Device`] through its engine (a file or block device, an NBD
+//! export, or bytes in memory: [`Device::in_memory`]); on a block device [`open_cow`] opens
+//! with `O_DIRECT`, so every read bypasses the page cache, which matters because the kernel
+//! keeps writing the areas of a live snapshot below it. Areas are read whole (at most [`MAX_READ`]
 //! bytes per request), with several requests in flight on a block device and with read-ahead
 //! hints through the page cache on an image file.
 

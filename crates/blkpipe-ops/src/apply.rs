@@ -29,6 +29,9 @@ pub struct ApplyOptions {
     pub discard: bool,
     /// Save the old contents of every overwritten region to this file, as a patch stream.
     pub undo: Option<PathBuf>,
+    /// An existing, non-empty undo file may be replaced. Without it such a file is refused
+    /// before anything is written: it holds an earlier run's undo data.
+    pub replace_undo: bool,
     /// Check and read everything, write nothing.
     pub dry_run: bool,
     /// Record durable progress in this file and skip what an earlier run of the same stream
@@ -60,19 +63,33 @@ pub struct Applied {
 }
 
 /// Writes the old contents of regions about to be overwritten, durably, as a patch stream.
+/// Nothing is written to the file before the first region is saved, so an undo file that is
+/// not empty always holds old contents (see [`keep_earlier_undo`]).
 struct Undo {
-    writer: PatchWriter<BufWriter<File>>,
+    out: UndoOut,
+    key: Option<SealKey>,
     /// Size of the target before any write: regions past it have nothing to save.
     old_size: u64,
     buf: Vec<u8>,
 }
 
+enum UndoOut {
+    /// Before the first region: the header is not written yet.
+    Pending(BufWriter<File>, PatchHeader),
+    Writing(Box<PatchWriter<BufWriter<File>>>),
+    /// A write of the header failed.
+    Failed,
+}
+
 impl Undo {
+    /// `earlier` decides about an existing file that holds data (its length): refuse it, or
+    /// let it be replaced.
     fn create(
         path: &std::path::Path,
         target: &Device,
         avoid: &[Avoid],
         key: Option<&SealKey>,
+        earlier: impl FnOnce(u64) -> Result<(), OpError>,
     ) -> Result<Self, OpError> {
         // Not a device, not in use, not the target or the input; created O_EXCL when new.
         let file = guard::open(
@@ -81,25 +98,43 @@ impl Undo {
             OpenHow {
                 write: true,
                 create: true,
-                truncate: true,
+                truncate: false,
                 exclusive: false,
             },
             avoid,
         )?;
+        let held = file.metadata().map_err(|e| undo_err(path, e))?.len();
+        if held > 0 {
+            earlier(held)?;
+            file.set_len(0).map_err(|e| undo_err(path, e))?;
+        }
         let header = PatchHeader {
             source_size: target.size(),
             total_payload: blkpipe_format::patch::UNKNOWN_TOTAL,
             stream_id: crate::random_bytes(),
             creator: format!("blkpatch {} undo", env!("CARGO_PKG_VERSION")),
         };
-        let out = BufWriter::with_capacity(1 << 20, file);
-        let writer =
-            PatchWriter::start(out, header, false, false, key).map_err(|e| undo_err(path, e))?;
         Ok(Undo {
-            writer,
+            out: UndoOut::Pending(BufWriter::with_capacity(1 << 20, file), header),
+            key: key.cloned(),
             old_size: target.size(),
             buf: Vec::new(),
         })
+    }
+
+    /// The stream writer, its header written on first use.
+    fn writer(&mut self) -> Result<&mut PatchWriter<BufWriter<File>>, OpError> {
+        self.out = match std::mem::replace(&mut self.out, UndoOut::Failed) {
+            UndoOut::Pending(out, header) => UndoOut::Writing(Box::new(
+                PatchWriter::start(out, header, false, false, self.key.as_ref())
+                    .map_err(io_undo)?,
+            )),
+            other => other,
+        };
+        match &mut self.out {
+            UndoOut::Writing(w) => Ok(w),
+            _ => Err(io_undo(io::Error::other("an earlier write failed"))),
+        }
     }
 
     /// Save `offset..offset+len` of `target` (durable after the next [`Undo::sync`]).
@@ -111,21 +146,32 @@ impl Undo {
         self.buf.resize((end - offset) as usize, 0);
         let got = target.read_at(&mut self.buf, offset)?;
         self.buf.truncate(got);
-        emit_piece(&mut self.writer, offset, &self.buf).map_err(io_undo)
+        let buf = std::mem::take(&mut self.buf);
+        let saved = emit_piece(self.writer()?, offset, &buf).map_err(io_undo);
+        self.buf = buf;
+        saved
     }
 
     fn sync(&mut self) -> Result<(), OpError> {
-        let w = self.writer_file();
+        let UndoOut::Writing(w) = &mut self.out else {
+            return Ok(()); // nothing saved yet
+        };
+        let w = w.get_mut();
         w.flush().map_err(io_undo)?;
         w.get_ref().sync_data().map_err(io_undo)
     }
 
-    fn writer_file(&mut self) -> &mut BufWriter<File> {
-        self.writer.get_mut()
-    }
-
-    fn finish(self) -> Result<(), OpError> {
-        let file = self.writer.finish(None).map_err(io_undo)?;
+    /// Complete the stream. When the run failed before anything was saved, the file is left
+    /// empty, so the next run may use it.
+    fn finish(mut self, run_ok: bool) -> Result<(), OpError> {
+        if matches!(self.out, UndoOut::Pending(..)) && !run_ok {
+            return Ok(());
+        }
+        self.writer()?;
+        let UndoOut::Writing(w) = self.out else {
+            return Err(io_undo(io::Error::other("an earlier write failed")));
+        };
+        let file = w.finish(None).map_err(io_undo)?;
         file.get_ref().sync_all().map_err(io_undo)
     }
 }
@@ -356,9 +402,9 @@ impl Applier<'_> {
     }
 
     /// Write what is pending, record it in the state file, and complete the undo stream.
-    fn finish(mut self) -> Result<(), OpError> {
+    fn finish(mut self, run_ok: bool) -> Result<(), OpError> {
         let flushed = self.checkpoint();
-        let finished = self.undo.take().map_or(Ok(()), Undo::finish);
+        let finished = self.undo.take().map_or(Ok(()), |u| u.finish(run_ok));
         flushed.and(finished)
     }
 }
@@ -431,9 +477,31 @@ pub fn apply_stream<R: Read>(
             )));
         }
     }
+    // The undo file first: an existing one that holds data is refused before the state file
+    // is created. Each is checked against the other when it exists.
+    let undo = match (&opts.undo, target.as_deref()) {
+        (Some(path), Some(t)) => {
+            let mut undo_avoid = avoid.clone();
+            if let Some(s) = &opts.state {
+                undo_avoid.extend(Avoid::path(s, format!("the state file {}", s.display())));
+            }
+            let earlier = |held| match opts.replace_undo {
+                true => Ok(()),
+                false => keep_earlier_undo(path, held, opts.state.as_deref(), &header),
+            };
+            Some(Undo::create(
+                path,
+                t,
+                &undo_avoid,
+                opts.key.as_ref(),
+                earlier,
+            )?)
+        }
+        _ => None,
+    };
     let state = match (&opts.state, target.as_deref()) {
         (Some(path), Some(t)) => {
-            let mut state_avoid = avoid.clone();
+            let mut state_avoid = avoid;
             if let Some(u) = &opts.undo {
                 state_avoid.extend(Avoid::path(u, format!("the undo file {}", u.display())));
             }
@@ -442,38 +510,27 @@ pub fn apply_stream<R: Read>(
         }
         _ => None,
     };
-    // The state file exists now (when asked for): the undo file must not be it.
-    let mut undo_avoid = avoid;
-    if let Some(s) = &opts.state {
-        undo_avoid.extend(Avoid::path(s, format!("the state file {}", s.display())));
-    }
-    let mut applier = match target.as_deref() {
-        Some(t) => Some(Applier {
-            target: t,
-            undo: match &opts.undo {
-                Some(path) => Some(Undo::create(path, t, &undo_avoid, opts.key.as_ref())?),
-                None => None,
-            },
-            state,
-            written_end: 0,
-            since_checkpoint: 0,
-            last_checkpoint: Instant::now(),
-            checkpoint_bytes: opts.checkpoint_bytes.unwrap_or(CHECKPOINT_BYTES),
-            discard: opts.discard,
-            zeros: vec![0u8; MAX_RECORD_LEN as usize],
-            pending: Vec::new(),
-            batch: Vec::new(),
-            write_behind: WriteBehind::default(),
-            // With --undo, writes stay buffered: each batch is written right after its old
-            // contents are saved.
-            direct: if opts.undo.is_none() {
-                DirectWriter::open(t)
-            } else {
-                None
-            },
-        }),
-        None => None,
-    };
+    let mut applier = target.as_deref().map(|t| Applier {
+        target: t,
+        undo,
+        state,
+        written_end: 0,
+        since_checkpoint: 0,
+        last_checkpoint: Instant::now(),
+        checkpoint_bytes: opts.checkpoint_bytes.unwrap_or(CHECKPOINT_BYTES),
+        discard: opts.discard,
+        zeros: vec![0u8; MAX_RECORD_LEN as usize],
+        pending: Vec::new(),
+        batch: Vec::new(),
+        write_behind: WriteBehind::default(),
+        // With --undo, writes stay buffered: each batch is written right after its old
+        // contents are saved.
+        direct: if opts.undo.is_none() {
+            DirectWriter::open(t)
+        } else {
+            None
+        },
+    });
     let mut stats = Stats::default();
     let result = loop {
         let rec = match reader.next_record() {
@@ -515,7 +572,7 @@ pub fn apply_stream<R: Read>(
     // Records verified before a fault are still applied, and the undo stream is completed
     // even then: it covers exactly what was written.
     let state = applier.as_ref().and_then(|a| a.state.clone());
-    let applied = applier.map_or(Ok(()), Applier::finish);
+    let applied = applier.map_or(Ok(()), |a| a.finish(result.is_ok()));
     result?;
     applied?;
     let end = *reader.end().expect("loop ends at the end record");
@@ -581,6 +638,34 @@ fn resume_state(
             Ok(st)
         }
     }
+}
+
+/// Refuse an undo file that already holds data: it is an earlier run's only record of what
+/// the target held. When `state` shows that run was this stream, interrupted, say how to keep
+/// both halves.
+fn keep_earlier_undo(
+    undo: &std::path::Path,
+    held: u64,
+    state: Option<&std::path::Path>,
+    header: &PatchHeader,
+) -> Result<(), OpError> {
+    let resuming = match state {
+        Some(s) => {
+            ResumeState::load(s)?.is_some_and(|st| st.stream_id == header.stream_id && !st.complete)
+        }
+        None => false,
+    };
+    Err(OpError::Refused(if resuming {
+        format!(
+            "undo file {u} holds the undo data of the interrupted run that --state resumes; nothing was written: name a new --undo file for the rest (to undo all, apply the new one, then {u})",
+            u = undo.display()
+        )
+    } else {
+        format!(
+            "undo file {} already holds {held} bytes (an earlier run's undo data); nothing was written: move it away, name another --undo file, or add --replace-undo",
+            undo.display()
+        )
+    }))
 }
 
 fn verify(

@@ -16,9 +16,6 @@ use blkpipe_format::kind::StreamKind;
 
 use crate::OpError;
 
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-const LZ4_MAGIC: [u8; 4] = [0x04, 0x22, 0x4d, 0x18];
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// Skippable frames of the lz4 and zstd frame formats: magic 0x184D2A50..=0x184D2A5F.
 fn is_skippable(head: &[u8]) -> bool {
     head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18]
@@ -154,10 +151,10 @@ pub fn decompress_named(
     name: &str,
 ) -> io::Result<(Box<dyn Read + Send>, Compression)> {
     let mut src = Source::new(raw);
-    let kind = match src.peek(4)? {
-        h if h.starts_with(&ZSTD_MAGIC) => Compression::Zstd,
-        h if h.starts_with(&LZ4_MAGIC) => Compression::Lz4,
-        h if h.starts_with(&GZIP_MAGIC) => Compression::Gzip,
+    let kind = match StreamKind::sniff(src.peek(4)?) {
+        Some(StreamKind::Zstd) => Compression::Zstd,
+        Some(StreamKind::Lz4) => Compression::Lz4,
+        Some(StreamKind::Gzip) => Compression::Gzip,
         _ => Compression::None,
     };
     if kind == Compression::None {
@@ -359,10 +356,11 @@ impl Frames {
     }
 
     fn starts_frame(&self, head: &[u8]) -> bool {
+        let kind = StreamKind::sniff(head);
         match self.format {
-            Compression::Zstd => head.starts_with(&ZSTD_MAGIC) || is_skippable(head),
-            Compression::Lz4 => head.starts_with(&LZ4_MAGIC) || is_skippable(head),
-            Compression::Gzip => head.starts_with(&GZIP_MAGIC),
+            Compression::Zstd => kind == Some(StreamKind::Zstd) || is_skippable(head),
+            Compression::Lz4 => kind == Some(StreamKind::Lz4) || is_skippable(head),
+            Compression::Gzip => kind == Some(StreamKind::Gzip),
             Compression::None => false,
         }
     }
@@ -590,7 +588,7 @@ mod tests {
                 b"BLKHASH\0\x01\0",
                 "hash stream (from blkhash): give it to blkdiff",
             ),
-            (&ZSTD_MAGIC, "zstd-compressed"),
+            (&blkpipe_format::kind::ZSTD_MAGIC, "zstd-compressed"),
         ] {
             let e = open_text(Box::new(io::Cursor::new(head.to_vec())), "in", "range list")
                 .err()

@@ -3,7 +3,7 @@
 //!
 //! Make one with `head -c 32 /dev/urandom > key; chmod 600 key`.
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use blkpipe_format::seal::{SealKey, KEY_LEN};
@@ -18,12 +18,9 @@ pub fn load_key(path: &Path) -> Result<SealKey, OpError> {
     let shown = path.display();
     let refuse = |why: String| OpError::Refused(format!("--key {shown}: {why}"));
     // O_NOFOLLOW would refuse a symlink to a key; a symlink is fine, what it names is checked
-    // through the open descriptor (no window between check and read). O_NONBLOCK: a FIFO
-    // must not hang the open before it is refused.
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
+    // through the open descriptor (no window between check and read). A FIFO does not hang
+    // the open before it is refused.
+    let mut file = blkpipe_dev::guard::open_read(path, 0)
         .map_err(|e| refuse(format!("cannot open the key file: {e}")))?;
     let meta = file
         .metadata()

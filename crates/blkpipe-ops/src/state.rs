@@ -17,9 +17,8 @@
 //! describes another target, so the offsets it calls applied are not applied here. Version 1
 //! files (no target) are read by `--print-state` only.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use blkpipe_dev::guard::{self, Avoid, Role};
@@ -97,11 +96,7 @@ impl ResumeState {
                 format!("state file {}: read: {e}", path.display()),
             ))
         };
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(path)
-        {
+        let file = match guard::open_read(path, 0) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(read_err(e)),

@@ -4,10 +4,10 @@
 
 use std::io::Write;
 
-use blkpipe_dev::AlignedBuf;
+use blkpipe_dev::{AlignedBuf, Device};
 use blkpipe_format::patch::{PatchHeader, PatchWriter};
 use blkpipe_format::MAX_RECORD_LEN;
-use blkpipe_meta::snapshot::{read_full, BlockSource, SnapshotView, SECTOR_BYTES};
+use blkpipe_meta::snapshot::{read_full, SnapshotView, SECTOR_BYTES};
 use blkpipe_meta::MetaError;
 
 use crate::chunks::emit_piece;
@@ -29,8 +29,8 @@ pub struct ViewStats {
 /// Write a patch stream of the snapshot's view: for every exception, the COW chunk's bytes at
 /// the origin chunk's offset, ascending, for a device of `origin_size` bytes. Applied to the
 /// origin, it gives back the snapshot's contents.
-pub fn write_view_patch<S: BlockSource + ?Sized, W: Write>(
-    src: &S,
+pub fn write_view_patch<W: Write>(
+    src: &Device,
     view: &SnapshotView,
     origin_size: u64,
     out: W,
@@ -41,8 +41,8 @@ pub fn write_view_patch<S: BlockSource + ?Sized, W: Write>(
 }
 
 /// [`write_view_patch`], sealed with `key` when one is given (`cowlist --data --key`).
-pub fn write_view_patch_sealed<S: BlockSource + ?Sized, W: Write>(
-    src: &S,
+pub fn write_view_patch_sealed<W: Write>(
+    src: &Device,
     view: &SnapshotView,
     origin_size: u64,
     out: W,
@@ -134,7 +134,8 @@ mod tests {
                 buf.fill(0); // an all-zero chunk becomes a zero record
             }
         };
-        let cow = image::build(cs, &changed, None, Some(&|old, buf| pattern(old, 0, buf)));
+        let img = image::build(cs, &changed, None, Some(&|old, buf| pattern(old, 0, buf)));
+        let cow = Device::in_memory(img);
         let mut snap = vec![0u8; origin_size as usize];
         let mut origin = vec![0u8; origin_size as usize];
         for c in 0..origin_chunks {
@@ -149,10 +150,10 @@ mod tests {
             origin[at..end].copy_from_slice(&full[..end - at]);
         }
         assert_ne!(snap, origin);
-        let view = SnapshotView::read(&cow[..], &opts(Some(origin_size))).unwrap();
+        let view = SnapshotView::read(&cow, &opts(Some(origin_size))).unwrap();
         let mut stream = Vec::new();
         let stats = write_view_patch(
-            &cow[..],
+            &cow,
             &view,
             origin_size,
             &mut stream,

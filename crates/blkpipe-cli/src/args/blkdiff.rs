@@ -71,12 +71,9 @@ pub struct Args {
     /// Scan options (`--threads`, `--direct`).
     #[command(flatten)]
     pub scan: crate::opts::ScanArgs,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
+    pub common: crate::Common,
 }
 
 const AFTER_HELP: &str = "\

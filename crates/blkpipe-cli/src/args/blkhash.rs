@@ -78,12 +78,9 @@ pub struct Args {
     /// Scan options (`--threads`, `--direct`).
     #[command(flatten)]
     pub scan: crate::opts::ScanArgs,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
+    pub common: crate::Common,
 }
 
 const AFTER_HELP: &str = "\
@@ -98,5 +95,5 @@ Exit codes:
   2    bad command line
   3    bad --block-size, --from past the end of DEV
   4    I/O error
-  5    refused: stdout is a terminal, DEV shrank while being read
+  5    refused: stdout is a terminal, or stdin for --ranges -; DEV shrank while being read
   141  broken pipe: the reader of stdout went away (nothing is printed)";

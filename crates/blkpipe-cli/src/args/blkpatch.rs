@@ -58,9 +58,13 @@ pub struct Args {
     /// Zero records punch holes in files and zero out (with discard) on devices.
     #[arg(long, help_heading = "Output")]
     pub discard: bool,
-    /// Before overwriting a region, save its old contents to FILE as a patch stream.
+    /// Before overwriting a region, save its old contents to FILE as a patch stream. An
+    /// existing FILE that is not empty is refused (it holds an earlier run's undo data).
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub undo: Option<PathBuf>,
+    /// Let --undo replace an existing, non-empty FILE (its undo data is lost).
+    #[arg(long, requires = "undo", help_heading = "Output")]
+    pub replace_undo: bool,
     /// Record durable progress in FILE; rerun with the same FILE to skip what an interrupted
     /// run of the same stream already applied (a different stream is refused).
     #[arg(long, value_name = "FILE", help_heading = "Output")]
@@ -92,12 +96,9 @@ pub struct Args {
     /// stream whose header does not announce one (only blkdiff's do) is refused at once.
     #[arg(long, help_heading = "Safety")]
     pub verify: bool,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
+    pub common: crate::Common,
 }
 
 const AFTER_HELP: &str = "\

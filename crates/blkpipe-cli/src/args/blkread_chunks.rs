@@ -55,12 +55,9 @@ pub struct Args {
     /// Read DEV with O_DIRECT, bypassing the page cache.
     #[arg(long, help_heading = "Performance")]
     pub direct: bool,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
+    pub common: crate::Common,
 }
 
 const AFTER_HELP: &str = "\
@@ -75,5 +72,5 @@ Exit codes:
   2    bad command line
   3    bad range list (the error names its line)
   4    I/O error
-  5    refused: range list for another device size, stdout is a terminal
+  5    refused: range list for another device size, stdout or stdin (the list) is a terminal
   141  broken pipe: the reader of stdout went away (nothing is printed)";

@@ -96,12 +96,9 @@ pub struct Args {
     /// With --data, write the binary stream even when stdout is a terminal.
     #[arg(long, help_heading = "Safety")]
     pub force_tty: bool,
-    /// Sealing (`--key FILE`).
+    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
     #[command(flatten)]
-    pub key: crate::KeyArg,
-    /// Reporting options (`--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub report: crate::Reporting,
+    pub common: crate::Common,
 }
 
 const AFTER_HELP: &str = "\

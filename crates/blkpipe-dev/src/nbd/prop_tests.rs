@@ -306,9 +306,9 @@ proptest! {
         victim in 0usize..3,
         edits in prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..4),
     ) {
-        let dir = std::env::temp_dir().join(format!("blkpipe-nbdprop-{}-{:x}", std::process::id(), rand_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sock = dir.join("s");
+        // Removed when dropped, also when a property fails and returns early.
+        let dir = tempfile::Builder::new().prefix("blkpipe-nbdprop-").tempdir().unwrap();
+        let sock = dir.path().join("s");
         let listener = UnixListener::bind(&sock).unwrap();
         let server = std::thread::spawn(move || {
             if let Ok((s, _)) = listener.accept() {
@@ -330,14 +330,7 @@ proptest! {
         }
         drop(client);
         server.join().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-fn rand_id() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Percent-encode every byte outside a small safe set.

@@ -17,11 +17,12 @@ pub fn fuzz_cow_store(data: &[u8]) {
         max_read: 512 << (mode >> 1 & 3),
         ..ReadOptions::default()
     };
-    if let Ok(list) = ChangeList::read(img, &opts) {
+    let dev = Device::in_memory(img.to_vec());
+    if let Ok(list) = ChangeList::read(&dev, &opts) {
         assert!(list.len() <= img.len() as u64 / 16);
         let _ = list.ranges().map(|r| r.count());
     }
-    if let Ok(view) = SnapshotView::read(img, &opts) {
+    if let Ok(view) = SnapshotView::read(&dev, &opts) {
         assert!(view.exceptions().len() <= img.len() / 16);
     }
 }

@@ -19,7 +19,7 @@ pub struct ChangeList {
 impl ChangeList {
     /// Read the store in `src`. A duplicate origin chunk, or a COW chunk used twice, is an
     /// error naming both entries.
-    pub fn read<S: BlockSource + ?Sized>(src: &S, opts: &ReadOptions) -> Result<Self, MetaError> {
+    pub fn read(src: &Device, opts: &ReadOptions) -> Result<Self, MetaError> {
         // walk_store checks every new_chunk lies in the COW device and old_chunk in the origin.
         let cb = read_header(src)?.chunk_bytes();
         let origin_bound = opts.origin_size.map_or(u64::MAX, |s| s.div_ceil(cb));

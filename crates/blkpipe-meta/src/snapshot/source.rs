@@ -1,49 +1,8 @@
-//! Where metadata is read from: [`BlockSource`], the COW device opened for it, the header.
+//! Where metadata is read from: a [`Device`] over any of blkpipe-dev's engines (a file or
+//! block device, an NBD export, or bytes in memory for tests), the COW device opened for it,
+//! the header.
 
 use super::*;
-
-/// Something metadata can be read from: a [`Device`] or, for tests, bytes in memory.
-pub trait BlockSource: Sync {
-    /// Size in bytes.
-    fn size(&self) -> u64;
-    /// Read into `buf` at `offset`; fewer bytes only at the end.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, MetaError>;
-    /// A name for error messages.
-    fn name(&self) -> &Path;
-    /// Hint that `len` bytes at `offset` will be read soon (start reading them in the
-    /// background). Advisory; the default does nothing.
-    fn will_need(&self, _offset: u64, _len: usize) {}
-}
-
-impl BlockSource for Device {
-    fn size(&self) -> u64 {
-        Device::size(self)
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, MetaError> {
-        Ok(Device::read_at(self, buf, offset)?)
-    }
-    fn name(&self) -> &Path {
-        self.path()
-    }
-    fn will_need(&self, offset: u64, len: usize) {
-        self.fadvise_willneed(offset, len as u64);
-    }
-}
-
-impl BlockSource for [u8] {
-    fn size(&self) -> u64 {
-        self.len() as u64
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, MetaError> {
-        let start = offset.min(self.len() as u64) as usize;
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
-        Ok(n)
-    }
-    fn name(&self) -> &Path {
-        Path::new("<memory>")
-    }
-}
 
 /// Open a COW device or image for reading metadata. A block device is read with `O_DIRECT`:
 /// the kernel writes a live store with bios that bypass the device's page cache, so cached
@@ -59,15 +18,11 @@ pub fn open_cow(path: &Path) -> Result<(Device, bool), MetaError> {
 
 /// Read exactly `buf.len()` bytes at `offset`; a device that ends first is an error naming
 /// the read.
-pub fn read_full<S: BlockSource + ?Sized>(
-    src: &S,
-    buf: &mut [u8],
-    offset: u64,
-) -> Result<(), MetaError> {
+pub fn read_full(src: &Device, buf: &mut [u8], offset: u64) -> Result<(), MetaError> {
     let n = src.read_at(buf, offset)?;
     if n < buf.len() {
         return Err(MetaError::Read {
-            path: src.name().to_owned(),
+            path: src.path().to_owned(),
             offset,
             len: buf.len(),
             source: io::Error::new(
@@ -80,7 +35,7 @@ pub fn read_full<S: BlockSource + ?Sized>(
 }
 
 /// Read and check the header in chunk 0.
-pub fn read_header<S: BlockSource + ?Sized>(src: &S) -> Result<StoreHeader, MetaError> {
+pub fn read_header(src: &Device) -> Result<StoreHeader, MetaError> {
     let size = src.size();
     if size < 16 {
         return Err(MetaError::TooShort { size });

@@ -1,6 +1,11 @@
 use super::*;
 use proptest::prelude::*;
 
+/// A device over `img` in memory.
+fn mem(img: &[u8]) -> Device {
+    Device::in_memory(img.to_vec())
+}
+
 fn opts(origin_size: Option<u64>) -> ReadOptions {
     ReadOptions {
         origin_size,
@@ -62,7 +67,7 @@ fn header_checks() {
         Err(MetaError::TooShort { .. })
     ));
     assert!(matches!(
-        read_header(&[0u8; 8][..]),
+        read_header(&mem(&[0u8; 8])),
         Err(MetaError::TooShort { .. })
     ));
 }
@@ -89,7 +94,7 @@ fn layout_matches_kernel() {
 
 fn check_roundtrip(chunk_sectors: u32, old: &[u64], o: &ReadOptions) {
     let img = image::build(chunk_sectors, old, None, None);
-    let list = ChangeList::read(&img[..], o).unwrap();
+    let list = ChangeList::read(&mem(&img), o).unwrap();
     let mut want = old.to_vec();
     want.sort_unstable();
     assert_eq!(list.chunks().unwrap(), &want[..]);
@@ -144,7 +149,7 @@ fn areas_read_in_parts() {
 fn ranges_are_coalesced_and_clipped() {
     let img = image::build(8, &[5, 1, 2, 3, 9, 10], None, None);
     // Origin of 10.5 chunks: chunk 10 is partial.
-    let list = ChangeList::read(&img[..], &opts(Some(10 * 4096 + 2048))).unwrap();
+    let list = ChangeList::read(&mem(&img), &opts(Some(10 * 4096 + 2048))).unwrap();
     let r: Vec<(u64, u64)> = list
         .ranges()
         .unwrap()
@@ -162,7 +167,7 @@ fn ranges_are_coalesced_and_clipped() {
         "# blkranges v1 size=43008 chunk=4096\n4096 12288\n20480 4096\n36864 6144\n"
     );
     // Without an origin size the header has no size and nothing is clipped.
-    let list = ChangeList::read(&img[..], &opts(None)).unwrap();
+    let list = ChangeList::read(&mem(&img), &opts(None)).unwrap();
     let mut out = Vec::new();
     list.write_range_list(&mut out).unwrap();
     assert!(String::from_utf8(out)
@@ -175,7 +180,7 @@ fn ranges_are_coalesced_and_clipped() {
 fn invalid_snapshot_refused() {
     let mut img = image::build(8, &[1, 2], None, None);
     img[4..8].copy_from_slice(&0u32.to_le_bytes());
-    let e = ChangeList::read(&img[..], &opts(None)).unwrap_err();
+    let e = ChangeList::read(&mem(&img), &opts(None)).unwrap_err();
     assert!(matches!(e, MetaError::Invalidated));
     assert!(e.to_string().contains("full sync is needed"));
 }
@@ -185,7 +190,7 @@ fn entries_after_the_end_marker_are_ignored() {
     let mut img = image::build(8, &[1, 2], None, Some(&|_, _| {}));
     // Entry 2 is the end marker; entry 3 holds garbage that must not be read.
     set_entry(&mut img, 8, 0, 3, u64::MAX, u64::MAX);
-    let list = ChangeList::read(&img[..], &opts(Some(1 << 20))).unwrap();
+    let list = ChangeList::read(&mem(&img), &opts(Some(1 << 20))).unwrap();
     assert_eq!(list.chunks().unwrap(), &[1, 2]);
 }
 
@@ -194,12 +199,12 @@ fn full_area_continues_and_must_fit() {
     let n = 256u64; // exactly one full area of 4 KiB chunks
     let old: Vec<u64> = (0..n).collect();
     let img = image::build(8, &old, None, None);
-    let list = ChangeList::read(&img[..], &opts(None)).unwrap();
+    let list = ChangeList::read(&mem(&img), &opts(None)).unwrap();
     assert_eq!(list.summary.areas, 2);
     assert_eq!(list.len(), 256);
     // Cut the device before the zeroed next area: the store runs off its end.
     let cut = &img[..(258 * 4096)];
-    let e = ChangeList::read(cut, &opts(None)).unwrap_err();
+    let e = ChangeList::read(&mem(cut), &opts(None)).unwrap_err();
     assert!(
         matches!(
             e,
@@ -212,7 +217,7 @@ fn full_area_continues_and_must_fit() {
         "{e}"
     );
     // A device too small for area 0.
-    let e = ChangeList::read(&img[..4096], &opts(None)).unwrap_err();
+    let e = ChangeList::read(&mem(&img[..4096]), &opts(None)).unwrap_err();
     assert!(matches!(e, MetaError::StorePastEnd { area: 0, .. }), "{e}");
 }
 
@@ -220,7 +225,7 @@ fn full_area_continues_and_must_fit() {
 fn corrupt_entries_are_named() {
     let base = || image::build(8, &[4, 5, 6], None, None);
     let msg = |img: &[u8], origin| {
-        let e = ChangeList::read(img, &opts(origin)).unwrap_err();
+        let e = ChangeList::read(&mem(img), &opts(origin)).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -259,7 +264,7 @@ fn corrupt_entries_are_named() {
         "{m}"
     );
     // Same with a partial last chunk: chunk 8 exists in an origin of 8.5 chunks.
-    assert!(ChangeList::read(&img[..], &opts(Some(8 * 4096 + 512))).is_ok());
+    assert!(ChangeList::read(&mem(&img), &opts(Some(8 * 4096 + 512))).is_ok());
     // An old_chunk whose byte offset cannot exist.
     let mut img = base();
     set_entry(&mut img, 8, 0, 0, u64::MAX / 2, 2);
@@ -271,8 +276,8 @@ fn duplicates_name_both_entries() {
     let old: Vec<u64> = (0..300).chain([17]).collect();
     let img = image::build(8, &old, None, None);
     for read in [
-        |i: &[u8]| ChangeList::read(i, &opts(None)).map(|_| ()),
-        |i: &[u8]| SnapshotView::read(i, &opts(None)).map(|_| ()),
+        |i: &[u8]| ChangeList::read(&mem(i), &opts(None)).map(|_| ()),
+        |i: &[u8]| SnapshotView::read(&mem(i), &opts(None)).map(|_| ()),
     ] {
         let e = read(&img).unwrap_err().to_string();
         assert!(
@@ -287,8 +292,8 @@ fn duplicates_name_both_entries() {
     set_entry(&mut img, 8, 1, 40, 1000, h.data_chunk(3).unwrap());
     let with_origin = opts(Some(2000 * 4096));
     for read in [
-        |i: &[u8], o: &ReadOptions| ChangeList::read(i, o).map(|_| ()),
-        |i: &[u8], o: &ReadOptions| SnapshotView::read(i, o).map(|_| ()),
+        |i: &[u8], o: &ReadOptions| ChangeList::read(&mem(i), o).map(|_| ()),
+        |i: &[u8], o: &ReadOptions| SnapshotView::read(&mem(i), o).map(|_| ()),
     ] {
         let e = read(&img, &with_origin).unwrap_err().to_string();
         assert!(
@@ -377,14 +382,14 @@ proptest! {
         }
         let img = image::build(chunk_sectors, &old, None, None);
         let o = ReadOptions { read_ahead, ..opts(Some(5000 * 512 * chunk_sectors as u64)) };
-        let list = ChangeList::read(&img[..], &o).unwrap();
+        let list = ChangeList::read(&mem(&img), &o).unwrap();
         let want: Vec<u64> = chunks.iter().copied().collect();
         prop_assert_eq!(list.chunks().unwrap(), &want[..]);
         // Ranges cover exactly the chunks.
         let cb = 512 * chunk_sectors as u64;
         let covered: u64 = list.ranges().unwrap().map(|r| r.unwrap().length / cb).sum();
         prop_assert_eq!(covered, want.len() as u64);
-        let v = SnapshotView::read(&img[..], &o).unwrap();
+        let v = SnapshotView::read(&mem(&img), &o).unwrap();
         prop_assert!(v.exceptions().windows(2).all(|w| w[0].old_chunk < w[1].old_chunk));
     }
 
@@ -409,11 +414,11 @@ proptest! {
         }
         for ra in [0, 3] {
             let o = ReadOptions { read_ahead: ra, ..opts(origin) };
-            if let Ok(list) = ChangeList::read(&img[..], &o) {
+            if let Ok(list) = ChangeList::read(&mem(&img), &o) {
                 prop_assert!(list.len() <= img.len() as u64 / 16);
                 let _ = list.ranges().unwrap().count();
             }
-            if let Ok(v) = SnapshotView::read(&img[..], &o) {
+            if let Ok(v) = SnapshotView::read(&mem(&img), &o) {
                 prop_assert!(v.exceptions().len() as u64 <= img.len() as u64 / 16);
             }
         }

@@ -14,7 +14,7 @@ pub struct SnapshotView {
 impl SnapshotView {
     /// Read the store in `src`; a duplicate origin chunk, or a COW chunk used twice, is an
     /// error naming both entries.
-    pub fn read<S: BlockSource + ?Sized>(src: &S, opts: &ReadOptions) -> Result<Self, MetaError> {
+    pub fn read(src: &Device, opts: &ReadOptions) -> Result<Self, MetaError> {
         let mut exceptions = Vec::new();
         let summary = walk_store(src, opts, |_, e| {
             exceptions.push(e);

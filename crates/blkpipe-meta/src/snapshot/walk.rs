@@ -13,7 +13,7 @@ pub struct ReadOptions {
     /// Metadata read requests kept in flight (0 or 1: one at a time, on the calling thread).
     pub read_ahead: usize,
     /// With one request at a time: how many segments ahead to announce with
-    /// [`BlockSource::will_need`], so the kernel reads them in the background (page-cache
+    /// [`Device::fadvise_willneed`], so the kernel reads them in the background (page-cache
     /// reads; useless with `O_DIRECT`). 0: none.
     pub prefetch: usize,
     /// Called with the byte count of each metadata read, for progress reports.
@@ -71,13 +71,12 @@ impl StoreSummary {
 /// Visit every exception of the store in `src` in on-disk order (area by area), after checking
 /// the header (an invalidated snapshot is refused) and that the exception points inside the COW
 /// device, not at metadata, and inside the origin when its size is known.
-pub fn walk_store<S, F>(
-    src: &S,
+pub fn walk_store<F>(
+    src: &Device,
     opts: &ReadOptions,
     mut visit: F,
 ) -> Result<StoreSummary, MetaError>
 where
-    S: BlockSource + ?Sized,
     F: FnMut(EntryPos, Exception) -> Result<(), MetaError>,
 {
     let header = read_header(src)?;
@@ -185,9 +184,9 @@ where
 /// error; `data` is `None` for a segment `offset_of` places outside the device. With `depth` >
 /// 1, up to `depth` segments are read ahead on worker threads (speculatively: the store may end
 /// before them). With `depth` <= 1, the next `prefetch` segments are announced to the source
-/// with [`BlockSource::will_need`] instead.
-fn for_each_segment<S, C>(
-    src: &S,
+/// with [`Device::fadvise_willneed`] instead.
+fn for_each_segment<C>(
+    src: &Device,
     seg_len: usize,
     depth: usize,
     prefetch: usize,
@@ -195,7 +194,6 @@ fn for_each_segment<S, C>(
     mut consume: C,
 ) -> Result<(), MetaError>
 where
-    S: BlockSource + ?Sized,
     C: FnMut(u64, Option<&[u8]>) -> Result<bool, MetaError>,
 {
     if depth <= 1 {
@@ -209,7 +207,7 @@ where
                     let Some(off) = offset_of(announced) else {
                         break;
                     };
-                    src.will_need(off, seg_len);
+                    src.fadvise_willneed(off, seg_len as u64);
                     announced += 1;
                 }
             }
@@ -308,8 +306,8 @@ pub(super) enum Field {
 
 /// Find the first two entries of the store whose `field` equals `chunk` (for naming both
 /// entries of a duplicate).
-pub(super) fn find_chunk<S: BlockSource + ?Sized>(
-    src: &S,
+pub(super) fn find_chunk(
+    src: &Device,
     opts: &ReadOptions,
     field: Field,
     chunk: u64,
@@ -334,8 +332,8 @@ pub(super) fn find_chunk<S: BlockSource + ?Sized>(
 
 /// The error for a chunk number found twice in `field`, naming both entries. An origin chunk
 /// mapped twice, or one COW chunk holding two origin chunks, means the store is corrupt.
-pub(super) fn duplicate_error<S: BlockSource + ?Sized>(
-    src: &S,
+pub(super) fn duplicate_error(
+    src: &Device,
     opts: &ReadOptions,
     field: Field,
     chunk: u64,
@@ -364,8 +362,8 @@ pub(super) fn duplicate_error<S: BlockSource + ?Sized>(
 
 /// Check that no COW chunk holds two exceptions: `cow_chunks` are the `new_chunk`s of the store
 /// `summary` describes, in any order. A repeat is an error naming both entries.
-pub(super) fn check_cow_chunks_unique<S: BlockSource + ?Sized>(
-    src: &S,
+pub(super) fn check_cow_chunks_unique(
+    src: &Device,
     opts: &ReadOptions,
     summary: &StoreSummary,
     mut cow_chunks: Vec<u64>,

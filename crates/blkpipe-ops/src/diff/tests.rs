@@ -2,7 +2,7 @@ use super::*;
 use crate::hash::{hash_device, hash_device_ranges, HashOptions, HashOutput};
 use crate::ranges::RangeLimits;
 use blkpipe_format::hash::HashKind;
-use blkpipe_format::patch::{PatchReader, RecordData};
+use blkpipe_format::patch::{PatchEnd, PatchReader, RecordData};
 
 /// A malformed, corrupted or truncated hash stream (exit 3), not an I/O error.
 fn bad_stream(e: &OpError) -> bool {
@@ -25,30 +25,38 @@ fn hashes_of(data: &[u8], bs: u32, kind: HashKind, from: u64) -> Vec<u8> {
         seed: 11,
         kind,
         from_offset: from,
-        output: HashOutput::Stream,
-        scan: ScanOptions::default(),
-        key: None,
+        ..fine_opts()
     };
     hash_device(&dev, &mut out, &opts, &Progress::hidden()).unwrap();
     out
 }
 
-/// Diff `src` against hashes of `dst`, apply the patch in memory, return the result and
-/// the records.
-fn sync(src: &[u8], dst: &[u8], bs: u32, kind: HashKind) -> (Vec<u8>, Vec<(u64, u64, bool)>) {
-    let hashes = hashes_of(dst, bs, kind, 0);
-    let f = file(src);
-    let dev = Device::open_source(f.path(), false).unwrap();
-    let mut patch = Vec::new();
-    diff_device(
-        &dev,
-        &hashes[..],
-        &mut patch,
-        &DiffOptions::default(),
-        &Progress::hidden(),
-    )
-    .unwrap();
-    let mut r = PatchReader::new(&patch[..]).unwrap();
+/// Hash options for a stream of 4 KiB blocks, 64-bit hashes, seed 5.
+fn fine_opts() -> HashOptions {
+    HashOptions {
+        block_size: 4096,
+        seed: 5,
+        kind: HashKind::Xxh3_64,
+        from_offset: 0,
+        output: HashOutput::Stream,
+        scan: ScanOptions::default(),
+        key: None,
+    }
+}
+
+/// The range-restricted hash stream of `dev` over `list` ([`fine_opts`]).
+fn fine_hashes(dev: &Device, list: &[u8]) -> Vec<u8> {
+    let limits = RangeLimits::default();
+    let sorted = SortedRanges::load(list, dev.size(), false, 0, limits).unwrap();
+    let mut fine = Vec::new();
+    hash_device_ranges(dev, &sorted, &mut fine, &fine_opts(), &Progress::hidden()).unwrap();
+    fine
+}
+
+/// `dst` with the patch stream `patch` applied, in memory; its records (offset, length,
+/// whether zero) and its end record.
+fn apply_in_memory(patch: &[u8], dst: &[u8]) -> (Vec<u8>, Vec<(u64, u64, bool)>, PatchEnd) {
+    let mut r = PatchReader::new(patch).unwrap();
     let mut out = dst.to_vec();
     out.resize(r.header().source_size as usize, 0);
     let mut recs = Vec::new();
@@ -65,7 +73,31 @@ fn sync(src: &[u8], dst: &[u8], bs: u32, kind: HashKind) -> (Vec<u8>, Vec<(u64, 
             }
         }
     }
-    let sd = r.end().unwrap().source_digest.unwrap();
+    let end = *r.end().unwrap();
+    (out, recs, end)
+}
+
+/// `diff_device` of `dev` against `hashes` into a new buffer: the result and what it wrote.
+fn diff_to_vec(
+    dev: &Device,
+    hashes: &[u8],
+    opts: &DiffOptions,
+) -> (Result<Stats, OpError>, Vec<u8>) {
+    let mut patch = Vec::new();
+    let r = diff_device(dev, hashes, &mut patch, opts, &Progress::hidden());
+    (r, patch)
+}
+
+/// Diff `src` against hashes of `dst`, apply the patch in memory, return the result and
+/// the records.
+fn sync(src: &[u8], dst: &[u8], bs: u32, kind: HashKind) -> (Vec<u8>, Vec<(u64, u64, bool)>) {
+    let hashes = hashes_of(dst, bs, kind, 0);
+    let f = file(src);
+    let dev = Device::open_source(f.path(), false).unwrap();
+    let (r, patch) = diff_to_vec(&dev, &hashes, &DiffOptions::default());
+    r.unwrap();
+    let (out, recs, end) = apply_in_memory(&patch, dst);
+    let sd = end.source_digest.unwrap();
     assert_eq!(
         sd.digest,
         blkpipe_format::digest::digest_of(src, bs as usize, sd.seed)
@@ -107,20 +139,29 @@ fn only_differing_blocks_are_sent_and_runs_merge() {
     }
 }
 
-#[test]
-fn sizes_differ_and_are_not_block_multiples() {
-    for (sl, dl) in [
+/// Source and target contents whose sizes differ and are not block multiples (the target's
+/// byte 5 flipped where it has one), with their sizes: what a sync must still make equal.
+fn odd_sized_pairs() -> impl Iterator<Item = (usize, usize, Vec<u8>, Vec<u8>)> {
+    let sizes = [
         (50_000usize, 30_000usize),
         (30_000, 50_000),
+        (200_000, 70_000),
         (12_289, 12_288),
         (0, 9000),
         (9000, 0),
-    ] {
-        let src = pattern(sl, 1);
+    ];
+    sizes.into_iter().map(|(sl, dl)| {
         let mut dst = pattern(dl, 1);
         if let Some(b) = dst.get_mut(5) {
             *b ^= 1;
         }
+        (sl, dl, pattern(sl, 1), dst)
+    })
+}
+
+#[test]
+fn sizes_differ_and_are_not_block_multiples() {
+    for (sl, dl, src, dst) in odd_sized_pairs() {
         for bs in [4096u32, 65536] {
             let (out, _) = sync(&src, &dst, bs, HashKind::Xxh3_64);
             assert_eq!(out, src, "src {sl} dst {dl} bs {bs}");
@@ -142,54 +183,37 @@ fn large_blocks_split_into_records_of_at_most_the_cap() {
 fn from_offset_skips_blocks_below_it_but_digests_everything() {
     let dst = pattern(64 << 10, 0);
     let src = pattern(64 << 10, 3);
-    let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
     let f = file(&src);
     let dev = Device::open_source(f.path(), false).unwrap();
-    let mut patch = Vec::new();
-    let opts = DiffOptions {
-        from_offset: 32 << 10,
-        ..DiffOptions::default()
+    // The patch of `hashes` with --from `from`: its records and end record.
+    let diff_from = |hashes: &[u8], from: u64| {
+        let opts = DiffOptions {
+            from_offset: from,
+            ..DiffOptions::default()
+        };
+        let (r, patch) = diff_to_vec(&dev, hashes, &opts);
+        r.map(|_| {
+            let (_, recs, end) = apply_in_memory(&patch, &dst);
+            (recs, end)
+        })
     };
-    diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
-    let mut r = PatchReader::new(&patch[..]).unwrap();
-    let rec = r.next_record().unwrap().unwrap();
-    assert_eq!((rec.offset, rec.length), (32 << 10, 32 << 10));
-    assert!(r.next_record().unwrap().is_none());
-    let sd = r.end().unwrap().source_digest.unwrap();
+    let whole = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
+    let (recs, end) = diff_from(&whole, 32 << 10).unwrap();
+    assert_eq!(recs, [(32 << 10, 32 << 10, false)]);
+    let sd = end.source_digest.unwrap();
     assert_eq!(sd.digest, blkpipe_format::digest::digest_of(&src, 4096, 11));
     // A stream that itself starts later is refused without the same --from (the blocks
     // below its start would never be compared), and honoured with it.
-    let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 48 << 10);
-    let mut patch = Vec::new();
-    let refused = diff_device(
-        &dev,
-        &hashes[..],
-        &mut patch,
-        &DiffOptions::default(),
-        &Progress::hidden(),
-    );
+    let later = hashes_of(&dst, 4096, HashKind::Xxh3_64, 48 << 10);
+    let (refused, patch) = diff_to_vec(&dev, &later, &DiffOptions::default());
     assert!(matches!(refused, Err(OpError::Refused(_))), "{refused:?}");
     assert!(patch.is_empty(), "nothing written before the refusal");
-    let opts = DiffOptions {
-        from_offset: 48 << 10,
-        ..DiffOptions::default()
-    };
-    diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
-    let mut r = PatchReader::new(&patch[..]).unwrap();
-    let rec = r.next_record().unwrap().unwrap();
-    assert_eq!((rec.offset, rec.length), (48 << 10, 16 << 10));
+    let (recs, _) = diff_from(&later, 48 << 10).unwrap();
+    assert_eq!(recs, [(48 << 10, 16 << 10, false)]);
     // An offset inside a block (the end of a record, from `blkpatch --print-state`) is
     // rounded down to the block's start.
-    let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
-    let mut patch = Vec::new();
-    let opts = DiffOptions {
-        from_offset: (40 << 10) + 100,
-        ..DiffOptions::default()
-    };
-    diff_device(&dev, &hashes[..], &mut patch, &opts, &Progress::hidden()).unwrap();
-    let mut r = PatchReader::new(&patch[..]).unwrap();
-    let rec = r.next_record().unwrap().unwrap();
-    assert_eq!((rec.offset, rec.length), (40 << 10, 24 << 10));
+    let (recs, _) = diff_from(&whole, (40 << 10) + 100).unwrap();
+    assert_eq!(recs, [(40 << 10, 24 << 10, false)]);
 }
 
 #[test]
@@ -210,14 +234,7 @@ fn a_bad_hash_stream_never_gets_an_end_record() {
         hashes.len() - 1,
     ];
     for cut in cuts {
-        let mut patch = Vec::new();
-        let r = diff_device(
-            &dev,
-            &hashes[..cut],
-            &mut patch,
-            &DiffOptions::default(),
-            &Progress::hidden(),
-        );
+        let (r, patch) = diff_to_vec(&dev, &hashes[..cut], &DiffOptions::default());
         let e = r.expect_err("truncated stream accepted");
         assert!(bad_stream(&e), "cut {cut}: {e}");
         assert_no_end(&patch);
@@ -225,14 +242,7 @@ fn a_bad_hash_stream_never_gets_an_end_record() {
     for flip in [20, 60, 56 + 8192 + 3, hashes.len() - 30] {
         let mut bad = hashes.clone();
         bad[flip] ^= 0x10;
-        let mut patch = Vec::new();
-        let r = diff_device(
-            &dev,
-            &bad[..],
-            &mut patch,
-            &DiffOptions::default(),
-            &Progress::hidden(),
-        );
+        let (r, patch) = diff_to_vec(&dev, &bad, &DiffOptions::default());
         let e = r.expect_err("corrupt stream accepted");
         assert!(bad_stream(&e), "flip {flip}: {e}");
         assert_no_end(&patch);
@@ -252,25 +262,7 @@ fn two_pass(src: &[u8], dst: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         ..DiffOptions::default()
     };
     diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
-    let sorted = SortedRanges::load(
-        &list[..],
-        dst.len() as u64,
-        false,
-        0,
-        RangeLimits::default(),
-    )
-    .unwrap();
-    let mut fine = Vec::new();
-    let hopts = HashOptions {
-        block_size: 4096,
-        seed: 5,
-        kind: HashKind::Xxh3_64,
-        from_offset: 0,
-        output: HashOutput::Stream,
-        scan: ScanOptions::default(),
-        key: None,
-    };
-    hash_device_ranges(&ddev, &sorted, &mut fine, &hopts, &Progress::hidden()).unwrap();
+    let fine = fine_hashes(&ddev, &list);
     let mut patch = Vec::new();
     diff_device_ranges(
         &sdev,
@@ -282,17 +274,8 @@ fn two_pass(src: &[u8], dst: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         &Progress::hidden(),
     )
     .unwrap();
-    let mut r = PatchReader::new(&patch[..]).unwrap();
-    let mut out = dst.to_vec();
-    out.resize(r.header().source_size as usize, 0);
-    while let Some(rec) = r.next_record().unwrap() {
-        let (o, l) = (rec.offset as usize, rec.length as usize);
-        match rec.data {
-            RecordData::Data(d) => out[o..o + l].copy_from_slice(d),
-            RecordData::Zero => out[o..o + l].fill(0),
-        }
-    }
-    assert!(r.end().unwrap().source_digest.is_none());
+    let (out, _, end) = apply_in_memory(&patch, dst);
+    assert!(end.source_digest.is_none());
     (out, list, fine)
 }
 
@@ -319,19 +302,7 @@ fn two_pass_sends_only_the_fine_blocks_that_differ() {
     // 48 fine hashes of 8 bytes, one group, header, extension and end record.
     assert_eq!(fine.len(), 56 + 40 + 48 * 8 + 8 + 56);
     // Sizes that differ and are not block multiples.
-    for (sl, dl) in [
-        (50_000usize, 30_000usize),
-        (30_000, 50_000),
-        (200_000, 70_000),
-        (12_289, 12_288),
-        (0, 9000),
-        (9000, 0),
-    ] {
-        let src = pattern(sl, 1);
-        let mut dst = pattern(dl, 1);
-        if let Some(b) = dst.get_mut(5) {
-            *b ^= 1;
-        }
+    for (sl, dl, src, dst) in odd_sized_pairs() {
         let (out, _, _) = two_pass(&src, &dst);
         assert_eq!(out, src, "src {sl} dst {dl}");
     }
@@ -345,18 +316,7 @@ fn a_stream_from_another_list_or_none_is_refused() {
     let sdev = Device::open_source(fs.path(), false).unwrap();
     let ddev = Device::open_source(fd.path(), false).unwrap();
     let list = b"0 4096\n65536 10\n".to_vec();
-    let sorted = SortedRanges::load(&list[..], 1 << 20, false, 0, RangeLimits::default()).unwrap();
-    let hopts = HashOptions {
-        block_size: 4096,
-        seed: 5,
-        kind: HashKind::Xxh3_64,
-        from_offset: 0,
-        output: HashOutput::Stream,
-        scan: ScanOptions::default(),
-        key: None,
-    };
-    let mut fine = Vec::new();
-    hash_device_ranges(&ddev, &sorted, &mut fine, &hopts, &Progress::hidden()).unwrap();
+    let fine = fine_hashes(&ddev, &list);
     let run = |hashes: &[u8], list: Option<&[u8]>| {
         let mut patch = Vec::new();
         let r = diff_device_ranges(
