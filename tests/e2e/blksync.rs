@@ -118,6 +118,18 @@ fn blksync_two_pass_locally_and_through_the_remote_shell_stand_in() {
         "blksync -e local-rsh --two-pass: {err}"
     );
     assert!(fs::read(&fresh).unwrap() == data, "fresh equals src");
+    // Every region differs: pass 2 is a whole-device one-pass sync, verified by blkpatch
+    // inline (no separate digest pass).
+    fs::write(&dst, pattern(data.len(), 77)).unwrap();
+    let out = blksync(&["--two-pass", "--verify", "-v", &src, &dst]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "blksync --two-pass, all differ: {err}"
+    );
+    assert!(fs::read(&dst).unwrap() == data, "dst equals src");
+    assert!(err.contains("pass 2 hashes the whole device"), "{err}");
+    assert!(!err.contains("verified: xxh3-128:"), "{err}");
     // A bad coarse block size is a usage error; a pass-1 failure is named.
     let out = blksync(&["--two-pass", "--coarse-block-size", "1000", &src, &dst]);
     assert_eq!(out.status.code(), Some(2));

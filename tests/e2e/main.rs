@@ -12,6 +12,7 @@ mod contract;
 mod cowlist;
 mod hashsync;
 mod help;
+mod holes;
 mod hostile;
 mod kill9;
 mod merge;

@@ -100,3 +100,89 @@ fn ten_million_range_lines_in_bounded_memory() {
     write_list(&list, (0..LINES).map(|i| i * 7_919 % LINES));
     check_list(dir.path(), &list, "unsorted list");
 }
+
+/// cowlist on a COW store of 10 million exceptions (the kernel's layout, origin chunks in a
+/// scattered order) stays under the cap: the origin and COW chunk numbers are sorted in runs
+/// spilled to $TMPDIR (it held 16 bytes per exception, 160 MB here, before). The list it
+/// writes is sorted, and covers every exception once.
+#[test]
+fn cowlist_of_ten_million_exceptions_in_bounded_memory() {
+    use blkpipe_meta::snapshot::{image, StoreHeader};
+    const N: u64 = 10_000_000;
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let cow = dir.path().join("cow");
+    let h = StoreHeader::parse(&image::header_bytes(true, 8)).unwrap();
+    let (cb, per_area) = (h.chunk_bytes(), h.exceptions_per_area());
+    let origin_chunks = (4 * N).next_power_of_two();
+    let f = File::create(&cow).unwrap();
+    f.set_len(image::min_chunks(8, N) * cb).unwrap();
+    f.write_all_at(&image::header_bytes(true, 8), 0).unwrap();
+    // One write per metadata area; the data chunks between them stay holes.
+    let mut area = vec![0u8; cb as usize];
+    for a in 0..N / per_area + 1 {
+        // The last area is not full: the store ends there.
+        area.fill(0);
+        for i in a * per_area..((a + 1) * per_area).min(N) {
+            let old = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5bd1_e995) & (origin_chunks - 1);
+            let e = ((i - a * per_area) * 16) as usize;
+            area[e..e + 8].copy_from_slice(&old.to_le_bytes());
+            area[e + 8..e + 16].copy_from_slice(&h.data_chunk(i).unwrap().to_le_bytes());
+        }
+        f.write_all_at(&area, h.area_chunk(a).unwrap() * cb)
+            .unwrap();
+    }
+    drop(f);
+    let (list, rss, stats) = (
+        dir.path().join("list"),
+        dir.path().join("rss"),
+        dir.path().join("stats"),
+    );
+    // 1 TiB: past what a bitmap of the origin covers, so the chunks go through sorted runs.
+    let origin = (1u64 << 40).max(origin_chunks * cb).to_string();
+    let out = sh(
+        r#"TMPDIR="$5"; export TMPDIR
+/usr/bin/time -f %M -o "$3" "$1" --origin-size "$6" --stats=json --cow "$2" >"$4" 2>"$7""#,
+        &[
+            &bin("cowlist"),
+            &cow,
+            &rss,
+            &list,
+            dir.path(),
+            Path::new(&origin),
+            &stats,
+        ],
+    );
+    let err = fs::read_to_string(&stats).unwrap_or_default();
+    assert!(out.status.success(), "cowlist: {err}");
+    let kib: u64 = fs::read_to_string(&rss)
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("GNU time wrote the peak RSS");
+    assert!(
+        kib < CAP_KIB,
+        "cowlist peaked at {kib} KiB on {N} exceptions (cap {CAP_KIB} KiB)"
+    );
+    assert!(err.contains(&format!("\"data_bytes\":{}", N * cb)), "{err}");
+    // Sorted, not overlapping, and one line per range.
+    let text = fs::read_to_string(&list).unwrap();
+    let (mut end, mut lines, mut bytes) = (0u64, 0u64, 0u64);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (o, l) = line.split_once(' ').unwrap();
+        let (o, l): (u64, u64) = (o.parse().unwrap(), l.parse().unwrap());
+        assert!(
+            o > end || (lines == 0 && o >= end),
+            "line {lines}: {line} after end {end}"
+        );
+        (end, lines, bytes) = (o + l, lines + 1, bytes + l);
+    }
+    assert_eq!(bytes, N * cb);
+    assert!(err.contains(&format!("\"records\":{lines}")), "{err}");
+    let left = fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".blkpipe-"))
+        .count();
+    assert_eq!(left, 0, "temporary files left");
+}

@@ -137,7 +137,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     progress.finish();
     list.write_range_list(&mut out).context("stdout")?;
     if json_wanted(&args) {
-        let ranges = list.ranges().count() as u64;
+        let ranges = list.range_count();
         json_stats(
             ranges,
             list.bytes(),
@@ -145,7 +145,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             started,
         );
     } else if args.common.report.stats.is_some() {
-        let ranges = list.ranges().count() as u64;
+        let ranges = list.range_count();
         summary(
             &cow,
             &list.summary,

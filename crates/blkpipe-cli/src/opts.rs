@@ -283,12 +283,15 @@ pub struct ScanArgs {
 }
 
 impl ScanArgs {
-    /// The scan engine's options: these, dropping from the page cache what the scan read.
+    /// The scan engine's options: these, dropping from the page cache what the scan read,
+    /// and skipping holes of sparse files unless `BLKPIPE_NO_SKIP_HOLES` is set (to compare
+    /// against a full read).
     pub fn options(&self) -> blkpipe_ops::scan::ScanOptions {
         blkpipe_ops::scan::ScanOptions {
             threads: self.threads,
             direct: self.direct,
             drop_cache: true,
+            skip_holes: std::env::var_os("BLKPIPE_NO_SKIP_HOLES").is_none(),
         }
     }
 }

@@ -50,6 +50,15 @@ pub trait Engine: fmt::Debug + Send + Sync {
     fn nbd(&self) -> Option<&nbd::Client> {
         None
     }
+    /// The first extent at or after `offset` that may hold data, as `(start, end)` with
+    /// `offset <= start < end <= size`: everything from `offset` to `start` reads as zeros
+    /// (a hole in a sparse file). `None`: nothing but zeros from `offset` to the end. An engine
+    /// that cannot tell says everything is data (this default), so callers only ever skip
+    /// what is known to read as zeros.
+    fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>, DevError> {
+        let size = self.size();
+        Ok((offset < size).then_some((offset, size)))
+    }
 }
 
 /// A regular file or block device.
@@ -197,6 +206,45 @@ impl Engine for FileEngine {
     fn file(&self) -> Option<&File> {
         Some(&self.file)
     }
+
+    /// `lseek(SEEK_DATA)` and `lseek(SEEK_HOLE)` on a regular file; a block device (and a
+    /// file system without them) is all data.
+    fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>, DevError> {
+        let all = Ok((offset < self.size).then_some((offset, self.size)));
+        if self.is_block || offset >= self.size {
+            return all;
+        }
+        let fd = self.file.as_raw_fd();
+        let seek = |whence| nix::unistd::lseek(fd, offset_i64(offset), whence);
+        let start = match seek(nix::unistd::Whence::SeekData) {
+            Ok(at) => at as u64,
+            // No data from `offset` to the end of the file. If the file shrank below the size
+            // it had at open, say "data" so the read finds the short end and reports it.
+            Err(nix::errno::Errno::ENXIO) => {
+                let len = self.file.metadata().map_err(|e| self.io("stat", e))?.len();
+                return if len < self.size { all } else { Ok(None) };
+            }
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::EOPNOTSUPP) => return all,
+            Err(e) => return Err(self.io(format!("seek data at offset {offset}"), e.into())),
+        };
+        if start < offset {
+            return all;
+        }
+        if start >= self.size {
+            return Ok(None);
+        }
+        let end = match nix::unistd::lseek(fd, offset_i64(start), nix::unistd::Whence::SeekHole) {
+            Ok(at) if (at as u64) > start => (at as u64).min(self.size),
+            Ok(_) => self.size,
+            Err(e) => return Err(self.io(format!("seek hole at offset {start}"), e.into())),
+        };
+        Ok(Some((start, end)))
+    }
+}
+
+/// A file offset as `lseek` takes it (offsets here are below the file's size, so they fit).
+fn offset_i64(offset: u64) -> i64 {
+    i64::try_from(offset).unwrap_or(i64::MAX)
 }
 
 /// An NBD export.
@@ -267,5 +315,68 @@ impl Engine for NbdEngine {
 
     fn nbd(&self) -> Option<&nbd::Client> {
         Some(&self.client)
+    }
+
+    /// From `base:allocation` block status, when the export was opened with that context:
+    /// extents flagged as reading zeros are skipped. Without it, all data.
+    fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>, DevError> {
+        let size = self.size();
+        let Some(ctx) = self.client.context("base:allocation") else {
+            return Ok((offset < size).then_some((offset, size)));
+        };
+        let mut at = offset;
+        while at < size {
+            let ext = self
+                .client
+                .block_status(ctx, at, (size - at).min(1 << 30))
+                .map_err(|e| self.err(e))?;
+            let mut start = None;
+            for e in ext.iter().filter(|e| e.len > 0) {
+                let zero = e.flags & 2 != 0;
+                match (start, zero) {
+                    (None, true) => {}
+                    (None, false) => start = Some(at),
+                    (Some(s), true) => return Ok(Some((s, at))),
+                    (Some(_), false) => {}
+                }
+                at += e.len;
+            }
+            if let Some(s) = start {
+                return Ok(Some((s, at.min(size))));
+            }
+            if ext.iter().all(|e| e.len == 0) {
+                // A reply that moves nothing: say the rest is data rather than loop.
+                return Ok(Some((at, size)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `SEEK_DATA`/`SEEK_HOLE` on a sparse file find its data; a file system without holes
+    /// (or without the calls) reports data, never a hole that is not one.
+    #[test]
+    fn next_data_finds_the_extents_of_a_sparse_file() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let size = 64u64 << 20;
+        f.as_file().set_len(size).unwrap();
+        f.as_file().write_all_at(&[1u8; 4096], 8 << 20).unwrap();
+        f.as_file().write_all_at(&[2u8; 100], size - 100).unwrap();
+        let e = FileEngine::new(f.reopen().unwrap(), f.path()).unwrap();
+        let (s, end) = e.next_data(0).unwrap().expect("data");
+        assert!(s <= 8 << 20 && end > 8 << 20 && end <= size, "{s}..{end}");
+        if s == 0 && end == size {
+            return; // no holes on this file system
+        }
+        let (s2, end2) = e.next_data(end).unwrap().expect("the tail");
+        assert!(
+            s2 >= end && s2 <= size - 100 && end2 == size,
+            "{s2}..{end2}"
+        );
+        assert_eq!(e.next_data(size).unwrap(), None);
     }
 }

@@ -332,6 +332,12 @@ impl Device {
         self.engine.is_direct()
     }
 
+    /// The first extent at or after `offset` that may hold data (see [`Engine::next_data`]):
+    /// what lies before it reads as zeros without being read.
+    pub fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>, DevError> {
+        self.engine.next_data(offset)
+    }
+
     /// Read into `buf` at `offset`, retrying short reads; returns fewer bytes only at the end.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize, DevError> {
         self.engine.read_at(buf, offset)

@@ -61,7 +61,14 @@ struct State {
     faults: Faults,
     on_write: Option<WriteHook>,
     is_block: bool,
+    /// Report aligned all-zero [`HOLE_GRAIN`] blocks as holes ([`Engine::next_data`]).
+    holes: bool,
+    /// Bytes returned by `read_at`.
+    read: AtomicU64,
 }
+
+/// The granularity at which a [`MemEngine::with_holes`] device reports holes.
+pub const HOLE_GRAIN: u64 = 4096;
 
 /// A device held in memory. Clones share the same bytes and log, so a test keeps one clone
 /// to look at while a [`crate::Device`] owns another.
@@ -88,6 +95,21 @@ impl MemEngine {
         Self::build(data, faults, Some(hook))
     }
 
+    /// A device like a sparse file: every aligned all-zero [`HOLE_GRAIN`] block is a hole
+    /// that [`Engine::next_data`] reports (so a reader can skip it).
+    pub fn with_holes(data: Vec<u8>) -> Self {
+        let mut m = Self::build(data, Faults::default(), None);
+        if let Some(st) = Arc::get_mut(&mut m.0) {
+            st.holes = true;
+        }
+        m
+    }
+
+    /// Bytes read so far (over all clones).
+    pub fn bytes_read(&self) -> u64 {
+        self.0.read.load(Ordering::SeqCst)
+    }
+
     fn build(data: Vec<u8>, faults: Faults, on_write: Option<WriteHook>) -> Self {
         MemEngine(Arc::new(State {
             data: Mutex::new(data),
@@ -96,6 +118,8 @@ impl MemEngine {
             faults,
             on_write,
             is_block: true,
+            holes: false,
+            read: AtomicU64::new(0),
         }))
     }
 
@@ -174,7 +198,33 @@ impl Engine for MemEngine {
         let start = offset.min(end);
         let n = (buf.len() as u64).min(end - start) as usize;
         buf[..n].copy_from_slice(&data[start as usize..start as usize + n]);
+        self.0.read.fetch_add(n as u64, Ordering::SeqCst);
         Ok(n)
+    }
+
+    fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>, DevError> {
+        let data = self.data();
+        let size = data.len() as u64;
+        if !self.0.holes || offset >= size {
+            return Ok((offset < size).then_some((offset, size)));
+        }
+        let is_hole = |b: u64| {
+            let (s, e) = (b * HOLE_GRAIN, ((b + 1) * HOLE_GRAIN).min(size));
+            data[s as usize..e as usize].iter().all(|&x| x == 0)
+        };
+        let mut b = offset / HOLE_GRAIN;
+        let blocks = size.div_ceil(HOLE_GRAIN);
+        while b < blocks && is_hole(b) {
+            b += 1;
+        }
+        if b >= blocks {
+            return Ok(None);
+        }
+        let start = (b * HOLE_GRAIN).max(offset);
+        while b < blocks && !is_hole(b) {
+            b += 1;
+        }
+        Ok(Some((start, (b * HOLE_GRAIN).min(size))))
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DevError> {
@@ -252,6 +302,27 @@ mod tests {
         );
         let c = m.contents();
         assert_eq!((c[0], c[511], c[512]), (1, 1, 7));
+    }
+
+    #[test]
+    fn holes_are_reported_and_not_counted_as_reads() {
+        let mut data = vec![0u8; 5 * 4096 + 100];
+        data[4096 + 7] = 1;
+        data[2 * 4096] = 2;
+        data[5 * 4096 + 99] = 3;
+        let m = MemEngine::with_holes(data.clone());
+        assert_eq!(m.next_data(0).unwrap(), Some((4096, 3 * 4096)));
+        assert_eq!(m.next_data(5000).unwrap(), Some((5000, 3 * 4096)));
+        assert_eq!(
+            m.next_data(3 * 4096).unwrap(),
+            Some((5 * 4096, 5 * 4096 + 100))
+        );
+        assert_eq!(m.next_data(5 * 4096 + 100).unwrap(), None);
+        let plain = MemEngine::new(data, Faults::default());
+        assert_eq!(plain.next_data(0).unwrap(), Some((0, 5 * 4096 + 100)));
+        let mut buf = [0u8; 4096];
+        m.read_at(&mut buf, 0).unwrap();
+        assert_eq!(m.bytes_read(), 4096);
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod image;
 mod list;
 mod sort;
 mod source;
+mod spill;
 mod view;
 mod walk;
 
@@ -54,6 +55,7 @@ pub use header::*;
 pub use list::*;
 pub use sort::*;
 pub use source::*;
+pub use spill::*;
 pub use view::*;
 pub use walk::*;
 

@@ -48,6 +48,9 @@ pub struct ScanOptions {
     pub direct: bool,
     /// Drop each chunk from the page cache after reading it.
     pub drop_cache: bool,
+    /// Do not read what the device says reads as zeros (holes of a sparse file, found with
+    /// `SEEK_DATA`): fill it with zeros and hash it without touching the disk.
+    pub skip_holes: bool,
 }
 
 impl Default for ScanOptions {
@@ -56,6 +59,7 @@ impl Default for ScanOptions {
             threads: 0,
             direct: false,
             drop_cache: true,
+            skip_holes: true,
         }
     }
 }
@@ -85,6 +89,9 @@ pub struct Chunk<'a> {
 struct Slot {
     buf: AlignedBuf,
     hashes: Vec<u128>,
+    /// The whole buffer holds zeros (it was last filled for a hole), so the next hole need
+    /// not clear it again.
+    zeroed: bool,
 }
 
 /// Free buffers, shared by the workers and the consumer.
@@ -202,6 +209,7 @@ where
                 .map(|_| Slot {
                     buf: AlignedBuf::new(chunk as usize),
                     hashes: Vec::with_capacity((chunk / bs) as usize),
+                    zeroed: false,
                 })
                 .collect(),
             false,
@@ -209,6 +217,8 @@ where
         ready: Condvar::new(),
     };
     let how = read_mode(opts);
+    // The hash of an all-zero block, made once from the first hole's zeroed buffer.
+    let zero_hash = std::sync::OnceLock::new();
     // The chunk source: the next chunk's number and place, taken in turn under this lock.
     let pieces = Mutex::new(Pieces {
         ranges,
@@ -221,7 +231,7 @@ where
     std::thread::scope(|s| {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (pool, pieces) = (&pool, &pieces);
+            let (pool, pieces, zero_hash) = (&pool, &pieces, &zero_hash);
             s.spawn(move || {
                 // Take the buffer before claiming a chunk, so every claimed chunk can finish
                 // and the consumer never waits on a chunk that waits for a buffer.
@@ -253,15 +263,29 @@ where
                         }
                         ReadMode::Buffered | ReadMode::BufferedDropBehind => Some(turn),
                     };
-                    let res = read_chunk(dev, &mut slot.buf, off, len as usize, how);
+                    let res = if opts.skip_holes {
+                        read_sparse(dev, &mut slot, off, len as usize, how)
+                    } else {
+                        slot.zeroed = false;
+                        read_chunk(dev, &mut slot.buf, off, len as usize, how).map(|()| false)
+                    };
                     drop(turn);
-                    let msg = res.map(|()| {
+                    let msg = res.map(|hole| {
                         slot.hashes.clear();
-                        slot.hashes.extend(
-                            slot.buf[..len as usize]
-                                .chunks(bs as usize)
-                                .map(|b| hasher.hash(b)),
-                        );
+                        let data = &slot.buf[..len as usize];
+                        if hole {
+                            // All zeros: every whole block hashes the same.
+                            let z =
+                                *zero_hash.get_or_init(|| hasher.hash(&slot.buf[..bs as usize]));
+                            let full = len / bs;
+                            slot.hashes.extend(std::iter::repeat(z).take(full as usize));
+                            if len % bs != 0 {
+                                slot.hashes.push(hasher.hash(&data[(full * bs) as usize..]));
+                            }
+                        } else {
+                            slot.hashes
+                                .extend(data.chunks(bs as usize).map(|b| hasher.hash(b)));
+                        }
                         (off, len, slot)
                     });
                     let failed = msg.is_err();
@@ -363,6 +387,71 @@ fn read_mode(opts: &ScanOptions) -> ReadMode {
     } else {
         ReadMode::Buffered
     }
+}
+
+/// Read `len` bytes at `off` into the slot's buffer, reading only the extents the device
+/// says may hold data ([`Device::next_data`]) and zeroing the rest. Returns whether the
+/// whole chunk was a hole (then the buffer holds zeros and nothing was read). With
+/// `O_DIRECT` only whole-chunk holes are skipped; a chunk with any data is read whole.
+fn read_sparse(
+    dev: &Device,
+    slot: &mut Slot,
+    off: u64,
+    len: usize,
+    how: ReadMode,
+) -> Result<bool, OpError> {
+    let end = off + len as u64;
+    // A range past the device's end is read, so the short read is found and reported.
+    let first = if end > dev.size() {
+        Some((off, end))
+    } else {
+        dev.next_data(off)?
+    };
+    let hole = |slot: &mut Slot| {
+        if !slot.zeroed {
+            slot.buf.fill(0);
+            slot.zeroed = true;
+        }
+    };
+    match first {
+        None => {
+            hole(slot);
+            return Ok(true);
+        }
+        Some((s, _)) if s >= end => {
+            hole(slot);
+            return Ok(true);
+        }
+        Some((s, e)) if how == ReadMode::Direct || (s <= off && e >= end) => {
+            slot.zeroed = false;
+            read_chunk(dev, &mut slot.buf, off, len, how)?;
+            return Ok(false);
+        }
+        Some(_) => {}
+    }
+    // Part data, part holes: zero the holes, read the data extents.
+    let mut at = off;
+    let mut next = first;
+    let was_zeroed = slot.zeroed;
+    slot.zeroed = false;
+    while at < end {
+        let (s, e) = match next {
+            Some((s, e)) if s < end => (s.max(at), e.min(end)),
+            _ => (end, end),
+        };
+        if !was_zeroed {
+            slot.buf[(at - off) as usize..(s - off) as usize].fill(0);
+        }
+        if s < e {
+            let (a, b) = ((s - off) as usize, (e - off) as usize);
+            read_chunk(dev, &mut slot.buf[a..], s, b - a, how)?;
+        }
+        at = e.max(s);
+        if at < end {
+            next = dev.next_data(at)?;
+        }
+    }
+    Ok(false)
 }
 
 /// Read `len` bytes at `off` into `buf` (with `O_DIRECT`, see [`Device::read_at_direct`]: the
@@ -575,6 +664,62 @@ mod tests {
             "third"
         );
         assert_eq!(dev.cached_pages(3 * CHUNK_BYTES, 8192), Some(0), "tail");
+    }
+
+    /// Holes are not read, and the chunks, hashes and digest are those of a full read: over a
+    /// device with whole-chunk holes, partial holes, data at odd places and a short tail, for
+    /// the seeded and the keyed hasher, through the page cache and as if direct.
+    #[test]
+    fn holes_are_hashed_as_zeros_without_reading_them() {
+        use blkpipe_dev::mem::MemEngine;
+        let len = 5 * CHUNK_BYTES as usize + 4096 * 3 + 100;
+        let mut data = vec![0u8; len];
+        let fill = |d: &mut [u8], at: usize, n: usize| {
+            for (i, b) in d[at..at + n].iter_mut().enumerate() {
+                *b = (i % 251 + 1) as u8;
+            }
+        };
+        fill(&mut data, 4096 * 5, 4096 * 2); // inside the first chunk
+        fill(&mut data, CHUNK_BYTES as usize - 4096, 8192); // across a chunk boundary
+        fill(&mut data, 3 * CHUNK_BYTES as usize, CHUNK_BYTES as usize); // a whole chunk
+        fill(&mut data, len - 50, 50); // the short tail
+        let extents = 4 * 4096 + CHUNK_BYTES + 100;
+        let key = blkpipe_format::seal::SealKey::from_slice(&[7; 32]).unwrap();
+        for hasher in [
+            BlockHasher::Xxh3 { seed: 3 },
+            BlockHasher::new(3, Some(&key)),
+        ] {
+            for (direct, skip) in [(false, false), (false, true), (true, true)] {
+                let mem = MemEngine::with_holes(data.clone());
+                let dev = Device::from_engine(Box::new(mem.clone()), "mem".as_ref());
+                let opts = ScanOptions {
+                    threads: 2,
+                    direct,
+                    skip_holes: skip,
+                    ..ScanOptions::default()
+                };
+                let (mut got, mut hashes) = (Vec::new(), Vec::new());
+                scan_with(&dev, 4096, len as u64, 4096, &hasher, &opts, |c| {
+                    assert_eq!(c.offset, 4096 + got.len() as u64);
+                    got.extend_from_slice(c.data);
+                    hashes.extend_from_slice(c.hashes);
+                    Ok(())
+                })
+                .unwrap();
+                assert!(got == data[4096..], "data, direct {direct} skip {skip}");
+                let want: Vec<u128> = data[4096..].chunks(4096).map(|b| hasher.hash(b)).collect();
+                assert_eq!(hashes, want, "direct {direct} skip {skip}");
+                let read = mem.bytes_read();
+                match (direct, skip) {
+                    (_, false) => assert_eq!(read, len as u64 - 4096),
+                    (false, true) => assert_eq!(read, extents),
+                    // Direct: chunks with any data are read whole, empty ones not at all.
+                    (true, true) => {
+                        assert_eq!(read, 2 * CHUNK_BYTES + CHUNK_BYTES - 4096 + 4096 * 3 + 100)
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,65 +3,106 @@
 use super::*;
 
 /// The origin chunks a snapshot's store lists, sorted and unique: what changed since the
-/// snapshot was taken (see the crate docs for writable snapshots). Memory: 8 bytes per
-/// exception, plus the same again while sorting.
-#[derive(Debug, Clone)]
+/// snapshot was taken (see the crate docs for writable snapshots). Memory is bounded whatever
+/// the number of exceptions: the origin and COW chunk numbers go through a [`ChunkSorter`]
+/// each (sorted runs spilled to a temporary file past [`super::RUN_LEN`] values), and the
+/// list is read back by merging them.
+#[derive(Debug)]
 pub struct ChangeList {
     /// What the walk found.
     pub summary: StoreSummary,
-    chunks: Vec<u64>,
+    chunks: SortedChunks,
+    ranges: u64,
+    bytes: u64,
 }
 
 impl ChangeList {
     /// Read the store in `src`. A duplicate origin chunk, or a COW chunk used twice, is an
     /// error naming both entries.
     pub fn read(src: &Device, opts: &ReadOptions) -> Result<Self, MetaError> {
-        let mut chunks = Vec::new();
-        let mut cow_chunks = Vec::new();
+        // walk_store checks every new_chunk lies in the COW device and old_chunk in the origin.
+        let cb = read_header(src)?.chunk_bytes();
+        let origin_bound = opts.origin_size.map_or(u64::MAX, |s| s.div_ceil(cb));
+        let mut chunks = ChunkSorter::new(origin_bound);
+        let mut cow_chunks = ChunkSorter::new(src.size().div_ceil(cb));
         let summary = walk_store(src, opts, |_, e| {
-            chunks.push(e.old_chunk);
-            cow_chunks.push(e.new_chunk);
-            Ok(())
+            chunks.push(e.old_chunk)?;
+            cow_chunks.push(e.new_chunk)
         })?;
-        check_cow_chunks_unique(src, opts, &summary, cow_chunks)?;
-        // walk_store checked every old_chunk * chunk_bytes fits in a u64.
-        let origin_bound = match summary.origin_size {
-            Some(size) => size.div_ceil(summary.chunk_bytes()),
-            None => u64::MAX / summary.chunk_bytes() + 1,
-        };
-        if let Some(c) = sort_unique(&mut chunks, origin_bound) {
+        let cow_chunks = cow_chunks.finish()?;
+        if let Some(c) = cow_chunks.first_repeat()? {
+            return Err(duplicate_error(src, opts, Field::New, c));
+        }
+        drop(cow_chunks);
+        let chunks = chunks.finish()?;
+        if let Some(c) = chunks.first_repeat()? {
             return Err(duplicate_error(src, opts, Field::Old, c));
         }
-        Ok(ChangeList { summary, chunks })
+        let mut list = ChangeList {
+            summary,
+            chunks,
+            ranges: 0,
+            bytes: 0,
+        };
+        let (mut ranges, mut bytes) = (0, 0);
+        for r in list.ranges()? {
+            ranges += 1;
+            bytes += r?.length;
+        }
+        (list.ranges, list.bytes) = (ranges, bytes);
+        Ok(list)
     }
 
-    /// The changed origin chunks, ascending.
-    pub fn chunks(&self) -> &[u64] {
-        &self.chunks
+    /// How many origin chunks changed.
+    pub fn len(&self) -> u64 {
+        self.chunks.len()
+    }
+
+    /// Whether none did.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// The changed origin chunks, ascending, all in memory (8 bytes each: for small lists).
+    pub fn chunks(&self) -> Result<Vec<u64>, MetaError> {
+        self.chunks.iter()?.collect()
     }
 
     /// The changed bytes of the origin: runs of consecutive chunks, clipped to the origin size.
-    pub fn ranges(&self) -> impl Iterator<Item = Range> + '_ {
-        chunk_runs(
-            &self.chunks,
+    pub fn ranges(&self) -> Result<impl Iterator<Item = Result<Range, MetaError>> + '_, MetaError> {
+        Ok(chunk_runs(
+            self.chunks.iter()?.peekable(),
             self.summary.chunk_bytes(),
             self.summary.origin_size,
-        )
+        ))
+    }
+
+    /// How many ranges [`ChangeList::ranges`] gives.
+    pub fn range_count(&self) -> u64 {
+        self.ranges
     }
 
     /// Total bytes in [`ChangeList::ranges`].
     pub fn bytes(&self) -> u64 {
-        self.ranges().map(|r| r.length).sum()
+        self.bytes
     }
 
-    /// Write the range list: the header comment, then one line per range.
+    /// Write the range list: the header comment, then one line per range. An error reading
+    /// back the temporary file comes as an I/O error naming it.
     pub fn write_range_list<W: Write>(&self, out: W) -> io::Result<()> {
+        let mut failed = None;
+        let ranges = self.ranges().map_err(io::Error::other)?;
+        let ranges = ranges.map_while(|r| r.map_err(|e| failed = Some(e)).ok());
         write_ranges(
             out,
             self.summary.origin_size,
             self.summary.chunk_bytes(),
-            self.ranges(),
-        )
+            ranges,
+        )?;
+        match failed {
+            Some(e) => Err(io::Error::other(e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -125,34 +166,38 @@ fn put_decimal(buf: &mut [u8], at: usize, mut n: u64) -> usize {
 }
 
 /// Runs of consecutive chunks in sorted, unique `chunks`, as byte ranges clipped to `size`.
-fn chunk_runs(
-    chunks: &[u64],
+fn chunk_runs<I>(
+    mut chunks: std::iter::Peekable<I>,
     chunk_bytes: u64,
     size: Option<u64>,
-) -> impl Iterator<Item = Range> + '_ {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        while i < chunks.len() {
-            let start = chunks[i];
-            let mut end = start + 1;
-            i += 1;
-            while i < chunks.len() && chunks[i] == end {
-                end += 1;
-                i += 1;
+) -> impl Iterator<Item = Result<Range, MetaError>>
+where
+    I: Iterator<Item = Result<u64, MetaError>>,
+{
+    std::iter::from_fn(move || loop {
+        let start = match chunks.next()? {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut end = start + 1;
+        while let Some(Ok(c)) = chunks.peek() {
+            if *c != end {
+                break;
             }
-            // walk_store checked start * chunk_bytes fits; the end may pass a known size.
-            let offset = start * chunk_bytes;
-            let mut stop = end.saturating_mul(chunk_bytes);
-            if let Some(size) = size {
-                stop = stop.min(size);
-            }
-            if stop > offset {
-                return Some(Range {
-                    offset,
-                    length: stop - offset,
-                });
-            }
+            end += 1;
+            chunks.next();
         }
-        None
+        // walk_store checked start * chunk_bytes fits; the end may pass a known size.
+        let offset = start * chunk_bytes;
+        let mut stop = end.saturating_mul(chunk_bytes);
+        if let Some(size) = size {
+            stop = stop.min(size);
+        }
+        if stop > offset {
+            return Some(Ok(Range {
+                offset,
+                length: stop - offset,
+            }));
+        }
     })
 }
