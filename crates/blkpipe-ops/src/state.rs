@@ -102,29 +102,9 @@ impl ResumeState {
     /// (a directory, a device) or a file that is not a state is refused, saying how to start
     /// over.
     pub fn load(path: &Path) -> Result<Option<Self>, OpError> {
-        let read_err = |e: io::Error| {
-            OpError::Input(io::Error::new(
-                e.kind(),
-                format!("state file {}: read: {e}", path.display()),
-            ))
+        let Some(bytes) = load_bytes(path, "state file")? else {
+            return Ok(None);
         };
-        let file = match guard::open_read(path, 0) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(read_err(e)),
-        };
-        let meta = file.metadata().map_err(read_err)?;
-        if meta.is_dir() {
-            return Err(OpError::Refused(format!(
-                "state file {}: is a directory, not a blkpatch state file",
-                path.display()
-            )));
-        }
-        guard::check(path, &meta, Role::Aux("state file"), &[])?;
-        let mut bytes = Vec::new();
-        file.take(MAX_STATE_LEN + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_err)?;
         let bad = || {
             OpError::Refused(format!(
                 "state file {}: not a blkpatch state (expected one line `blkpatch-state v2 stream=HEX size=N applied=N target=...`); remove it to start over",
@@ -231,9 +211,10 @@ impl ResumeState {
     }
 }
 
-/// Read the small text file `path` (at most [`MAX_STATE_LEN`] bytes, UTF-8); `Ok(None)` if it
-/// does not exist. A directory, a device or a file in use is refused (`what` names it).
-pub(crate) fn load_line(path: &Path, what: &'static str) -> Result<Option<String>, OpError> {
+/// Read the small file `path`, at most [`MAX_STATE_LEN`] + 1 bytes (one more than a valid
+/// file holds, so an overlong one shows); `Ok(None)` if it does not exist. A directory, a
+/// device or a file in use is refused (`what` names it).
+fn load_bytes(path: &Path, what: &'static str) -> Result<Option<Vec<u8>>, OpError> {
     let read_err = |e: io::Error| {
         OpError::Input(io::Error::new(
             e.kind(),
@@ -257,6 +238,15 @@ pub(crate) fn load_line(path: &Path, what: &'static str) -> Result<Option<String
     file.take(MAX_STATE_LEN + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
+    Ok(Some(bytes))
+}
+
+/// Read the small text file `path` (at most [`MAX_STATE_LEN`] bytes, UTF-8); `Ok(None)` if it
+/// does not exist. A directory, a device or a file in use is refused (`what` names it).
+pub(crate) fn load_line(path: &Path, what: &'static str) -> Result<Option<String>, OpError> {
+    let Some(bytes) = load_bytes(path, what)? else {
+        return Ok(None);
+    };
     if bytes.len() as u64 > MAX_STATE_LEN {
         return Err(OpError::Refused(format!(
             "{what} {}: longer than {MAX_STATE_LEN} bytes, not a {what}",
