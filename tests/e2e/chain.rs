@@ -69,7 +69,7 @@ fn write_stream(
 fn rand_id(step: u64, image: &[u8]) -> [u8; 16] {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&step.to_le_bytes());
-    id[8..].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(image).to_le_bytes());
+    id[8..].copy_from_slice(&blkpipe_format::xxh3::xxh3_64_with_seed(image, 0).to_le_bytes());
     id
 }
 
@@ -225,7 +225,7 @@ fn one_attack(rng: &mut Rng, key: &SealKey, which: Attack, c: &Chain, other: &Ch
             let at =
                 58 + [rng.below(16) as usize, 40 + rng.below(64) as usize][rng.below(2) as usize];
             s[at] ^= 1 << rng.below(8);
-            let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&s[58..162], 0);
+            let sum = blkpipe_format::xxh3::xxh3_64_with_seed(&s[58..162], 0);
             s[162..170].copy_from_slice(&sum.to_le_bytes());
             s
         }

@@ -450,7 +450,7 @@ pub fn create_unlinked_temp(purpose: &str) -> Result<(File, PathBuf), DevError> 
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let tag = xxhash_rust::xxh3::xxh3_64_with_seed(&now.to_le_bytes(), attempt);
+        let tag = twox_hash::XxHash3_64::oneshot_with_seed(attempt, &now.to_le_bytes());
         let name = format!(".blkpipe-{purpose}-{}-{tag:016x}", std::process::id());
         let path = dir.join(name);
         match OpenOptions::new()

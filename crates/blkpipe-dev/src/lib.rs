@@ -297,7 +297,7 @@ impl Device {
             Some(f) => f,
             None => {
                 let uri = self.path.to_string_lossy();
-                let uri_hash = xxhash_rust::xxh3::xxh3_64(uri.as_bytes());
+                let uri_hash = twox_hash::XxHash3_64::oneshot(uri.as_bytes());
                 return Ok((FileId::Export { uri_hash }, None));
             }
         };

@@ -13,7 +13,7 @@
 //! header MAC identifies a stream's records as firmly: every record MAC and the end MAC are
 //! keyed with a subkey derived from that header, and a stream is only ever accepted whole.
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use crate::xxh3::xxh3_64_with_seed;
 
 use crate::seal::MAC_LEN;
 use crate::{le_u64, FormatError};

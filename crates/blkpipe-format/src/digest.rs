@@ -6,7 +6,7 @@
 //! block size (u64) and the hashed length (u64). Equal content, block size and seed give equal
 //! digests, wherever the bytes come from.
 
-use xxhash_rust::xxh3::{xxh3_128_with_seed, Xxh3};
+use crate::xxh3::{xxh3_128_with_seed, Xxh3_128};
 use zeroize::Zeroize;
 
 use crate::seal::SealKey;
@@ -93,7 +93,7 @@ impl BlockHasher {
 /// Builds a whole-device digest from block hashes fed in block order.
 #[derive(Clone)]
 pub struct DigestBuilder {
-    hasher: Xxh3,
+    hasher: Xxh3_128,
     block_size: u64,
     bytes: u64,
 }
@@ -102,7 +102,7 @@ impl DigestBuilder {
     /// A builder for blocks of `block_size` bytes hashed with `seed`.
     pub fn new(block_size: u64, seed: u64) -> Self {
         DigestBuilder {
-            hasher: Xxh3::with_seed(seed),
+            hasher: Xxh3_128::with_seed(seed),
             block_size,
             bytes: 0,
         }

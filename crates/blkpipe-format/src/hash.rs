@@ -6,7 +6,7 @@
 
 use std::io::{self, Read, Write};
 
-use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
+use crate::xxh3::{xxh3_64_with_seed, Xxh3_128 as Xxh3};
 
 use crate::seal::{mac_eq, SealKey, Sealer, CTX_HASH, MAC_LEN, SEAL_LEN, TAG_GROUP};
 use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError};

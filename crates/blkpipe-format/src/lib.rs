@@ -43,6 +43,7 @@ pub mod kind;
 pub mod patch;
 pub mod range;
 pub mod seal;
+pub mod xxh3;
 
 pub use error::FormatError;
 

@@ -4,10 +4,9 @@
 //! consumes it and returns a record only once its checksum has been verified, so a caller that
 //! applies records as they come never applies a byte that the stream did not vouch for.
 
-use std::hash::Hasher as _;
 use std::io::{self, Read, Write};
 
-use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3};
+use crate::xxh3::{xxh3_64_with_seed, Xxh3_128 as Xxh3, Xxh3_64};
 
 use crate::chain::{ChainBlock, Link, CHAIN_LEN};
 use crate::seal::{mac_eq, SealKey, Sealer, CTX_PATCH, MAC_LEN, SEAL_LEN, TAG_RECORD};
@@ -434,15 +433,15 @@ impl<W: Write> PatchWriter<W> {
 
 fn record_checksum(header24: &[u8], plain: &[u8], index: u64) -> u64 {
     let mut h = record_hasher(index, header24);
-    h.write(plain);
-    h.finish()
+    h.update(plain);
+    h.digest()
 }
 
 /// The record checksum's xxh3-64 (seeded with the record number), header bytes 0..24 in: the
-/// payload follows. Streaming xxh3 with AVX2 picked at run time (the values are xxh3's).
-fn record_hasher(index: u64, header24: &[u8]) -> twox_hash::XxHash3_64 {
-    let mut h = twox_hash::XxHash3_64::with_seed(index);
-    h.write(header24);
+/// payload follows.
+fn record_hasher(index: u64, header24: &[u8]) -> Xxh3_64 {
+    let mut h = Xxh3_64::with_seed(index);
+    h.update(header24);
     h
 }
 

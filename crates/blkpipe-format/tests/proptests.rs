@@ -271,7 +271,7 @@ proptest! {
         }
         // With a valid checksum, the fields decide.
         let mut fixed = b;
-        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&fixed[..104], 0);
+        let sum = blkpipe_format::xxh3::xxh3_64_with_seed(&fixed[..104], 0);
         fixed[104..].copy_from_slice(&sum.to_le_bytes());
         if let Ok(c) = ChainBlock::from_bytes(&fixed, 0) {
             prop_assert_eq!(c.to_bytes(), fixed);

@@ -313,7 +313,7 @@ fn chained_patch_example() {
     // chain block together.
     let cb = &bytes[62..174];
     assert_eq!(
-        xxhash_rust::xxh3::xxh3_64_with_seed(&cb[..104], 0).to_le_bytes(),
+        blkpipe_format::xxh3::xxh3_64_with_seed(&cb[..104], 0).to_le_bytes(),
         cb[104..112]
     );
     assert_eq!(&bytes[174..182], &key.id()[..]);
@@ -329,7 +329,7 @@ fn chained_patch_example() {
     // A flipped byte of `prev` with the block's xxh3 fixed is caught by the header MAC.
     let mut bad = bytes.clone();
     bad[62 + 50] ^= 1;
-    let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&bad[62..166], 0);
+    let sum = blkpipe_format::xxh3::xxh3_64_with_seed(&bad[62..166], 0);
     bad[166..174].copy_from_slice(&sum.to_le_bytes());
     assert!(matches!(
         PatchReader::with_key(&bad[..], Vec::new(), Some(&key)),

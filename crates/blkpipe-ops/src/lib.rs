@@ -63,7 +63,8 @@ pub fn random_bytes() -> [u8; 16] {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let mixed = xxhash_rust::xxh3::xxh3_128_with_seed(&t.to_le_bytes(), std::process::id() as u64);
+    let mixed =
+        blkpipe_format::xxh3::xxh3_128_with_seed(&t.to_le_bytes(), std::process::id() as u64);
     mixed.to_le_bytes()
 }
 

@@ -111,7 +111,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         let mut digest = Xxh3::new();
         digest.update(&fixed);
         digest.update(&rest);
-        let mut sum = Xxh3::with_seed(0);
+        let mut sum = crate::xxh3::Xxh3_64::with_seed(0);
         sum.update(&fixed);
         sum.update(&rest[..creator_len]);
         if sum.digest() != le_u64(&rest, creator_len) {
@@ -282,13 +282,13 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                     at: self.pos + (RECORD_HEADER + at + got) as u64,
                 });
             }
-            sum.write(&buf[at..end]);
+            sum.update(&buf[at..end]);
             if let Some(m) = mac.as_mut() {
                 m.update(&buf[at..end]);
             }
             at = end;
         }
-        Ok((sum.finish(), mac))
+        Ok((sum.digest(), mac))
     }
 
     /// The next verified record, or `None` after a valid end record followed by end of input.
