@@ -2,7 +2,7 @@
 //! --chain-state) and through lvbackup's restore path on a directory of real backup files.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use super::{key_file, run_ok, Rng};
 use crate::common;
@@ -17,6 +17,9 @@ struct Files {
     streams: Vec<PathBuf>,
     /// undos[i] (i >= 1): takes step i + 1 back to step i.
     undos: Vec<Option<PathBuf>>,
+    /// Where a test restores the chain to, and its chain-state file: neither exists yet.
+    target: PathBuf,
+    state: PathBuf,
 }
 
 const SIZE: usize = 256 << 10;
@@ -39,6 +42,8 @@ fn make_chain(rng: &mut Rng, steps: usize, tag: &str, key_byte: u8) -> Files {
         images: vec![image.clone()],
         streams: vec![d.join(format!("{tag}1.full"))],
         undos: vec![None],
+        target: d.join(format!("{tag}.img")),
+        state: d.join(format!("{tag}.chain")),
         key,
         dir,
     };
@@ -92,6 +97,26 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Assert that lvbackup refused (exit 3) with `want` in its message and left `target` as
+/// `image`; `what` names the case.
+fn refused_unchanged(out: &Output, what: &str, want: &str, target: &Path, image: &[u8]) {
+    let err = common::stderr(out);
+    assert_eq!(out.status.code(), Some(3), "{what}: {err}");
+    assert!(err.contains(want), "{what}: {err}");
+    assert!(
+        std::fs::read(target).unwrap() == image,
+        "{what}: TARGET changed"
+    );
+}
+
+/// `blkpatch --key KEY --chain-state STATE EXTRA.. TARGET` with `stdin`.
+fn chain_patch(key: &str, state: &Path, extra: &[&str], target: &Path, stdin: &[u8]) -> Output {
+    let mut args = vec!["--key", key, "--chain-state", s(state)];
+    args.extend_from_slice(extra);
+    args.push(s(target));
+    common::run("blkpatch", &args, stdin)
+}
+
 /// blkpatch --chain-state on an image file: each bad stream exits 5 with its own message, and
 /// neither the image nor the state file changes.
 #[test]
@@ -99,21 +124,14 @@ fn blkpatch_chain_state_refuses_out_of_chain_streams() {
     let mut rng = Rng(0xc4a1_1001);
     let f = make_chain(&mut rng, 5, "a", 7);
     let other = make_chain(&mut rng, 5, "b", 7); // the same key, another chain
-    let d = f.dir.path();
-    let t = d.join("t.img");
-    let st = d.join("t.chain");
-    let patch = |stream: &Path, extra: &[&str]| {
-        let mut args = vec!["--key", &f.key, "--chain-state", s(&st)];
-        args.extend_from_slice(extra);
-        args.extend(["--input", s(stream), s(&t)]);
-        common::run("blkpatch", &args, b"")
-    };
+    let (d, t, st) = (f.dir.path(), &f.target, &f.state);
+    let patch = |stream: &Path| chain_patch(&f.key, st, &["--input", s(stream)], t, b"");
     for i in 0..3 {
-        let out = patch(&f.streams[i], &[]);
+        let out = patch(&f.streams[i]);
         assert!(out.status.success(), "{}", common::stderr(&out));
     }
-    assert!(std::fs::read(&t).unwrap() == f.images[2]);
-    let state = std::fs::read(&st).unwrap();
+    assert!(std::fs::read(t).unwrap() == f.images[2]);
+    let state = std::fs::read(st).unwrap();
     let cases: Vec<(&Path, &str)> = vec![
         (&f.streams[4], "dropped stream"),
         (&f.streams[1], "replayed or older"),
@@ -125,7 +143,7 @@ fn blkpatch_chain_state_refuses_out_of_chain_streams() {
         (f.undos[2].as_deref().unwrap(), "rollback refused"),
     ];
     for (stream, want) in cases {
-        let out = patch(stream, &[]);
+        let out = patch(stream);
         let err = common::stderr(&out);
         assert_eq!(out.status.code(), Some(5), "{want}: {err}");
         assert!(
@@ -133,10 +151,10 @@ fn blkpatch_chain_state_refuses_out_of_chain_streams() {
             "{want}: {err}"
         );
         assert!(
-            std::fs::read(&t).unwrap() == f.images[2],
+            std::fs::read(t).unwrap() == f.images[2],
             "{want}: image changed"
         );
-        assert_eq!(std::fs::read(&st).unwrap(), state, "{want}: state changed");
+        assert_eq!(std::fs::read(st).unwrap(), state, "{want}: state changed");
     }
     // Swapped incrementals through blkmerge: refused before any output.
     let out = common::run(
@@ -152,71 +170,34 @@ fn blkpatch_chain_state_refuses_out_of_chain_streams() {
         &["--key", &f.key, s(&f.streams[3]), s(&f.streams[4])],
         b"",
     );
-    let out = common::run(
-        "blkpatch",
-        &[
-            "--key",
-            &f.key,
-            "--chain-state",
-            s(&st),
-            "--undo",
-            s(&d.join("u45")),
-            s(&t),
-        ],
-        &m,
-    );
+    let out = chain_patch(&f.key, st, &["--undo", s(&d.join("u45"))], t, &m);
     assert!(out.status.success(), "{}", common::stderr(&out));
-    assert!(std::fs::read(&t).unwrap() == f.images[4]);
+    assert!(std::fs::read(t).unwrap() == f.images[4]);
     // blkpatch's undo file is bound to steps 4..5: refused without --accept-rollback, taken
     // with it (back to step 3), and then refused (the target no longer holds step 5).
     let u45 = std::fs::read(d.join("u45")).unwrap();
-    let out = common::run(
-        "blkpatch",
-        &["--key", &f.key, "--chain-state", s(&st), s(&t)],
-        &u45,
-    );
+    let out = chain_patch(&f.key, st, &[], t, &u45);
     assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
-    let rb = [
-        "--key",
-        &f.key,
-        "--chain-state",
-        s(&st),
-        "--accept-rollback",
-        s(&t),
-    ];
-    run_ok("blkpatch", &rb, &u45);
-    assert!(std::fs::read(&t).unwrap() == f.images[2]);
-    let out = common::run("blkpatch", &rb, &u45);
+    let rollback = |stdin: &[u8]| chain_patch(&f.key, st, &["--accept-rollback"], t, stdin);
+    let out = rollback(&u45);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(std::fs::read(t).unwrap() == f.images[2]);
+    let out = rollback(&u45);
     assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
     // An older full image with --accept-rollback.
-    run_ok("blkpatch", &rb, &std::fs::read(&f.streams[0]).unwrap());
-    assert!(std::fs::read(&t).unwrap() == f.images[0]);
+    let out = rollback(&std::fs::read(&f.streams[0]).unwrap());
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(std::fs::read(t).unwrap() == f.images[0]);
     // The state names its target: another image is refused.
     let t2 = d.join("t2.img");
     std::fs::write(&t2, b"").unwrap();
-    let out = common::run(
-        "blkpatch",
-        &["--key", &f.key, "--chain-state", s(&st), s(&t2)],
-        &std::fs::read(&f.streams[1]).unwrap(),
-    );
+    let out = chain_patch(&f.key, st, &[], &t2, &std::fs::read(&f.streams[1]).unwrap());
     assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
     assert!(common::stderr(&out).contains("another target"));
     // A chain under another key: its full image is refused with this state file (made under
     // the first key).
     let k9 = make_chain(&mut rng, 1, "z", 9);
-    let out = common::run(
-        "blkpatch",
-        &[
-            "--key",
-            &k9.key,
-            "--chain-state",
-            s(&st),
-            "--input",
-            s(&k9.streams[0]),
-            s(&t),
-        ],
-        b"",
-    );
+    let out = chain_patch(&k9.key, st, &["--input", s(&k9.streams[0])], t, b"");
     assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
     assert!(
         common::stderr(&out).contains("is for key id"),
@@ -232,27 +213,13 @@ fn blkpatch_chain_state_refuses_out_of_chain_streams() {
 fn random_chain_sequences_through_blkpatch() {
     let mut rng = Rng(0xc4a1_1002);
     let f = make_chain(&mut rng, 5, "c", 3);
-    let d = f.dir.path();
-    let t = d.join("t.img");
-    let st = d.join("t.chain");
+    let (t, st) = (&f.target, &f.state);
     let mut held: Option<usize> = None;
     let mut refused = 0;
     for _ in 0..120 {
         let i = rng.below(f.streams.len() as u64) as usize;
-        let before = std::fs::read(&t).ok();
-        let out = common::run(
-            "blkpatch",
-            &[
-                "--key",
-                &f.key,
-                "--chain-state",
-                s(&st),
-                "--input",
-                s(&f.streams[i]),
-                s(&t),
-            ],
-            b"",
-        );
+        let before = std::fs::read(t).ok();
+        let out = chain_patch(&f.key, st, &["--input", s(&f.streams[i])], t, b"");
         let ok = match held {
             None => i == 0,
             Some(h) => i == h + 1,
@@ -263,12 +230,12 @@ fn random_chain_sequences_through_blkpatch() {
                 "{i} after {held:?}: {}",
                 common::stderr(&out)
             );
-            assert!(std::fs::read(&t).unwrap() == f.images[i]);
+            assert!(std::fs::read(t).unwrap() == f.images[i]);
             held = Some(i);
         } else {
             assert_eq!(out.status.code(), Some(5), "{i} after {held:?}");
             assert!(
-                std::fs::read(&t).ok() == before,
+                std::fs::read(t).ok() == before,
                 "{i} after {held:?}: image changed"
             );
             refused += 1;
@@ -332,76 +299,45 @@ fn lvbackup_restore_of_a_sealed_chain() {
             .output()
             .unwrap()
     };
-    let t = d.join("r.img");
-    let st = d.join("r.chain");
-    let (ts, sts, bks) = (s(&t), s(&st), s(&bk));
+    let (t, st) = (&f.target, &f.state);
+    let (ts, sts, bks) = (s(t), s(st), s(&bk));
     let key = f.key.as_str();
     let ok = |out: std::process::Output| {
         assert!(out.status.success(), "{}", common::stderr(&out));
     };
-    ok(lvbackup(&[
-        "--key",
-        key,
-        "--chain-state",
-        sts,
-        "--restore",
-        "3",
-        bks,
-        ts,
-    ]));
-    assert!(std::fs::read(&t).unwrap() == f.images[2]);
+    // lvbackup --key KEY --chain-state STATE EXTRA.. BACKUPS TARGET
+    let chained = |extra: &[&str]| {
+        let mut a = vec!["--key", key, "--chain-state", sts];
+        a.extend_from_slice(extra);
+        a.extend([bks, ts]);
+        lvbackup(&a)
+    };
+    ok(chained(&["--restore", "3"]));
+    assert!(std::fs::read(t).unwrap() == f.images[2]);
     // Forward with --from, then a rollback: refused, then taken with --accept-rollback.
-    ok(lvbackup(&[
-        "--key",
-        key,
-        "--chain-state",
-        sts,
-        "--restore",
-        "4",
-        "--from",
-        "3",
-        bks,
-        ts,
-    ]));
-    assert!(std::fs::read(&t).unwrap() == f.images[3]);
+    ok(chained(&["--restore", "4", "--from", "3"]));
+    assert!(std::fs::read(t).unwrap() == f.images[3]);
     for args in [
         vec!["--restore", "2"],
         vec!["--restore", "2", "--from", "4"],
     ] {
-        let mut a = vec!["--key", key, "--chain-state", sts];
-        a.extend(args.iter().copied());
-        a.extend([bks, ts]);
-        let out = lvbackup(&a);
-        assert_eq!(
-            out.status.code(),
-            Some(3),
-            "{args:?}: {}",
-            common::stderr(&out)
-        );
-        assert!(
-            common::stderr(&out).contains("rollback refused"),
-            "{}",
-            common::stderr(&out)
-        );
-        assert!(
-            std::fs::read(&t).unwrap() == f.images[3],
-            "{args:?}: image changed"
+        let out = chained(&args);
+        refused_unchanged(
+            &out,
+            &format!("{args:?}"),
+            "rollback refused",
+            t,
+            &f.images[3],
         );
     }
-    ok(lvbackup(&[
-        "--key",
-        key,
-        "--chain-state",
-        sts,
+    ok(chained(&[
         "--accept-rollback",
         "--restore",
         "2",
         "--from",
         "4",
-        bks,
-        ts,
     ]));
-    assert!(std::fs::read(&t).unwrap() == f.images[1]);
+    assert!(std::fs::read(t).unwrap() == f.images[1]);
     // Without the key: refused. A tampered index: refused.
     let out = lvbackup(&["--restore", "2", bks, ts]);
     assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
@@ -418,7 +354,7 @@ fn lvbackup_restore_of_a_sealed_chain() {
     write_index(&index, &f.key);
     // Swapped incremental files (2 and 3 renamed into each other's place), a file of another
     // chain under the same key, and a replayed file: refused, TARGET untouched.
-    let before = std::fs::read(&t).unwrap();
+    let before = std::fs::read(t).unwrap();
     let swap = |a: &str, b: &str| {
         std::fs::rename(bk.join(a), bk.join("tmp")).unwrap();
         std::fs::rename(bk.join(b), bk.join(a)).unwrap();
@@ -427,16 +363,7 @@ fn lvbackup_restore_of_a_sealed_chain() {
     let other = make_chain(&mut rng, 4, "y", 4);
     let restore_refused = |what: &str| {
         let out = lvbackup(&["--key", key, "--restore", "4", bks, ts]);
-        assert_eq!(
-            out.status.code(),
-            Some(3),
-            "{what}: {}",
-            common::stderr(&out)
-        );
-        assert!(
-            std::fs::read(&t).unwrap() == before,
-            "{what}: TARGET changed"
-        );
+        refused_unchanged(&out, what, "", t, &before);
     };
     swap("000002.incr.patch", "000003.incr.patch");
     restore_refused("swapped");
@@ -498,39 +425,15 @@ fn lvbackup_restore_of_a_sealed_chain() {
     let out = lvbackup(&["--key", key, "--restore", "4", bks, s(&e)]);
     assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
     let idp = s(&id);
-    ok(lvbackup(&[
-        "--key",
-        key,
-        "--decrypt-with",
-        idp,
-        "--restore",
-        "4",
-        bks,
-        s(&e),
-    ]));
-    assert!(std::fs::read(&e).unwrap() == f.images[3]);
-    ok(lvbackup(&[
-        "--key",
-        key,
-        "--decrypt-with",
-        idp,
-        "--restore",
-        "2",
-        "--from",
-        "4",
-        bks,
-        s(&e),
-    ]));
-    assert!(std::fs::read(&e).unwrap() == f.images[1]);
-    ok(lvbackup(&[
-        "--key",
-        key,
-        "--decrypt-with",
-        idp,
-        "--restore",
-        "1",
-        bks,
-        s(&d.join("e1.img")),
-    ]));
-    assert!(std::fs::read(d.join("e1.img")).unwrap() == f.images[0]);
+    // lvbackup --key KEY --decrypt-with ID EXTRA.. BACKUPS TARGET, then TARGET holds `image`.
+    let decrypted = |extra: &[&str], target: &Path, image: &[u8]| {
+        let mut a = vec!["--key", key, "--decrypt-with", idp];
+        a.extend_from_slice(extra);
+        a.extend([bks, s(target)]);
+        ok(lvbackup(&a));
+        assert!(std::fs::read(target).unwrap() == image);
+    };
+    decrypted(&["--restore", "4"], &e, &f.images[3]);
+    decrypted(&["--restore", "2", "--from", "4"], &e, &f.images[1]);
+    decrypted(&["--restore", "1"], &d.join("e1.img"), &f.images[0]);
 }
