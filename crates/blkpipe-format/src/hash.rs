@@ -8,7 +8,8 @@ use std::io::{self, Read, Write};
 
 use crate::xxh3::{xxh3_64_with_seed, Xxh3_128 as Xxh3};
 
-use crate::seal::{mac_eq, SealKey, Sealer, CTX_HASH, MAC_LEN, SEAL_LEN, TAG_GROUP};
+use crate::end::HASH_END;
+use crate::seal::{SealKey, Sealer, CTX_HASH, MAC_LEN, SEAL_LEN, TAG_GROUP};
 use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError};
 
 /// The first eight bytes of every hash stream.
@@ -381,12 +382,7 @@ impl<W: Write> HashWriter<W> {
             hashes_digest: self.all.digest128(),
             device_digest,
         };
-        let bytes = encode_end(&end);
-        self.out.write_all(&bytes)?;
-        if let Some(seal) = &self.seal {
-            self.out.write_all(seal.end_mac(&bytes).as_bytes())?;
-        }
-        self.out.flush()?;
+        crate::end::write_end(&mut self.out, &encode_end(&end), self.seal.as_ref())?;
         Ok(self.out)
     }
 }
@@ -397,8 +393,7 @@ fn encode_end(end: &HashEnd) -> [u8; END_LEN] {
     b[8..16].copy_from_slice(&end.block_count.to_le_bytes());
     b[16..32].copy_from_slice(&end.hashes_digest.to_le_bytes());
     b[32..48].copy_from_slice(&end.device_digest.to_le_bytes());
-    let sum = xxh3_64_with_seed(&b[..48], 0);
-    b[48..56].copy_from_slice(&sum.to_le_bytes());
+    crate::end::put_sum(&mut b);
     b
 }
 
@@ -664,32 +659,7 @@ impl<R: Read> HashReader<R> {
                 "hash stream: bad end record magic",
             ));
         }
-        if xxh3_64_with_seed(&b[..48], 0) != le_u64(&b, 48) {
-            return Err(FormatError::Checksum {
-                what: "hash end record",
-                record: rec,
-                offset: at,
-            });
-        }
-        if let Some(seal) = &self.seal {
-            let mut mac = [0u8; MAC_LEN];
-            let got = read_full(&mut self.input, &mut mac)?;
-            if got < MAC_LEN {
-                return Err(FormatError::Truncated {
-                    what: "hash end record MAC",
-                    record: rec,
-                    at: at + (END_LEN + got) as u64,
-                });
-            }
-            if !mac_eq(&seal.end_mac(&b), &mac) {
-                return Err(FormatError::Mac {
-                    what: "hash end record",
-                    record: rec,
-                    offset: at,
-                });
-            }
-            self.pos += MAC_LEN as u64;
-        }
+        self.pos += HASH_END.verify(&mut self.input, &b, self.seal.as_ref(), rec, at)?;
         let end = HashEnd {
             block_count: le_u64(&b, 8),
             hashes_digest: le_u128(&b, 16),
@@ -713,17 +683,7 @@ impl<R: Read> HashReader<R> {
             ));
         }
         self.pos += END_LEN as u64;
-        let mut extra = [0u8; 1];
-        if read_full(&mut self.input, &mut extra)? != 0 {
-            return Err(FormatError::invalid(
-                rec,
-                self.pos,
-                format!(
-                    "unexpected data after the hash end record at byte {}",
-                    self.pos
-                ),
-            ));
-        }
+        HASH_END.expect_eof(&mut self.input, rec, self.pos)?;
         self.end = Some(end);
         Ok(())
     }

@@ -37,6 +37,7 @@
 
 pub mod chain;
 pub mod digest;
+mod end;
 mod error;
 pub mod hash;
 pub mod kind;

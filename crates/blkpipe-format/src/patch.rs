@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use crate::xxh3::{xxh3_64_with_seed, Xxh3_128 as Xxh3, Xxh3_64};
 
 use crate::chain::{ChainBlock, Link, CHAIN_LEN};
-use crate::seal::{mac_eq, SealKey, Sealer, CTX_PATCH, MAC_LEN, SEAL_LEN, TAG_RECORD};
+use crate::seal::{SealKey, Sealer, CTX_PATCH, MAC_LEN, SEAL_LEN, TAG_RECORD};
 use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError, MAX_RECORD_LEN};
 
 /// The first eight bytes of every patch stream.
@@ -421,12 +421,7 @@ impl<W: Write> PatchWriter<W> {
             stream_digest: self.digest.digest128(),
             source_digest,
         };
-        let bytes = encode_end(&end);
-        self.out.write_all(&bytes)?;
-        if let Some(seal) = &self.seal {
-            self.out.write_all(seal.end_mac(&bytes).as_bytes())?;
-        }
-        self.out.flush()?;
+        crate::end::write_end(&mut self.out, &encode_end(&end), self.seal.as_ref())?;
         Ok(self.out)
     }
 }
@@ -458,8 +453,7 @@ fn encode_end(end: &PatchEnd) -> [u8; END_LEN] {
     b[16..24].copy_from_slice(&end.data_bytes.to_le_bytes());
     b[24..32].copy_from_slice(&end.zero_bytes.to_le_bytes());
     b[56..72].copy_from_slice(&end.stream_digest.to_le_bytes());
-    let sum = xxh3_64_with_seed(&b[..72], 0);
-    b[72..80].copy_from_slice(&sum.to_le_bytes());
+    crate::end::put_sum(&mut b);
     b
 }
 

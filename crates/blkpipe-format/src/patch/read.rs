@@ -2,6 +2,7 @@
 //! handed out.
 
 use super::*;
+use crate::end::PATCH_END;
 
 /// The most payload bytes one record can carry on the wire: an lz4 block of a record of
 /// [`MAX_RECORD_LEN`] bytes that did not compress (`LZ4_compressBound`).
@@ -477,31 +478,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
             });
         }
         let at = self.pos;
-        if xxh3_64_with_seed(&b[..72], 0) != le_u64(&b, 72) {
-            return Err(FormatError::Checksum {
-                what: "end record",
-                record: idx,
-                offset: at,
-            });
-        }
-        if let Some(seal) = &self.seal {
-            let got = read_full(&mut self.input, &mut self.mac)?;
-            if got < MAC_LEN {
-                return Err(FormatError::Truncated {
-                    what: "end record MAC",
-                    record: idx,
-                    at: at + (END_LEN + got) as u64,
-                });
-            }
-            if !mac_eq(&seal.end_mac(&b), &self.mac) {
-                return Err(FormatError::Mac {
-                    what: "end record",
-                    record: idx,
-                    offset: at,
-                });
-            }
-            self.pos += MAC_LEN as u64;
-        }
+        self.pos += PATCH_END.verify(&mut self.input, &b, self.seal.as_ref(), idx, at)?;
         let end = PatchEnd {
             record_count: le_u64(&b, 8),
             data_bytes: le_u64(&b, 16),
@@ -544,14 +521,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
             ));
         }
         self.pos += END_LEN as u64;
-        let mut extra = [0u8; 1];
-        if read_full(&mut self.input, &mut extra)? != 0 {
-            return Err(FormatError::invalid(
-                idx,
-                self.pos,
-                format!("unexpected data after the end record at byte {}", self.pos),
-            ));
-        }
+        PATCH_END.expect_eof(&mut self.input, idx, self.pos)?;
         self.end = Some(end);
         Ok(())
     }
