@@ -92,6 +92,26 @@ impl EndRecord {
         Ok(MAC_LEN as u64)
     }
 
+    /// Check the stream digest the end record holds against the one counted while reading
+    /// (`what` names it in the message).
+    pub(crate) fn check_digest(
+        &self,
+        what: &str,
+        found: u128,
+        counted: u128,
+        record: u64,
+        at: u64,
+    ) -> Result<(), FormatError> {
+        if found != counted {
+            return Err(FormatError::invalid(
+                record,
+                at,
+                format!("{}: {what} mismatch", self.name),
+            ));
+        }
+        Ok(())
+    }
+
     /// Check that the input ends here, at stream byte `pos`, after the end record (and MAC).
     pub(crate) fn expect_eof<R: Read>(
         &self,

@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use crate::xxh3::{xxh3_64_with_seed, Xxh3_128 as Xxh3};
 
 use crate::end::HASH_END;
+use crate::seal::key_for;
 use crate::seal::{SealKey, Sealer, CTX_HASH, MAC_LEN, SEAL_LEN, TAG_GROUP};
 use crate::{le_u128, le_u16, le_u32, le_u64, read_full, FormatError};
 
@@ -531,28 +532,11 @@ impl<R: Read> HashReader<R> {
         header
             .validate()
             .map_err(|e| FormatError::invalid(0, 0, format!("hash header: {e}")))?;
-        let seal = match (flags & FLAG_KEYED != 0, key) {
-            (true, None) => return Err(FormatError::KeyNeeded { stream: "hash" }),
-            (false, Some(_)) => return Err(FormatError::NotSealed { stream: "hash" }),
-            (false, None) => None,
-            (true, Some(key)) => {
-                let mut trailer = [0u8; SEAL_LEN];
-                let got = read_full(&mut input, &mut trailer)?;
-                if got < SEAL_LEN {
-                    return Err(FormatError::Truncated {
-                        what: "hash header",
-                        record: 0,
-                        at: pos + got as u64,
-                    });
-                }
-                Some(Sealer::verify(
-                    key,
-                    CTX_HASH,
-                    "hash",
-                    &header_bytes,
-                    &trailer,
-                )?)
+        let seal = match key_for(flags & FLAG_KEYED != 0, key, "hash")? {
+            Some(key) => {
+                Some(Sealer::read_verify(&mut input, key, CTX_HASH, "hash", &header_bytes)?.0)
             }
+            None => None,
         };
         let mac_len = if seal.is_some() { MAC_LEN } else { 0 };
         Ok(HashReader {
@@ -675,13 +659,8 @@ impl<R: Read> HashReader<R> {
                 ),
             ));
         }
-        if end.hashes_digest != self.all.digest128() {
-            return Err(FormatError::invalid(
-                rec,
-                at,
-                "hash end record: digest mismatch",
-            ));
-        }
+        let counted = self.all.digest128();
+        HASH_END.check_digest("digest", end.hashes_digest, counted, rec, at)?;
         self.pos += END_LEN as u64;
         HASH_END.expect_eof(&mut self.input, rec, self.pos)?;
         self.end = Some(end);

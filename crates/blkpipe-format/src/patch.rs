@@ -168,6 +168,36 @@ pub struct RecordFrame {
     pub mac: Option<[u8; MAC_LEN]>,
 }
 
+/// What a record written carries: its kind and flags follow from it.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    /// A zero record: no payload.
+    Zero,
+    /// A data record, its payload stored as it is.
+    Data(&'a [u8]),
+    /// A data record whose payload is stored as the lz4 block `stored` of `plain`.
+    Lz4 { stored: &'a [u8], plain: &'a [u8] },
+}
+
+impl<'a> Body<'a> {
+    /// The payload as written on the wire.
+    fn stored(self) -> &'a [u8] {
+        match self {
+            Body::Zero => &[],
+            Body::Data(d) => d,
+            Body::Lz4 { stored, .. } => stored,
+        }
+    }
+
+    /// The bytes the record stands for (what its checksum covers).
+    fn plain(self) -> &'a [u8] {
+        match self {
+            Body::Zero => &[],
+            Body::Data(d) | Body::Lz4 { plain: d, .. } => d,
+        }
+    }
+}
+
 /// Writes a patch stream. Records must come in ascending, non-overlapping order.
 pub struct PatchWriter<W: Write> {
     out: W,
@@ -308,18 +338,10 @@ impl<W: Write> PatchWriter<W> {
         }
     }
 
-    fn emit(
-        &mut self,
-        kind: u8,
-        flags: u8,
-        offset: u64,
-        length: u64,
-        stored: &[u8],
-        plain: &[u8],
-    ) -> io::Result<()> {
-        let frame = self.frame(kind, flags, offset, length, stored, plain);
+    fn emit(&mut self, offset: u64, length: u64, body: Body<'_>) -> io::Result<()> {
+        let frame = self.frame(offset, length, body);
         self.out.write_all(&frame.head)?;
-        self.out.write_all(stored)?;
+        self.out.write_all(body.stored())?;
         if let Some(mac) = frame.mac {
             self.out.write_all(&mac)?;
         }
@@ -334,21 +356,19 @@ impl<W: Write> PatchWriter<W> {
     pub fn frame_data(&mut self, offset: u64, data: &[u8]) -> io::Result<RecordFrame> {
         let length = data.len() as u64;
         self.check(offset, length)?;
-        let frame = self.frame(KIND_DATA, 0, offset, length, data, data);
+        let frame = self.frame(offset, length, Body::Data(data));
         self.data_bytes += length;
         Ok(frame)
     }
 
     /// Header and MAC of the next record; it counts as written.
-    fn frame(
-        &mut self,
-        kind: u8,
-        flags: u8,
-        offset: u64,
-        length: u64,
-        stored: &[u8],
-        plain: &[u8],
-    ) -> RecordFrame {
+    fn frame(&mut self, offset: u64, length: u64, body: Body<'_>) -> RecordFrame {
+        let (stored, plain) = (body.stored(), body.plain());
+        let (kind, flags) = match body {
+            Body::Zero => (KIND_ZERO, 0),
+            Body::Data(_) => (KIND_DATA, 0),
+            Body::Lz4 { .. } => (KIND_DATA, FLAG_LZ4),
+        };
         let mut h = [0u8; RECORD_HEADER];
         h[0] = kind;
         h[1] = flags;
@@ -389,8 +409,18 @@ impl<W: Write> PatchWriter<W> {
             }
         }
         let res = match compressed {
-            Some(n) => self.emit(KIND_DATA, FLAG_LZ4, offset, length, &scratch[..n], data),
-            None => self.emit(KIND_DATA, 0, offset, length, data, data),
+            Some(n) => {
+                let stored = &scratch[..n];
+                self.emit(
+                    offset,
+                    length,
+                    Body::Lz4 {
+                        stored,
+                        plain: data,
+                    },
+                )
+            }
+            None => self.emit(offset, length, Body::Data(data)),
         };
         self.scratch = scratch;
         res?;
@@ -401,7 +431,7 @@ impl<W: Write> PatchWriter<W> {
     /// Write a zero record for `length` bytes at `offset`.
     pub fn write_zero(&mut self, offset: u64, length: u64) -> io::Result<()> {
         self.check(offset, length)?;
-        self.emit(KIND_ZERO, 0, offset, length, &[], &[])?;
+        self.emit(offset, length, Body::Zero)?;
         self.zero_bytes += length;
         Ok(())
     }

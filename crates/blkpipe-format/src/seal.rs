@@ -102,6 +102,20 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The key to check a stream with, whose header says whether it is `sealed`: a sealed stream
+/// without a key and an unsealed one with a key are refused (`stream` names it).
+pub(crate) fn key_for<'k>(
+    sealed: bool,
+    key: Option<&'k SealKey>,
+    stream: &'static str,
+) -> Result<Option<&'k SealKey>, FormatError> {
+    match (sealed, key) {
+        (true, None) => Err(FormatError::KeyNeeded { stream }),
+        (false, Some(_)) => Err(FormatError::NotSealed { stream }),
+        (_, key) => Ok(key),
+    }
+}
+
 /// One stream's sealing state: its subkey and the running chain of MACs for the end record.
 pub(crate) struct Sealer {
     subkey: [u8; 32],
@@ -127,15 +141,30 @@ impl Sealer {
         (Self::with(subkey, &mac), trailer)
     }
 
-    /// Check the [`SEAL_LEN`] bytes after a sealed header: the key id first (another key is
-    /// a refusal, not damage), then the header MAC.
-    pub(crate) fn verify(
+    /// Read the [`SEAL_LEN`] bytes after a sealed header, `header` being all the bytes
+    /// before them, and check them: the key id first (another key is a refusal, not damage),
+    /// then the header MAC. Returns the sealer and those bytes.
+    pub(crate) fn read_verify<R: std::io::Read>(
+        input: &mut R,
         key: &SealKey,
         context: &str,
         stream: &'static str,
         header: &[u8],
-        trailer: &[u8],
-    ) -> Result<Self, FormatError> {
+    ) -> Result<(Self, [u8; SEAL_LEN]), FormatError> {
+        let what = if stream == "patch" {
+            "patch header"
+        } else {
+            "hash header"
+        };
+        let mut trailer = [0u8; SEAL_LEN];
+        let got = crate::read_full(input, &mut trailer)?;
+        if got < SEAL_LEN {
+            return Err(FormatError::Truncated {
+                what,
+                record: 0,
+                at: (header.len() + got) as u64,
+            });
+        }
         let id = key.id();
         if trailer[..KEY_ID_LEN] != id {
             return Err(FormatError::WrongKey {
@@ -148,16 +177,12 @@ impl Sealer {
         let mac = header_mac(&subkey, header, &id);
         if mac != blake3::Hash::from_bytes(mac_bytes(&trailer[KEY_ID_LEN..])) {
             return Err(FormatError::Mac {
-                what: if stream == "patch" {
-                    "patch header"
-                } else {
-                    "hash header"
-                },
+                what,
                 record: 0,
                 offset: 0,
             });
         }
-        Ok(Self::with(subkey, &mac))
+        Ok((Self::with(subkey, &mac), trailer))
     }
 
     fn with(subkey: [u8; 32], header_mac: &blake3::Hash) -> Self {

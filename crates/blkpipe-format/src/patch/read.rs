@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::end::PATCH_END;
+use crate::seal::key_for;
 
 /// The most payload bytes one record can carry on the wire: an lz4 block of a record of
 /// [`MAX_RECORD_LEN`] bytes that did not compress (`LZ4_compressBound`).
@@ -146,11 +147,9 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         }
         let mut chain = None;
         let mut link = None;
-        let seal = match (flags & HEADER_FLAG_SEALED != 0, key) {
-            (true, None) => return Err(FormatError::KeyNeeded { stream: "patch" }),
-            (false, Some(_)) => return Err(FormatError::NotSealed { stream: "patch" }),
-            (false, None) => None,
-            (true, Some(key)) => {
+        let seal = match key_for(flags & HEADER_FLAG_SEALED != 0, key, "patch")? {
+            None => None,
+            Some(key) => {
                 let mut bytes = Vec::with_capacity(header_len + CHAIN_LEN);
                 bytes.extend_from_slice(&fixed);
                 bytes.extend_from_slice(&rest);
@@ -167,12 +166,8 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                     chain = Some(ChainBlock::from_bytes(&cb, header_len as u64)?);
                     bytes.extend_from_slice(&cb);
                 }
-                let mut trailer = [0u8; SEAL_LEN];
-                let got = read_full(&mut input, &mut trailer)?;
-                if got < SEAL_LEN {
-                    return Err(truncated((bytes.len() + got) as u64));
-                }
-                let sealer = Sealer::verify(key, CTX_PATCH, "patch", &bytes, &trailer)?;
+                let (sealer, trailer) =
+                    Sealer::read_verify(&mut input, key, CTX_PATCH, "patch", &bytes)?;
                 link = Some(trailer[SEAL_LEN - MAC_LEN..].try_into().expect("32 bytes"));
                 Some(sealer)
             }
@@ -310,15 +305,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
             return self.read_end().map(|()| None);
         }
         let mut h = [0u8; RECORD_HEADER];
-        h[0] = kind[0];
-        let got = read_full(&mut self.input, &mut h[1..])?;
-        if got < RECORD_HEADER - 1 {
-            return Err(FormatError::Truncated {
-                what: "record header",
-                record: idx,
-                at: self.pos + 1 + got as u64,
-            });
-        }
+        self.read_after_kind(kind[0], &mut h, "record header")?;
         let (flags, stored_len) = (h[1], le_u32(&h, 4) as u64);
         let (offset, length) = (le_u64(&h, 8), le_u64(&h, 16));
         let bad = |why: String| Err(FormatError::invalid(idx, offset, why));
@@ -465,18 +452,31 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         std::mem::replace(&mut self.stored, spare)
     }
 
-    fn read_end(&mut self) -> Result<(), FormatError> {
-        let idx = self.count;
-        let mut b = [0u8; END_LEN];
-        b[0] = KIND_END;
+    /// Fill `b` with the record whose kind byte, `kind`, was just read at `self.pos`: the
+    /// kind, then the rest from the input (`what` names the part in a truncation error).
+    #[inline]
+    fn read_after_kind(
+        &mut self,
+        kind: u8,
+        b: &mut [u8],
+        what: &'static str,
+    ) -> Result<(), FormatError> {
+        b[0] = kind;
         let got = read_full(&mut self.input, &mut b[1..])?;
-        if got < END_LEN - 1 {
+        if got < b.len() - 1 {
             return Err(FormatError::Truncated {
-                what: "end record",
-                record: idx,
+                what,
+                record: self.count,
                 at: self.pos + 1 + got as u64,
             });
         }
+        Ok(())
+    }
+
+    fn read_end(&mut self) -> Result<(), FormatError> {
+        let idx = self.count;
+        let mut b = [0u8; END_LEN];
+        self.read_after_kind(KIND_END, &mut b, "end record")?;
         let at = self.pos;
         self.pos += PATCH_END.verify(&mut self.input, &b, self.seal.as_ref(), idx, at)?;
         let end = PatchEnd {
@@ -513,13 +513,8 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                 "end record: no source digest, though the header announced one",
             ));
         }
-        if end.stream_digest != self.digest.digest128() {
-            return Err(FormatError::invalid(
-                idx,
-                at,
-                "end record: stream digest mismatch",
-            ));
-        }
+        let counted = self.digest.digest128();
+        PATCH_END.check_digest("stream digest", end.stream_digest, counted, idx, at)?;
         self.pos += END_LEN as u64;
         PATCH_END.expect_eof(&mut self.input, idx, self.pos)?;
         self.end = Some(end);
