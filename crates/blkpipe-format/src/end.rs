@@ -92,6 +92,29 @@ impl EndRecord {
         Ok(MAC_LEN as u64)
     }
 
+    /// Check a count the end record holds against the one counted while reading (`what`
+    /// names it in the message: "blocks", "records").
+    pub(crate) fn check_count(
+        &self,
+        what: &str,
+        found: u64,
+        counted: u64,
+        record: u64,
+        at: u64,
+    ) -> Result<(), FormatError> {
+        if found != counted {
+            return Err(FormatError::invalid(
+                record,
+                at,
+                format!(
+                    "{} says {found} {what} but the stream held {counted}",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Check the stream digest the end record holds against the one counted while reading
     /// (`what` names it in the message).
     pub(crate) fn check_digest(

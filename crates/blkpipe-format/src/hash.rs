@@ -649,16 +649,7 @@ impl<R: Read> HashReader<R> {
             hashes_digest: le_u128(&b, 16),
             device_digest: le_u128(&b, 32),
         };
-        if end.block_count != self.done_blocks {
-            return Err(FormatError::invalid(
-                rec,
-                at,
-                format!(
-                    "hash end record says {} blocks but the stream held {}",
-                    end.block_count, self.done_blocks
-                ),
-            ));
-        }
+        HASH_END.check_count("blocks", end.block_count, self.done_blocks, rec, at)?;
         let counted = self.all.digest128();
         HASH_END.check_digest("digest", end.hashes_digest, counted, rec, at)?;
         self.pos += END_LEN as u64;

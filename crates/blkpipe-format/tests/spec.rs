@@ -29,6 +29,18 @@ fn blocks(tag: &str) -> Vec<String> {
     out
 }
 
+/// The body of the one fenced block whose info string is `tag`.
+fn one_block(tag: &str) -> String {
+    let mut all = blocks(tag);
+    assert_eq!(all.len(), 1, "one ```{tag} block expected in FORMAT.md");
+    all.pop().unwrap()
+}
+
+/// The bytes of the one hex example whose info string is `hex TAG`.
+fn example(tag: &str) -> Vec<u8> {
+    unhex(&one_block(&format!("hex {tag}")))
+}
+
 fn unhex(s: &str) -> Vec<u8> {
     s.split_ascii_whitespace()
         .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
@@ -61,10 +73,7 @@ fn range_list_example() {
 
 #[test]
 fn patch_example() {
-    let [body] = &blocks("hex patch")[..] else {
-        panic!("one patch example expected")
-    };
-    let bytes = unhex(body);
+    let bytes = example("patch");
     let mut r = PatchReader::new(&bytes[..]).unwrap();
     assert_eq!(r.header().source_size, 8192);
     assert_eq!(r.header().total_payload, 4160);
@@ -93,10 +102,7 @@ fn patch_example() {
 
 #[test]
 fn hash_example() {
-    let [body] = &blocks("hex hash")[..] else {
-        panic!("one hash example expected")
-    };
-    let bytes = unhex(body);
+    let bytes = example("hash");
     let mut r = HashReader::new(&bytes[..]).unwrap();
     let h = r.header().clone();
     assert_eq!(
@@ -129,10 +135,7 @@ fn example_key() -> blkpipe_format::seal::SealKey {
 
 #[test]
 fn sealed_patch_example() {
-    let [body] = &blocks("hex sealed-patch")[..] else {
-        panic!("one sealed patch example expected")
-    };
-    let bytes = unhex(body);
+    let bytes = example("sealed-patch");
     let key = example_key();
     assert_eq!(&bytes[62..70], &key.id()[..], "key id after the header");
     // Without the key, or with another, it is refused at the header.
@@ -182,10 +185,7 @@ fn sealed_patch_example() {
 
 #[test]
 fn keyed_hash_example() {
-    let [body] = &blocks("hex keyed-hash")[..] else {
-        panic!("one keyed hash example expected")
-    };
-    let bytes = unhex(body);
+    let bytes = example("keyed-hash");
     let key = example_key();
     assert!(HashReader::new(&bytes[..]).is_err());
     let mut r = HashReader::with_key(&bytes[..], Some(&key)).unwrap();
@@ -219,12 +219,8 @@ fn keyed_hash_example() {
 
 #[test]
 fn range_restricted_hash_example() {
-    let [list] = &blocks("ranges restricted-example")[..] else {
-        panic!("one restricted list example expected")
-    };
-    let [body] = &blocks("hex ranged-hash")[..] else {
-        panic!("one range-restricted hash example expected")
-    };
+    let list = one_block("ranges restricted-example");
+    let bytes = example("ranged-hash");
     // The list, canonicalised for the stream's blocks, gives the binding in the header.
     let mut lr = RangeReader::new(list.as_bytes());
     let mut listed = Vec::new();
@@ -245,7 +241,6 @@ fn range_restricted_hash_example() {
     for r in &canonical {
         binding.push(r.offset, r.length);
     }
-    let bytes = unhex(body);
     assert_eq!(&bytes[20..24], &[1, 0, 0, 0], "flags: bit 0");
     let mut r = HashReader::new(&bytes[..]).unwrap();
     let h = r.header().clone();
@@ -278,14 +273,8 @@ fn range_restricted_hash_example() {
 #[test]
 fn chained_patch_example() {
     use blkpipe_format::chain::{ChainKind, NO_LINK};
-    let [body] = &blocks("hex chained-patch")[..] else {
-        panic!("one chained patch example expected")
-    };
-    let [sealed] = &blocks("hex sealed-patch")[..] else {
-        panic!("one sealed patch example expected")
-    };
-    let bytes = unhex(body);
-    let sealed = unhex(sealed);
+    let bytes = example("chained-patch");
+    let sealed = example("sealed-patch");
     let key = example_key();
     assert_eq!(&bytes[12..16], &[6, 0, 0, 0], "flags: sealed and chained");
     let mut r = PatchReader::with_key(&bytes[..], Vec::new(), Some(&key)).unwrap();

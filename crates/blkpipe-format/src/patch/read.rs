@@ -490,22 +490,9 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                 digest: le_u128(&b, 40),
             }),
         };
-        let mismatch = |what: &str, found: u64, counted: u64| {
-            Err(FormatError::invalid(
-                idx,
-                at,
-                format!("end record says {found} {what} but the stream held {counted}"),
-            ))
-        };
-        if end.record_count != self.count {
-            return mismatch("records", end.record_count, self.count);
-        }
-        if end.data_bytes != self.data_bytes {
-            return mismatch("data bytes", end.data_bytes, self.data_bytes);
-        }
-        if end.zero_bytes != self.zero_bytes {
-            return mismatch("zero bytes", end.zero_bytes, self.zero_bytes);
-        }
+        PATCH_END.check_count("records", end.record_count, self.count, idx, at)?;
+        PATCH_END.check_count("data bytes", end.data_bytes, self.data_bytes, idx, at)?;
+        PATCH_END.check_count("zero bytes", end.zero_bytes, self.zero_bytes, idx, at)?;
         if self.announced_digest && end.source_digest.is_none() {
             return Err(FormatError::invalid(
                 idx,
