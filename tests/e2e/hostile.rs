@@ -50,6 +50,14 @@ impl Fx {
         patch(&["--state", s(state), s(target)], &self.stream)
     }
 
+    /// [`Fx::patch_with_state`], which must succeed and leave TARGET equal to the source.
+    #[track_caller]
+    fn apply_with_state(&self, state: &Path, target: &Path) {
+        let out = self.patch_with_state(state, target);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(fs::read(target).unwrap() == self.src_bytes);
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -195,13 +203,11 @@ fn item02_undo_or_state_on_a_block_device_is_refused() {
     let victim = f.file("victim", 4096, 9);
     let victim_before = fs::read(&victim).unwrap();
     symlink(&victim, f.path("st.tmp")).unwrap();
-    let out = f.patch_with_state(&state, &target);
-    assert!(out.status.success(), "{}", stderr(&out));
+    f.apply_with_state(&state, &target);
     assert!(
         fs::read(&victim).unwrap() == victim_before,
         "st.tmp symlink followed"
     );
-    assert!(fs::read(&target).unwrap() == f.src_bytes);
     // An undo file that backs a loop device is refused like a target that does.
     let backing = f.path("fs.img");
     let out = patch(&["--undo", s(&backing), s(&target)], &f.stream);
@@ -258,9 +264,7 @@ fn item04_state_is_bound_to_its_target() {
     let f = fx();
     let state = f.path("st");
     let a = f.file("a.img", SIZE, 2);
-    let out = f.patch_with_state(&state, &a);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(fs::read(&a).unwrap() == f.src_bytes);
+    f.apply_with_state(&state, &a);
     // The same stream and state on another file: nothing may be skipped there.
     let b = f.file("b.img", SIZE, 3);
     let b_before = fs::read(&b).unwrap();
@@ -288,9 +292,7 @@ fn item04_state_is_bound_to_its_target() {
     assert!(fs::read(&lb).unwrap() == lb_before);
     // Starting over as the message says works.
     fs::remove_file(&state).unwrap();
-    let out = f.patch_with_state(&state, &b);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(fs::read(&b).unwrap() == f.src_bytes);
+    f.apply_with_state(&state, &b);
 }
 
 #[test]
@@ -372,8 +374,7 @@ fn item08_print_state_to_a_full_stdout_is_an_io_error() {
     let f = fx();
     let state = f.path("st");
     let target = f.file("t.img", SIZE, 2);
-    let out = f.patch_with_state(&state, &target);
-    assert!(out.status.success(), "{}", stderr(&out));
+    f.apply_with_state(&state, &target);
     for st in [&state, &f.path("none")] {
         let out =
             full_stdout(Command::new(bin("blkpatch")).args(["--print-state", "--state", s(st)]));

@@ -3,10 +3,10 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use crate::common::{bin, pattern, run, stderr};
+use crate::common::{pattern, run, spawn, stderr};
 
 /// Lines of the form `TOOL: DONE of TOTAL (P%), RATE/s, ETA m:ss`.
 fn periodic_lines<'a>(tool: &str, err: &'a str) -> Vec<&'a str> {
@@ -28,13 +28,11 @@ fn progress_into_a_pipe_shows_lines_with_total_and_eta() {
 
     // blkpatch reads half the stream, then waits 2.5 s for the rest: at least two periodic
     // lines, while the total is known from the stream header.
-    let mut child = Command::new(bin("blkpatch"))
-        .args(["--progress=always", dst.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        "blkpatch",
+        &["--progress=always", dst.to_str().unwrap()],
+        Stdio::piped(),
+    );
     let mut input = child.stdin.take().unwrap();
     let half = stream.stdout.len() / 2;
     input.write_all(&stream.stdout[..half]).unwrap();

@@ -55,12 +55,7 @@ fn check_list(dir: &Path, list: &Path, what: &str) {
         "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let kib: u64 = fs::read_to_string(&rss)
-        .unwrap()
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("GNU time wrote the peak RSS");
+    let kib = peak_rss_kib(&rss);
     assert!(
         kib < CAP_KIB,
         "{what}: blkread-chunks peaked at {kib} KiB on {LINES} lines (cap {CAP_KIB} KiB)"
@@ -77,6 +72,16 @@ fn check_list(dir: &Path, list: &Path, what: &str) {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".blkpipe-"))
         .collect();
     assert!(left.is_empty(), "{what}: temporary files left: {left:?}");
+}
+
+/// The peak RSS in KiB that `/usr/bin/time -f %M -o FILE` wrote to `file`.
+fn peak_rss_kib(file: &Path) -> u64 {
+    fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("GNU time wrote the peak RSS")
 }
 
 #[test]
@@ -154,12 +159,7 @@ fn cowlist_of_ten_million_exceptions_in_bounded_memory() {
     );
     let err = fs::read_to_string(&stats).unwrap_or_default();
     assert!(out.status.success(), "cowlist: {err}");
-    let kib: u64 = fs::read_to_string(&rss)
-        .unwrap()
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("GNU time wrote the peak RSS");
+    let kib = peak_rss_kib(&rss);
     assert!(
         kib < CAP_KIB,
         "cowlist peaked at {kib} KiB on {N} exceptions (cap {CAP_KIB} KiB)"

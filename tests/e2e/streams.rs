@@ -69,77 +69,64 @@ fn assert_refused(tool: &str, args: &[&str], input: &[u8], code: i32, words: &[&
 #[test]
 fn a_stream_given_to_the_wrong_tool_names_the_right_one() {
     let f = fixture();
-    let hash_advice = "this is a hash stream (from blkhash): give it to blkdiff";
-    let patch_advice = "this is a patch stream (from blkread-chunks, blkdiff or cowlist --data): give it to blkpatch";
-    let ranges_advice = "this looks like a range list (from cowlist): give it to blkread-chunks";
+    let to_blkdiff = "this is a hash stream (from blkhash): give it to blkdiff";
+    let to_blkpatch = "this is a patch stream (from blkread-chunks, blkdiff or cowlist --data): give it to blkpatch";
+    let to_chunks = "this looks like a range list (from cowlist): give it to blkread-chunks";
     let before = fs::read(&f.dst).unwrap();
-    assert_refused(
-        "blkpatch",
-        &[&f.dst],
-        &f.hashes,
-        3,
-        &["not a patch stream", hash_advice],
-    );
+    let (src, dst) = (f.src.as_str(), f.dst.as_str());
     let zhashes = compress("zstd", &f.hashes);
-    assert_refused("blkpatch", &[&f.dst], &zhashes, 3, &[hash_advice]);
-    assert_refused(
-        "blkpatch",
-        &[&f.dst],
-        b"0 4096\n65536 4096\n",
-        3,
-        &[ranges_advice],
-    );
-    assert_refused(
-        "blkpatch",
-        &[&f.dst],
-        b"# blkranges v1 size=1048576\n0 4096\n",
-        3,
-        &[ranges_advice],
-    );
-    assert_eq!(fs::read(&f.dst).unwrap(), before, "target untouched");
-    assert_refused(
-        "blkdiff",
-        &[&f.src],
-        &f.patch,
-        3,
-        &["not a hash stream", patch_advice],
-    );
     let lz4patch = compress("lz4", &f.patch);
-    assert_refused("blkdiff", &[&f.src], &lz4patch, 3, &[patch_advice]);
-    assert_refused("blkmerge", &["-"], &f.hashes, 3, &[hash_advice]);
-    assert_refused(
-        "blkread-chunks",
-        &[&f.src],
-        &f.patch,
-        3,
-        &["stdin: not a range list", patch_advice],
-    );
-    assert_refused(
-        "blkread-chunks",
-        &[&f.src],
-        &f.hashes,
-        3,
-        &["not a range list", hash_advice],
-    );
     let zranges = compress("gzip", b"0 4096\n");
-    assert_refused(
-        "blkread-chunks",
-        &[&f.src],
-        &zranges,
-        3,
-        &[
-            "not a range list",
-            "gzip-compressed: decompress it first (gzip -d)",
-        ],
-    );
-    // Unknown bytes are shown as text, not as a list of hex numbers.
-    assert_refused(
-        "blkpatch",
-        &[&f.dst],
-        b"\x7fELF\x02\x01\x01\0",
-        3,
-        &["\\x7fELF"],
-    );
+    let gunzip = "gzip-compressed: decompress it first (gzip -d)";
+    // (tool, its argument, its input, what the one-line error must say); every one exits 3.
+    let cases: [(&str, &str, &[u8], &[&str]); 11] = [
+        (
+            "blkpatch",
+            dst,
+            &f.hashes,
+            &["not a patch stream", to_blkdiff],
+        ),
+        ("blkpatch", dst, &zhashes, &[to_blkdiff]),
+        ("blkpatch", dst, b"0 4096\n65536 4096\n", &[to_chunks]),
+        (
+            "blkpatch",
+            dst,
+            b"# blkranges v1 size=1048576\n0 4096\n",
+            &[to_chunks],
+        ),
+        (
+            "blkdiff",
+            src,
+            &f.patch,
+            &["not a hash stream", to_blkpatch],
+        ),
+        ("blkdiff", src, &lz4patch, &[to_blkpatch]),
+        ("blkmerge", "-", &f.hashes, &[to_blkdiff]),
+        (
+            "blkread-chunks",
+            src,
+            &f.patch,
+            &["stdin: not a range list", to_blkpatch],
+        ),
+        (
+            "blkread-chunks",
+            src,
+            &f.hashes,
+            &["not a range list", to_blkdiff],
+        ),
+        (
+            "blkread-chunks",
+            src,
+            &zranges,
+            &["not a range list", gunzip],
+        ),
+        // Unknown bytes are shown as text, not as a list of hex numbers.
+        ("blkpatch", dst, b"\x7fELF\x02\x01\x01\0", &["\\x7fELF"]),
+    ];
+    for (tool, arg, input, words) in cases {
+        assert_refused(tool, &[arg], input, 3, words);
+    }
+    assert_eq!(fs::read(&f.dst).unwrap(), before, "target untouched");
 }
 
 #[test]

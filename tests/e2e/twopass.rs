@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::common::{bin, pattern, run, stderr};
+use crate::common::{bin, pattern, run, spawn, stderr};
 
 const MIB: usize = 1 << 20;
 
@@ -50,22 +50,8 @@ fn pass2(dst: &Path, src: &Path, list: &Path, diff_extra: &[&str]) -> Piped {
 }
 
 fn pipeline(dst: &Path, src: &Path, hash_args: &[&str], diff_args: &[&str], patch: bool) -> Piped {
-    let mut hash = Command::new(bin("blkhash"))
-        .args(hash_args)
-        .arg(dst)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut diff = Command::new(bin("blkdiff"))
-        .args(diff_args)
-        .arg(src)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut hash = spawn("blkhash", &[hash_args, &[p(dst)]].concat(), Stdio::null());
+    let mut diff = spawn("blkdiff", &[diff_args, &[p(src)]].concat(), Stdio::piped());
     // Copy the hash stream through this process to count its bytes.
     let mut from = hash.stdout.take().unwrap();
     let mut to = diff.stdin.take().unwrap();

@@ -55,101 +55,102 @@ pub(crate) const PATCH_END: EndRecord = EndRecord {
 };
 
 impl EndRecord {
-    /// Check the checksum of the end record `b` (record number `record`, at stream byte `at`)
-    /// and, in a sealed stream, read and check its MAC. Returns the bytes read past `b`.
+    /// The checks of this end record read as record number `record` at stream byte `at`.
+    pub(crate) fn at(&'static self, record: u64, at: u64) -> EndCheck {
+        EndCheck {
+            names: self,
+            record,
+            at,
+        }
+    }
+}
+
+/// The checks of one end record, each error naming it, its record number and position.
+pub(crate) struct EndCheck {
+    names: &'static EndRecord,
+    record: u64,
+    at: u64,
+}
+
+impl EndCheck {
+    /// Check the checksum of the end record `b` and, in a sealed stream, read and check its
+    /// MAC. Returns the bytes of the stream these take (`b` and the MAC).
     pub(crate) fn verify<R: Read>(
         &self,
         input: &mut R,
         b: &[u8],
         seal: Option<&Sealer>,
-        record: u64,
-        at: u64,
     ) -> Result<u64, FormatError> {
+        let (record, at) = (self.record, self.at);
         if !sum_ok(b) {
             return Err(FormatError::Checksum {
-                what: self.name,
+                what: self.names.name,
                 record,
                 offset: at,
             });
         }
-        let Some(seal) = seal else { return Ok(0) };
+        let Some(seal) = seal else {
+            return Ok(b.len() as u64);
+        };
         let mut mac = [0u8; MAC_LEN];
         let got = read_full(input, &mut mac)?;
         if got < MAC_LEN {
             return Err(FormatError::Truncated {
-                what: self.mac_name,
+                what: self.names.mac_name,
                 record,
                 at: at + (b.len() + got) as u64,
             });
         }
         if !mac_eq(&seal.end_mac(b), &mac) {
             return Err(FormatError::Mac {
-                what: self.name,
+                what: self.names.name,
                 record,
                 offset: at,
             });
         }
-        Ok(MAC_LEN as u64)
+        Ok((b.len() + MAC_LEN) as u64)
     }
 
     /// Check a count the end record holds against the one counted while reading (`what`
     /// names it in the message: "blocks", "records").
-    pub(crate) fn check_count(
-        &self,
-        what: &str,
-        found: u64,
-        counted: u64,
-        record: u64,
-        at: u64,
-    ) -> Result<(), FormatError> {
-        if found != counted {
-            return Err(FormatError::invalid(
-                record,
-                at,
-                format!(
-                    "{} says {found} {what} but the stream held {counted}",
-                    self.name
-                ),
-            ));
-        }
-        Ok(())
+    pub(crate) fn count(&self, what: &str, found: u64, counted: u64) -> Result<(), FormatError> {
+        self.check(found == counted, || {
+            format!(
+                "{} says {found} {what} but the stream held {counted}",
+                self.names.name
+            )
+        })
     }
 
     /// Check the stream digest the end record holds against the one counted while reading
     /// (`what` names it in the message).
-    pub(crate) fn check_digest(
-        &self,
-        what: &str,
-        found: u128,
-        counted: u128,
-        record: u64,
-        at: u64,
-    ) -> Result<(), FormatError> {
-        if found != counted {
-            return Err(FormatError::invalid(
-                record,
-                at,
-                format!("{}: {what} mismatch", self.name),
-            ));
+    pub(crate) fn digest(&self, what: &str, found: u128, counted: u128) -> Result<(), FormatError> {
+        self.check(found == counted, || {
+            format!("{}: {what} mismatch", self.names.name)
+        })
+    }
+
+    /// `Ok` if `ok`, else the record is invalid for the reason `why` gives.
+    pub(crate) fn check(&self, ok: bool, why: impl FnOnce() -> String) -> Result<(), FormatError> {
+        match ok {
+            true => Ok(()),
+            false => Err(FormatError::invalid(self.record, self.at, why())),
         }
-        Ok(())
     }
 
     /// Check that the input ends here, at stream byte `pos`, after the end record (and MAC).
-    pub(crate) fn expect_eof<R: Read>(
-        &self,
-        input: &mut R,
-        record: u64,
-        pos: u64,
-    ) -> Result<(), FormatError> {
+    pub(crate) fn expect_eof<R: Read>(&self, input: &mut R, pos: u64) -> Result<(), FormatError> {
         let mut extra = [0u8; 1];
-        if read_full(input, &mut extra)? != 0 {
-            return Err(FormatError::invalid(
-                record,
+        match read_full(input, &mut extra)? {
+            0 => Ok(()),
+            _ => Err(FormatError::invalid(
+                self.record,
                 pos,
-                format!("unexpected data after the {} at byte {pos}", self.name),
-            ));
+                format!(
+                    "unexpected data after the {} at byte {pos}",
+                    self.names.name
+                ),
+            )),
         }
-        Ok(())
     }
 }

@@ -573,7 +573,7 @@ impl<R: Read> HashReader<R> {
         let total = self.header.block_count();
         if self.done_blocks == total {
             if self.end.is_none() {
-                self.read_end()?;
+                self.end = Some(self.read_end()?);
             }
             return Ok(None);
         }
@@ -625,7 +625,7 @@ impl<R: Read> HashReader<R> {
         Ok(Some((first, &self.buf[..body])))
     }
 
-    fn read_end(&mut self) -> Result<(), FormatError> {
+    fn read_end(&mut self) -> Result<HashEnd, FormatError> {
         let mut b = [0u8; END_LEN];
         let got = read_full(&mut self.input, &mut b)?;
         let (rec, at) = (self.group_index, self.pos);
@@ -636,26 +636,20 @@ impl<R: Read> HashReader<R> {
                 at: at + got as u64,
             });
         }
-        if &b[..8] != END_MAGIC {
-            return Err(FormatError::invalid(
-                rec,
-                at,
-                "hash stream: bad end record magic",
-            ));
-        }
-        self.pos += HASH_END.verify(&mut self.input, &b, self.seal.as_ref(), rec, at)?;
+        let check = HASH_END.at(rec, at);
+        check.check(&b[..8] == END_MAGIC, || {
+            "hash stream: bad end record magic".into()
+        })?;
+        self.pos += check.verify(&mut self.input, &b, self.seal.as_ref())?;
         let end = HashEnd {
             block_count: le_u64(&b, 8),
             hashes_digest: le_u128(&b, 16),
             device_digest: le_u128(&b, 32),
         };
-        HASH_END.check_count("blocks", end.block_count, self.done_blocks, rec, at)?;
-        let counted = self.all.digest128();
-        HASH_END.check_digest("digest", end.hashes_digest, counted, rec, at)?;
-        self.pos += END_LEN as u64;
-        HASH_END.expect_eof(&mut self.input, rec, self.pos)?;
-        self.end = Some(end);
-        Ok(())
+        check.count("blocks", end.block_count, self.done_blocks)?;
+        check.digest("digest", end.hashes_digest, self.all.digest128())?;
+        check.expect_eof(&mut self.input, self.pos)?;
+        Ok(end)
     }
 }
 

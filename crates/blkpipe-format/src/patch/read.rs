@@ -302,7 +302,8 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
             });
         }
         if kind[0] == KIND_END {
-            return self.read_end().map(|()| None);
+            self.end = Some(self.read_end()?);
+            return Ok(None);
         }
         let mut h = [0u8; RECORD_HEADER];
         self.read_after_kind(kind[0], &mut h, "record header")?;
@@ -473,12 +474,11 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
         Ok(())
     }
 
-    fn read_end(&mut self) -> Result<(), FormatError> {
-        let idx = self.count;
+    fn read_end(&mut self) -> Result<PatchEnd, FormatError> {
         let mut b = [0u8; END_LEN];
         self.read_after_kind(KIND_END, &mut b, "end record")?;
-        let at = self.pos;
-        self.pos += PATCH_END.verify(&mut self.input, &b, self.seal.as_ref(), idx, at)?;
+        let check = PATCH_END.at(self.count, self.pos);
+        self.pos += check.verify(&mut self.input, &b, self.seal.as_ref())?;
         let end = PatchEnd {
             record_count: le_u64(&b, 8),
             data_bytes: le_u64(&b, 16),
@@ -490,21 +490,15 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
                 digest: le_u128(&b, 40),
             }),
         };
-        PATCH_END.check_count("records", end.record_count, self.count, idx, at)?;
-        PATCH_END.check_count("data bytes", end.data_bytes, self.data_bytes, idx, at)?;
-        PATCH_END.check_count("zero bytes", end.zero_bytes, self.zero_bytes, idx, at)?;
-        if self.announced_digest && end.source_digest.is_none() {
-            return Err(FormatError::invalid(
-                idx,
-                at,
-                "end record: no source digest, though the header announced one",
-            ));
-        }
-        let counted = self.digest.digest128();
-        PATCH_END.check_digest("stream digest", end.stream_digest, counted, idx, at)?;
-        self.pos += END_LEN as u64;
-        PATCH_END.expect_eof(&mut self.input, idx, self.pos)?;
-        self.end = Some(end);
-        Ok(())
+        check.count("records", end.record_count, self.count)?;
+        check.count("data bytes", end.data_bytes, self.data_bytes)?;
+        check.count("zero bytes", end.zero_bytes, self.zero_bytes)?;
+        check.check(
+            !self.announced_digest || end.source_digest.is_some(),
+            || "end record: no source digest, though the header announced one".into(),
+        )?;
+        check.digest("stream digest", end.stream_digest, self.digest.digest128())?;
+        check.expect_eof(&mut self.input, self.pos)?;
+        Ok(end)
     }
 }
