@@ -14,8 +14,6 @@ use blkpipe_format::seal::SealKey;
 use blkpipe_ops::chain::{advance, check, ChainPos};
 use blkpipe_ops::merge::{merge_patches, MergeOptions};
 
-use crate::common;
-
 mod real;
 
 /// splitmix64 (reproducible from its seed).
@@ -381,15 +379,4 @@ pub(crate) fn key_file(dir: &std::path::Path, name: &str, byte: u8) -> String {
     std::fs::write(&p, [byte; 32]).unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     p.to_str().unwrap().to_owned()
-}
-
-/// Run a tool, asserting its exit code; returns stdout.
-pub(crate) fn run_ok(tool: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    let out = common::run(tool, args, stdin);
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}",
-        common::stderr(&out)
-    );
-    out.stdout
 }

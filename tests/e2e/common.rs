@@ -82,6 +82,21 @@ pub fn run(name: &str, args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
+/// [`run`], which must exit 0; returns its stdout.
+#[track_caller]
+pub fn run_ok(name: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let out = run(name, args, stdin);
+    assert!(out.status.success(), "{name} {args:?}: {}", stderr(&out));
+    out.stdout
+}
+
+/// `dir/name`, written with `len` bytes of [`pattern`] `seed`.
+pub fn pattern_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, pattern(len, seed)).unwrap();
+    p
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use blkpipe_meta::snapshot::image;
 
-use crate::common::{bin, pattern, require_loop, run, stderr, stdout_ok, Loop};
+use crate::common::{
+    bin, pattern, pattern_file, require_loop, run, run_ok, stderr, stdout_ok, Loop,
+};
 
 const SIZE: usize = 1 << 20;
 
@@ -30,17 +32,16 @@ fn fx() -> Fx {
     let src = dir.path().join("src.img");
     let src_bytes = pattern(SIZE, 1);
     fs::write(&src, &src_bytes).unwrap();
-    let out = run(
+    let stream = run_ok(
         "blkread-chunks",
-        &[src.to_str().unwrap()],
+        &[s(&src)],
         format!("0 {SIZE}\n").as_bytes(),
     );
-    assert!(out.status.success(), "{}", stderr(&out));
     Fx {
         dir,
         src,
         src_bytes,
-        stream: out.stdout,
+        stream,
     }
 }
 
@@ -63,9 +64,14 @@ impl Fx {
     }
     /// A file of `len` bytes of other content.
     fn file(&self, name: &str, len: usize, seed: u64) -> PathBuf {
-        let p = self.path(name);
-        fs::write(&p, pattern(len, seed)).unwrap();
-        p
+        pattern_file(self.dir.path(), name, len, seed)
+    }
+
+    /// A file `name` the stream was applied to with `--state` FILE; returns FILE and it.
+    fn applied_with_state(&self, name: &str) -> (PathBuf, PathBuf) {
+        let (state, target) = (self.path("st"), self.file(name, SIZE, 2));
+        self.apply_with_state(&state, &target);
+        (state, target)
     }
 }
 
@@ -262,9 +268,7 @@ fn item03_undo_that_is_the_target_or_the_input_is_refused() {
 #[test]
 fn item04_state_is_bound_to_its_target() {
     let f = fx();
-    let state = f.path("st");
-    let a = f.file("a.img", SIZE, 2);
-    f.apply_with_state(&state, &a);
+    let (state, a) = f.applied_with_state("a.img");
     // The same stream and state on another file: nothing may be skipped there.
     let b = f.file("b.img", SIZE, 3);
     let b_before = fs::read(&b).unwrap();
@@ -372,9 +376,7 @@ fn assert_no_panic(out: &Output, code: i32, what: &str) {
 #[test]
 fn item08_print_state_to_a_full_stdout_is_an_io_error() {
     let f = fx();
-    let state = f.path("st");
-    let target = f.file("t.img", SIZE, 2);
-    f.apply_with_state(&state, &target);
+    let (state, _) = f.applied_with_state("t.img");
     for st in [&state, &f.path("none")] {
         let out =
             full_stdout(Command::new(bin("blkpatch")).args(["--print-state", "--state", s(st)]));

@@ -293,42 +293,28 @@ fn spawn(
     };
     let started = Instant::now();
     let mut children = Vec::new();
+    // Start the next stage reading `stdin`, its stderr into the next log; returns its stdout.
+    let mut stage = |cmd: &mut Command, stdin: Stdio| {
+        let c = cmd
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(log(children.len()))
+            .spawn()
+            .unwrap();
+        children.push(c);
+        children.last_mut().unwrap().stdout.take().unwrap()
+    };
     let mut input: Stdio = match p {
         Pipeline::Hash => {
-            let c = Command::new(bin("blkhash"))
-                .args(&from)
-                .arg(&paths.dst)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log(0))
-                .spawn()
-                .unwrap();
-            children.push(c);
-            let upstream = children[0].stdout.take().unwrap();
-            let c = Command::new(bin("blkdiff"))
-                .args(&from)
-                .args(&id)
-                .arg(&img.src)
-                .stdin(upstream)
-                .stdout(Stdio::piped())
-                .stderr(log(1))
-                .spawn()
-                .unwrap();
-            children.push(c);
-            children[1].stdout.take().unwrap().into()
+            let mut hash = Command::new(bin("blkhash"));
+            let upstream = stage(hash.args(&from).arg(&paths.dst), Stdio::null());
+            let mut diff = Command::new(bin("blkdiff"));
+            stage(diff.args(&from).args(&id).arg(&img.src), upstream.into()).into()
         }
         Pipeline::Chunks => {
-            let c = Command::new(bin("blkread-chunks"))
-                .args(&from)
-                .args(&id)
-                .arg(&img.src)
-                .stdin(File::open(&img.ranges).unwrap())
-                .stdout(Stdio::piped())
-                .stderr(log(0))
-                .spawn()
-                .unwrap();
-            children.push(c);
-            children[0].stdout.take().unwrap().into()
+            let mut chunks = Command::new(bin("blkread-chunks"));
+            let ranges = File::open(&img.ranges).unwrap().into();
+            stage(chunks.args(&from).args(&id).arg(&img.src), ranges).into()
         }
     };
     let mut patch = Command::new(bin("blkpatch"));

@@ -29,14 +29,7 @@ impl QemuNbd {
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-nbd (apt-get install qemu-utils)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "qemu-nbd did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(&sock, 10, "qemu-nbd did not create its socket");
         QemuNbd { child, sock }
     }
 
@@ -504,11 +497,7 @@ fn nbdkit_simple_replies_and_block_size_limits() {
             .stdin(Stdio::null())
             .spawn()
             .expect("nbdkit");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "nbdkit did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(&sock, 10, "nbdkit did not start");
         let uri = format!("nbd+unix:///?socket={}", sock.display());
         exercise_threads(&uri, &vec![0u8; 16 << 20]);
         let _ = child.kill();
@@ -544,14 +533,7 @@ impl Qemu {
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-system-x86_64");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !qmp.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "qemu did not create its QMP socket"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for(&qmp, 20, "qemu did not create its QMP socket");
         Qemu { child, qmp }
     }
 
@@ -610,4 +592,14 @@ fn vmsync_rounds_follow_the_bitmaps() {
         stderr(&o)
     );
     same_guest_view(&img, "qcow2", &copy, "raw");
+}
+
+/// Wait until a server has created its socket `path`, for up to `secs` seconds (`what`: the
+/// failure message).
+fn wait_for(path: &Path, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

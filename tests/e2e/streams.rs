@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::common::{pattern, run, stderr};
+use crate::common::{pattern, pattern_file, run, run_ok, stderr};
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -19,24 +19,19 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src.img");
-    let dst = dir.path().join("dst.img");
-    fs::write(&src, pattern(1 << 20, 1)).unwrap();
-    fs::write(&dst, pattern(1 << 20, 2)).unwrap();
-    let (src, dst) = (
-        src.to_str().unwrap().to_owned(),
-        dst.to_str().unwrap().to_owned(),
-    );
-    let patch = run("blkread-chunks", &[&src], b"0 1048576\n");
-    assert!(patch.status.success(), "{}", stderr(&patch));
-    let hashes = run("blkhash", &[&dst], b"");
-    assert!(hashes.status.success(), "{}", stderr(&hashes));
+    let image = |name, seed| {
+        let p = pattern_file(dir.path(), name, 1 << 20, seed);
+        p.to_str().unwrap().to_owned()
+    };
+    let (src, dst) = (image("src.img", 1), image("dst.img", 2));
+    let patch = run_ok("blkread-chunks", &[&src], b"0 1048576\n");
+    let hashes = run_ok("blkhash", &[&dst], b"");
     Fixture {
         _dir: dir,
         src,
         dst,
-        patch: patch.stdout,
-        hashes: hashes.stdout,
+        patch,
+        hashes,
     }
 }
 

@@ -6,6 +6,7 @@ use blkpipe_cli::args::blkdiff::Args;
 use blkpipe_dev::Device;
 use blkpipe_ops::diff::{diff_device_ranges, DiffOptions};
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
+use blkpipe_ops::patch_out::PatchOutput;
 use blkpipe_ops::ranges::RangeLimits;
 use clap::Parser;
 
@@ -24,13 +25,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => "stdin".into(),
     })?;
     let opts = DiffOptions {
-        lz4: args.lz4,
+        patch: PatchOutput {
+            lz4: args.lz4,
+            stream_id: args.stream_id,
+            key,
+            ..PatchOutput::new("blkdiff")
+        },
         from_offset: args.from,
-        stream_id: args.stream_id,
         scan: args.scan.options(),
-        key,
         list_differing: args.list_differing,
-        ..DiffOptions::default()
     };
     let list = match &args.ranges {
         Some(p) => Some(cli::open_range_list(Some(p))?.0),

@@ -4,6 +4,7 @@ use blkpipe_cli as cli;
 use blkpipe_cli::args::blkread_chunks::Args;
 use blkpipe_dev::{Avoid, Device};
 use blkpipe_ops::chunks::{read_chunks, ChunkOptions};
+use blkpipe_ops::patch_out::PatchOutput;
 use clap::Parser;
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -17,13 +18,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     // A binary stream or compressed data is named, not parsed as text.
     let (ranges, _) = cli::open_range_list(args.ranges.as_deref())?;
     let opts = ChunkOptions {
-        lz4: args.lz4,
+        patch: PatchOutput {
+            lz4: args.lz4,
+            stream_id: args.stream_id,
+            key,
+            ..PatchOutput::new("blkread-chunks")
+        },
         from_offset: args.from,
         ignore_size: args.ignore_size,
-        stream_id: args.stream_id,
-        key,
         chain: chain.as_ref().map(|c| c.block()),
-        ..ChunkOptions::default()
     };
     let progress = args.common.report.progress("blkread-chunks")?;
     let stats = read_chunks(&dev, ranges, cli::stdout_buffered(), &opts, &progress)?;

@@ -5,10 +5,10 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
 use blkpipe_dev::{AlignedBuf, Device};
-use blkpipe_format::patch::{PatchHeader, PatchWriter};
-use blkpipe_format::seal::SealKey;
+use blkpipe_format::patch::PatchWriter;
 use blkpipe_format::MAX_RECORD_LEN;
 
+use crate::patch_out::PatchOutput;
 use crate::progress::Progress;
 use crate::ranges::{RangeIter, RangeLimits, SortedRanges};
 use crate::{OpError, Stats};
@@ -20,18 +20,12 @@ pub const ZERO_BLOCK: u64 = 4096;
 /// Options of [`read_chunks`].
 #[derive(Debug, Clone)]
 pub struct ChunkOptions {
-    /// Compress data payloads with lz4.
-    pub lz4: bool,
+    /// How the patch stream is written.
+    pub patch: PatchOutput,
     /// Skip everything below this device offset (resume).
     pub from_offset: u64,
-    /// Creator string for the header.
-    pub creator: String,
-    /// Stream id; random when `None`.
-    pub stream_id: Option<[u8; 16]>,
     /// Accept a range list whose header names a different device size.
     pub ignore_size: bool,
-    /// Seal the stream with this key.
-    pub key: Option<SealKey>,
     /// With a key: bind the stream to this place in a backup chain (FORMAT.md 6.6).
     pub chain: Option<blkpipe_format::chain::ChainBlock>,
 }
@@ -39,12 +33,9 @@ pub struct ChunkOptions {
 impl Default for ChunkOptions {
     fn default() -> Self {
         ChunkOptions {
-            lz4: false,
+            patch: PatchOutput::new("blkread-chunks"),
             from_offset: 0,
-            creator: format!("blkread-chunks {}", env!("CARGO_PKG_VERSION")),
-            stream_id: None,
             ignore_size: false,
-            key: None,
             chain: None,
         }
     }
@@ -78,21 +69,9 @@ pub fn read_chunks<R: Read, W: Write>(
     let total = ranges.total();
     let range_iter = ranges.iter()?;
     progress.set_total(total);
-    let header = PatchHeader {
-        source_size: dev.size(),
-        total_payload: total,
-        stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
-        creator: opts.creator.clone(),
-        chain: opts.chain,
-    };
-    let writer = PatchWriter::start(
-        Outbox::default(),
-        header,
-        opts.lz4,
-        false,
-        opts.key.as_ref(),
-    )
-    .map_err(OpError::Output)?;
+    let writer = opts
+        .patch
+        .start(Outbox::default(), dev.size(), total, opts.chain, false)?;
     let link = writer.link();
 
     // Reader threads keep the device busy while a framing thread cuts what they read into
@@ -135,7 +114,7 @@ pub fn read_chunks<R: Read, W: Write>(
         }
         s.spawn(move || plan_pieces(align, range_iter, work, empty_rx));
         let (batch_tx, batch_rx) = sync_channel::<Batch>(1);
-        let lz4 = opts.lz4;
+        let lz4 = opts.patch.lz4;
         let framer = s.spawn(move || frame_pieces(full, writer, lz4, batch_tx));
         // The channels are moved in, so an early return closes them and the other threads
         // stop.

@@ -21,13 +21,13 @@ use std::time::Instant;
 use blkpipe_dev::Device;
 use blkpipe_format::digest::{BlockHasher, DigestBuilder};
 use blkpipe_format::hash::{hash_at, HashHeader, HashReader};
-use blkpipe_format::patch::{PatchHeader, PatchWriter, SourceDigest, UNKNOWN_TOTAL};
+use blkpipe_format::patch::{PatchWriter, SourceDigest, UNKNOWN_TOTAL};
 use blkpipe_format::range::{write_header, write_range, BlockAligned, Range, RangeHeader};
-use blkpipe_format::seal::SealKey;
 use blkpipe_format::MAX_RECORD_LEN;
 
 use crate::chunks::emit_piece;
 use crate::digest::push_chunk;
+use crate::patch_out::PatchOutput;
 use crate::progress::Progress;
 use crate::ranges::{RangeIter, RangeLimits, SortedRanges};
 use crate::scan::{scan_ranges, Chunk, RangeSource, ScanOptions};
@@ -36,34 +36,25 @@ use crate::{CountingWriter, OpError, Stats};
 /// Options of [`diff_device`].
 #[derive(Debug, Clone)]
 pub struct DiffOptions {
-    /// Compress data payloads with lz4.
-    pub lz4: bool,
+    /// How the patch stream is written; its key also keys the hash stream read.
+    pub patch: PatchOutput,
     /// Write no records below this offset, rounded down to a multiple of the block size; the
     /// hash stream's own start offset applies too.
     pub from_offset: u64,
-    /// Creator string for the patch header.
-    pub creator: String,
-    /// Stream id; random when `None`.
-    pub stream_id: Option<[u8; 16]>,
     /// How to read the local device.
     pub scan: ScanOptions,
     /// Write the range list of the remote's differing blocks (FORMAT.md 3.5) instead of a
     /// patch stream: the first pass of a coarse-to-fine sync.
     pub list_differing: bool,
-    /// The hash stream must be keyed with this key, and the patch stream is sealed with it.
-    pub key: Option<SealKey>,
 }
 
 impl Default for DiffOptions {
     fn default() -> Self {
         DiffOptions {
-            lz4: false,
+            patch: PatchOutput::new("blkdiff"),
             from_offset: 0,
-            creator: format!("blkdiff {}", env!("CARGO_PKG_VERSION")),
-            stream_id: None,
             scan: ScanOptions::default(),
             list_differing: false,
-            key: None,
         }
     }
 }
@@ -241,7 +232,7 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
     progress: &Progress,
 ) -> Result<Stats, OpError> {
     let started = Instant::now();
-    let reader = HashReader::with_key(hashes, opts.key.as_ref())?;
+    let reader = HashReader::with_key(hashes, opts.patch.key.as_ref())?;
     let header = reader.header().clone();
     let bs = header.block_size as u64;
     // Rounded down to a block boundary, like blkhash's start offset, so an offset that
@@ -321,17 +312,11 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
             bytes: 0,
         }
     } else {
-        let patch_header = PatchHeader {
-            source_size: dev.size(),
-            total_payload: UNKNOWN_TOTAL,
-            stream_id: opts.stream_id.unwrap_or_else(crate::random_bytes),
-            creator: opts.creator.clone(),
-            chain: None,
-        };
         let out = CountingWriter::new(out);
-        let key = opts.key.as_ref();
-        let w = PatchWriter::start(out, patch_header, opts.lz4, list.is_none(), key);
-        Out::Patch(Box::new(w.map_err(OpError::Output)?))
+        let w = opts
+            .patch
+            .start(out, dev.size(), UNKNOWN_TOTAL, None, list.is_none())?;
+        Out::Patch(Box::new(w))
     };
     let size = dev.size();
     // What to read: the whole device, or the listed blocks and what lies past the remote's end.
@@ -362,7 +347,7 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
     let mut stats = Stats::default();
     // Keyed: local blocks are hashed as the keyed stream's were, and the source digest in
     // the sealed patch is built from keyed hashes too (FORMAT.md 6).
-    let hasher = BlockHasher::new(header.seed, opts.key.as_ref());
+    let hasher = BlockHasher::new(header.seed, opts.patch.key.as_ref());
     scan_ranges(
         dev,
         pieces,

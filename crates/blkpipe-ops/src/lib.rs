@@ -39,6 +39,7 @@ pub mod input;
 pub mod keyfile;
 mod lz4frame;
 pub mod merge;
+pub mod patch_out;
 pub mod progress;
 pub mod ranges;
 pub mod scan;

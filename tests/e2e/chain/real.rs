@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::{key_file, run_ok, Rng};
+use super::{key_file, Rng};
 use crate::common;
+use crate::common::run_ok;
 
 /// A chain of real files: images v0..vN (the volume at steps 1..N+1), the full image at step
 /// 1, an incremental per later step, and the undo file of each incremental.
