@@ -168,10 +168,12 @@ fn binary_streams_are_refused_on_a_terminal() {
 }
 
 /// Runs the shell command `cmd` with stdin, stdout and stderr on a pseudo-terminal (a
-/// redirection in `cmd` moves stdout off it); returns its exit code and what it printed.
+/// redirection in `cmd` moves stdout off it), the built tools first on PATH; returns its exit
+/// code and what it printed.
 fn sh_on_tty(cmd: &str) -> (Option<i32>, String) {
     let out: Output = Command::new("script")
         .args(["-q", "-e", "-c", cmd, "/dev/null"])
+        .env("PATH", common::tools_path())
         .stdin(Stdio::null())
         .output()
         .expect("script (util-linux) runs");
@@ -187,30 +189,24 @@ fn a_terminal_on_stdin_is_refused_where_a_stream_or_list_is_read() {
     let img = dir.path().join("disk.img");
     fs::write(&img, common::pattern(64 * 1024, 7)).unwrap();
     let img = img.to_str().unwrap();
-    let b = |t: &str| bin(t).to_str().unwrap().to_owned();
+    // The tools are on PATH (sh_on_tty).
     let cases = [
+        (format!("blkpatch {img}"), "blkpatch reads a patch stream"),
+        ("blkpatch --dry-run".into(), "blkpatch reads a patch stream"),
         (
-            format!("{} {img}", b("blkpatch")),
-            "blkpatch reads a patch stream",
-        ),
-        (
-            format!("{} --dry-run", b("blkpatch")),
-            "blkpatch reads a patch stream",
-        ),
-        (
-            format!("{} {img} > /dev/null", b("blkdiff")),
+            format!("blkdiff {img} > /dev/null"),
             "blkdiff reads a hash stream (from blkhash",
         ),
         (
-            format!("{} {img} - > /dev/null", b("blkmerge")),
+            format!("blkmerge {img} - > /dev/null"),
             "blkmerge reads a patch stream from `-`",
         ),
         (
-            format!("{} {img} > /dev/null", b("blkread-chunks")),
+            format!("blkread-chunks {img} > /dev/null"),
             "a range list is read",
         ),
         (
-            format!("{} --ranges - {img} > /dev/null", b("blkhash")),
+            format!("blkhash --ranges - {img} > /dev/null"),
             "a range list is read",
         ),
     ];
@@ -229,8 +225,7 @@ fn a_terminal_on_stdin_is_refused_where_a_stream_or_list_is_read() {
     let out = common::run("blkread-chunks", &["--", img], b"0 4096\n");
     fs::write(&patch, &out.stdout).unwrap();
     let (code, text) = sh_on_tty(&format!(
-        "timeout 10 {} --dry-run --input {}",
-        b("blkpatch"),
+        "timeout 10 blkpatch --dry-run --input {}",
         patch.display()
     ));
     assert_eq!(code, Some(0), "{text}");
