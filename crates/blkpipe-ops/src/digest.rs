@@ -10,8 +10,7 @@ use crate::OpError;
 /// Digest the first `len` bytes of `dev` in blocks of `block_size`, hashed with `seed`, using
 /// every core.
 pub fn device_digest(dev: &Device, len: u64, block_size: u32, seed: u64) -> Result<u128, OpError> {
-    let hasher = BlockHasher::Xxh3 { seed };
-    range_digest_with(dev, 0, len, block_size, &hasher, &ScanOptions::default())
+    device_digest_with(dev, len, block_size, &BlockHasher::Xxh3 { seed })
 }
 
 /// [`device_digest`] with block hashes made by `hasher` (keyed for sealed streams).
@@ -21,22 +20,10 @@ pub fn device_digest_with(
     block_size: u32,
     hasher: &BlockHasher,
 ) -> Result<u128, OpError> {
-    range_digest_with(dev, 0, len, block_size, hasher, &ScanOptions::default())
-}
-
-/// Digest `start..end` of `dev` (`start` a multiple of `block_size`), with block hashes made
-/// by `hasher`.
-pub fn range_digest_with(
-    dev: &Device,
-    start: u64,
-    end: u64,
-    block_size: u32,
-    hasher: &BlockHasher,
-    opts: &ScanOptions,
-) -> Result<u128, OpError> {
     let mut builder = DigestBuilder::new(block_size as u64, hasher.seed());
     let bs = block_size as usize;
-    scan_with(dev, start, end, block_size, hasher, opts, |chunk| {
+    let opts = ScanOptions::default();
+    scan_with(dev, 0, len, block_size, hasher, &opts, |chunk| {
         push_chunk(&mut builder, chunk.hashes, chunk.data.len(), bs);
         Ok(())
     })?;

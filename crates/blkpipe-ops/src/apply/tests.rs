@@ -50,6 +50,28 @@ fn undo_opts(undo: &Path) -> ApplyOptions {
     }
 }
 
+/// The stream applied with `--undo` to a target that injects `faults`.
+struct UndoRun {
+    result: Result<Applied, OpError>,
+    mem: MemEngine,
+    /// The undo file (in `_dir`).
+    undo: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn apply_with_undo(faults: Faults) -> UndoRun {
+    let dir = tempfile::tempdir().unwrap();
+    let undo = dir.path().join("undo");
+    let (mut dev, mem) = target(faults);
+    let result = apply(&mut dev, &undo_opts(&undo));
+    UndoRun {
+        result,
+        mem,
+        undo,
+        _dir: dir,
+    }
+}
+
 /// The records whose bytes `contents` holds (the rest must still hold the old bytes).
 fn applied_records(contents: &[u8]) -> usize {
     let recs = records();
@@ -104,23 +126,20 @@ fn a_write_fault_stops_the_stream_there() {
 
 #[test]
 fn a_fault_in_the_middle_of_an_undo_batch_writes_nothing_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let undo = dir.path().join("undo");
-    let opts = undo_opts(&undo);
-    let (mut dev, mem) = target(Faults {
+    let run = apply_with_undo(Faults {
         fail_write: Some(5),
         ..Faults::default()
     });
-    let e = apply(&mut dev, &opts).unwrap_err();
+    let e = run.result.unwrap_err();
     assert!(e.to_string().contains("injected fault"), "{e}");
     // All eight records are one batch: the undo file has every old region, the target the
     // first four records and nothing after them.
-    assert_eq!(applied_records(&mem.contents()), 4);
-    let saved = undo_records(&undo);
+    assert_eq!(applied_records(&run.mem.contents()), 4);
+    let saved = undo_records(&run.undo);
     assert_eq!(saved.len(), 8);
     assert!(saved.iter().all(|(_, d)| d.iter().all(|&b| b == OLD)));
     // The undo stream is complete (it has its end record): applying it restores the target.
-    let undo_stream = std::fs::read(&undo).unwrap();
+    let undo_stream = std::fs::read(&run.undo).unwrap();
     let mut r = PatchReader::new(&undo_stream[..]).unwrap();
     while r.next_record().unwrap().is_some() {}
     assert!(r.end().is_some());
@@ -237,16 +256,13 @@ fn a_failed_flush_is_an_error_and_the_checkpoint_does_not_advance() {
 #[test]
 fn a_short_read_while_saving_undo_data_saves_what_is_there() {
     // The target "ends" at 100,000 bytes for reads: the undo file keeps what could be read.
-    let dir = tempfile::tempdir().unwrap();
-    let undo = dir.path().join("undo");
-    let opts = undo_opts(&undo);
-    let (mut dev, mem) = target(Faults {
+    let run = apply_with_undo(Faults {
         short_read_at: Some(100_000),
         ..Faults::default()
     });
-    apply(&mut dev, &opts).unwrap();
-    assert_eq!(applied_records(&mem.contents()), records().len());
-    let saved = undo_records(&undo);
+    run.result.unwrap();
+    assert_eq!(applied_records(&run.mem.contents()), records().len());
+    let saved = undo_records(&run.undo);
     assert_eq!(
         saved.len(),
         2,
