@@ -135,6 +135,23 @@ impl Json<'_> {
         Ok(())
     }
 
+    /// After a member of an object or array closed by `close`: `,` (more follow: `false`) or
+    /// `close` (it ends here: `true`).
+    fn comma_or_end(&mut self, close: u8) -> Result<bool, MetaError> {
+        match self.peek() {
+            Some(b',') => self.at += 1,
+            Some(c) if c == close => {
+                self.at += 1;
+                return Ok(true);
+            }
+            _ => {
+                let want = format!("expected `,` or `{}`", close as char);
+                return Err(bad(self.text, self.at, want));
+            }
+        }
+        Ok(false)
+    }
+
     fn string(&mut self) -> Result<String, MetaError> {
         self.expect(b'"')?;
         let b = self.text.as_bytes();
@@ -219,13 +236,8 @@ pub fn parse_nbdinfo_json(text: &str) -> Result<(u64, Vec<Range>), MetaError> {
                     }
                     _ => {}
                 }
-                match j.peek() {
-                    Some(b',') => j.at += 1,
-                    Some(b'}') => {
-                        j.at += 1;
-                        break;
-                    }
-                    _ => return Err(bad(text, j.at, "expected `,` or `}`")),
+                if j.comma_or_end(b'}')? {
+                    break;
                 }
             }
             let (Some(o), Some(l), Some(t)) = (off, len, ty) else {
@@ -247,13 +259,8 @@ pub fn parse_nbdinfo_json(text: &str) -> Result<(u64, Vec<Range>), MetaError> {
                 ));
             }
             extents.push((o, l, t, desc));
-            match j.peek() {
-                Some(b',') => j.at += 1,
-                Some(b']') => {
-                    j.at += 1;
-                    break;
-                }
-                _ => return Err(bad(text, j.at, "expected `,` or `]`")),
+            if j.comma_or_end(b']')? {
+                break;
             }
         }
     }

@@ -115,33 +115,20 @@ pub fn parse_table_line(name: &str, line: &str) -> Result<SnapshotTable, MetaErr
     let sectors: u64 = f[1]
         .parse()
         .map_err(|_| bad("length is not a number".into()))?;
-    match f[2] {
-        "snapshot" => {}
-        "snapshot-merge" => {
-            return Err(refuse(
-                "the snapshot is being merged into its origin (target snapshot-merge): the kernel is consuming its exception store, which no longer lists the changes".into(),
-            ))
-        }
-        "snapshot-origin" => {
-            return Err(refuse(
-                "this is a snapshot origin (target snapshot-origin), not a snapshot; name the snapshot LV instead (lvs -o lv_name,origin)".into(),
-            ))
-        }
-        "thin" => {
-            return Err(refuse(
-                "this is a thin volume (target thin), which has no exception store; use thin_delta and cowlist --thin-delta".into(),
-            ))
-        }
-        "era" => {
-            return Err(refuse(
-                "this is a dm-era device (target era); use era_invalidate and cowlist --era-invalidate".into(),
-            ))
-        }
+    let why_not = match f[2] {
+        "snapshot" => None,
+        "snapshot-merge" => Some("the snapshot is being merged into its origin (target snapshot-merge): the kernel is consuming its exception store, which no longer lists the changes"),
+        "snapshot-origin" => Some("this is a snapshot origin (target snapshot-origin), not a snapshot; name the snapshot LV instead (lvs -o lv_name,origin)"),
+        "thin" => Some("this is a thin volume (target thin), which has no exception store; use thin_delta and cowlist --thin-delta"),
+        "era" => Some("this is a dm-era device (target era); use era_invalidate and cowlist --era-invalidate"),
         other => {
             return Err(refuse(format!(
                 "target type is {other}, not snapshot: not an LVM snapshot"
             )))
         }
+    };
+    if let Some(why) = why_not {
+        return Err(refuse(why.into()));
     }
     if f.len() < 7 {
         return Err(bad(

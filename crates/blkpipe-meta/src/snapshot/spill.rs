@@ -340,6 +340,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Push every value of `v` into `s` and finish it; returns it and the values it gives
+    /// back, in order.
+    fn sort_all(mut s: ChunkSorter, v: &[u64]) -> (SortedChunks, Vec<u64>) {
+        for &x in v {
+            s.push(x).unwrap();
+        }
+        let sorted = s.finish().unwrap();
+        assert_eq!(sorted.len(), v.len() as u64);
+        let got = sorted.iter().unwrap().map(|x| x.unwrap()).collect();
+        (sorted, got)
+    }
+
     proptest! {
         /// Spilled or not, the values come back sorted with every repeat, and the first
         /// repeat is found.
@@ -348,14 +360,8 @@ mod tests {
             mut v in proptest::collection::vec(0u64..5000, 0..3000),
             run_len in 1usize..700,
         ) {
-            let mut s = ChunkSorter::with_run_len(run_len);
-            for &x in &v {
-                s.push(x).unwrap();
-            }
-            let sorted = s.finish().unwrap();
-            prop_assert_eq!(sorted.len(), v.len() as u64);
+            let (sorted, got) = sort_all(ChunkSorter::with_run_len(run_len), &v);
             prop_assert_eq!(sorted.spilled(), v.len() > run_len);
-            let got: Vec<u64> = sorted.iter().unwrap().map(|x| x.unwrap()).collect();
             v.sort_unstable();
             prop_assert_eq!(&got, &v);
             let repeat = v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]);
@@ -369,12 +375,7 @@ mod tests {
             v in proptest::collection::vec(0u64..5000, 0..3000),
             bound in 1u64..6000,
         ) {
-            let mut s = ChunkSorter::new(bound);
-            for &x in &v {
-                s.push(x).unwrap();
-            }
-            let sorted = s.finish().unwrap();
-            prop_assert_eq!(sorted.len(), v.len() as u64);
+            let (sorted, got) = sort_all(ChunkSorter::new(bound), &v);
             let mut want = v.clone();
             want.sort_unstable();
             let has_repeat = want.windows(2).any(|w| w[0] == w[1]);
@@ -382,7 +383,6 @@ mod tests {
             if let Some(r) = sorted.first_repeat().unwrap() {
                 prop_assert!(v.iter().filter(|&&x| x == r).count() >= 2);
             }
-            let got: Vec<u64> = sorted.iter().unwrap().map(|x| x.unwrap()).collect();
             if !has_repeat {
                 prop_assert_eq!(&got, &want);
             }
