@@ -92,9 +92,14 @@ pub fn run_ok(name: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
 
 /// `dir/name`, written with `len` bytes of [`pattern`] `seed`.
 pub fn pattern_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, pattern(len, seed)).unwrap();
-    p
+    pattern_image(dir, name, len, seed).0
+}
+
+/// [`pattern_file`], and the bytes written.
+pub fn pattern_image(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
+    let (p, bytes) = (dir.join(name), pattern(len, seed));
+    std::fs::write(&p, &bytes).unwrap();
+    (p, bytes)
 }
 
 pub fn stderr(o: &Output) -> String {

@@ -351,10 +351,6 @@ fn item06_verify_without_a_source_digest_refuses_before_writing() {
 }
 
 fn full_stdout(cmd: &mut Command) -> Output {
-    let full = fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
     // SAFETY: close(2) is async-signal-safe; the child closes its own stdin before exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -362,7 +358,18 @@ fn full_stdout(cmd: &mut Command) -> Output {
             Ok(())
         });
     }
-    cmd.stdout(full).stderr(Stdio::piped()).output().unwrap()
+    cmd.stdout(dev_full())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// /dev/full, open for writing: every write fails with ENOSPC.
+fn dev_full() -> fs::File {
+    fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap()
 }
 
 #[track_caller]
@@ -603,14 +610,10 @@ fn no_tool_panics_with_a_full_stdout_and_closed_stdin() {
         ("blkread-chunks", vec![p(&f.src)], &ranges),
         ("blkmerge", vec!["-".into(), p(&patch_file)], &patch_file),
     ] {
-        let full = fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
         let out = Command::new(bin(tool))
             .args(&args)
             .stdin(fs::File::open(input).unwrap())
-            .stdout(full)
+            .stdout(dev_full())
             .stderr(Stdio::piped())
             .output()
             .unwrap();
@@ -651,15 +654,11 @@ fn no_tool_panics_with_a_full_stdout_and_closed_stdin() {
         ("blkmerge", vec![p(&missing)], 4),
         ("blkdiff", vec![p(&missing)], 4),
     ] {
-        let full = fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
         let out = Command::new(bin(tool))
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(full)
+            .stderr(dev_full())
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(code), "{tool} {args:?} 2>/dev/full");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{bash, bin, pattern, stderr};
+use crate::common::{bash, bin, pattern, pattern_image, stderr};
 
 /// A qemu-nbd serving one image on a Unix socket, killed on drop.
 struct QemuNbd {
@@ -407,9 +407,7 @@ fn exercise_threads(uri: &str, data: &[u8]) -> Vec<u8> {
 #[test]
 fn one_connection_serves_many_threads() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("img.raw");
-    let data = pattern(16 << 20, 3);
-    fs::write(&raw, &data).unwrap();
+    let (raw, data) = pattern_image(dir.path(), "img.raw", 16 << 20, 3);
     let srv = QemuNbd::start(&raw, "raw", &[]);
     let want = exercise_threads(&srv.uri(), &data);
     drop(srv);
@@ -422,9 +420,7 @@ fn one_connection_serves_many_threads() {
 #[test]
 fn bulk_reads_use_a_second_connection_when_allowed() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = dir.path().join("img.raw");
-    let data = pattern(24 << 20, 9);
-    fs::write(&raw, &data).unwrap();
+    let (raw, data) = pattern_image(dir.path(), "img.raw", 24 << 20, 9);
     for (extra, conns) in [(&["-r"][..], 2), (&["-r", "-e", "1"][..], 1)] {
         let srv = QemuNbd::start(&raw, "raw", extra);
         let dev = blkpipe_dev::Device::open_nbd(&srv.uri(), &[], false).unwrap();

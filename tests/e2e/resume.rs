@@ -2,11 +2,11 @@
 //! random moments, a full filesystem.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{bin, pattern, run, spawn_fed, stderr};
+use crate::common::{bin, pattern, pattern_image, run, spawn_fed, stderr};
 
 /// `(stream id, applied offset)` from a state file, through `blkpatch --print-state`.
 fn print_state(state: &Path) -> (String, u64) {
@@ -48,19 +48,11 @@ fn resume(src: &Path, dst: &Path, state: &Path, size: u64) {
     assert!(out.status.success(), "resume from {from}: {}", stderr(&out));
 }
 
-/// `DIR/src.img`, `size` bytes of pattern `seed`, and its bytes.
-fn source(dir: &Path, size: u64, seed: u64) -> (PathBuf, Vec<u8>) {
-    let bytes = pattern(size as usize, seed);
-    let src = dir.join("src.img");
-    fs::write(&src, &bytes).unwrap();
-    (src, bytes)
-}
-
 #[test]
 fn truncated_then_resumed_from_the_recorded_offset() {
     let dir = tempfile::tempdir().unwrap();
     let size = 24u64 << 20;
-    let (src, src_bytes) = source(dir.path(), size, 11);
+    let (src, src_bytes) = pattern_image(dir.path(), "src.img", size as usize, 11);
     let dst = dir.path().join("dst.img");
     let state = dir.path().join("state");
     let stream = full_stream(&src, size, &[]);
@@ -93,7 +85,7 @@ fn truncated_then_resumed_from_the_recorded_offset() {
 fn kill_9_at_random_moments_then_resume() {
     let dir = tempfile::tempdir().unwrap();
     let size = 64u64 << 20;
-    let (src, src_bytes) = source(dir.path(), size, 12);
+    let (src, src_bytes) = pattern_image(dir.path(), "src.img", size as usize, 12);
     let src_arg = src.to_str().unwrap();
     let mut rng = 0x1234_5678u64;
     for trial in 0..8 {
@@ -172,7 +164,7 @@ fn full_filesystem_is_a_clear_error_and_the_state_tells_the_truth() {
     }
     let _guard = Unmount(&mnt);
     let size = 16u64 << 20;
-    let (src, src_bytes) = source(dir.path(), size, 13);
+    let (src, src_bytes) = pattern_image(dir.path(), "src.img", size as usize, 13);
     let stream = full_stream(&src, size, &[]);
     for state_on_full_fs in [false, true] {
         let dst = mnt.join("dst.img");

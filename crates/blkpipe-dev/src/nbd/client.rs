@@ -19,6 +19,12 @@ const DEFAULT_MAX_PAYLOAD: u64 = 32 << 20;
 const PIECE: u64 = 1 << 20;
 /// ... of which at most this many are in flight for one call.
 const WINDOW: usize = 8;
+
+/// One request of a bulk transfer: read into these bytes, or write these.
+enum Piece<'d> {
+    Read(&'d mut [u8]),
+    Write(&'d [u8]),
+}
 /// How long the handshake may wait for the server.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// How long the handshake of the optional second connection may take before the client
@@ -455,25 +461,47 @@ impl Client {
 
     /// [`Client::read`] on this connection.
     fn read_here(&self, buf: &mut [u8], offset: u64) -> Result<(), NbdError> {
-        let min = self.min_block();
         let end = offset + buf.len() as u64;
-        if offset % min != 0 || end % min != 0 {
-            let a = offset / min * min;
-            let b = end.div_ceil(min) * min;
+        if let Some((a, b)) = self.blocks_around(offset, end) {
             let mut tmp = vec![0u8; (b - a) as usize];
             self.read_here(&mut tmp, a)?;
             buf.copy_from_slice(&tmp[(offset - a) as usize..(end - a) as usize]);
             return Ok(());
         }
-        let piece = PIECE.min(self.max_payload()).max(min) as usize;
+        let pieces = buf.chunks_mut(self.piece_len()).map(Piece::Read);
+        self.in_flight(offset, pieces)
+    }
+
+    /// `a..b`, the whole blocks around `offset..end`, if that range is not whole blocks.
+    fn blocks_around(&self, offset: u64, end: u64) -> Option<(u64, u64)> {
+        let min = self.min_block();
+        (offset % min != 0 || end % min != 0).then(|| (offset / min * min, end.div_ceil(min) * min))
+    }
+
+    /// The bytes of one read or write request of a bulk transfer.
+    fn piece_len(&self) -> usize {
+        PIECE.min(self.max_payload()).max(self.min_block()) as usize
+    }
+
+    /// Send the requests of `pieces`, consecutive from `offset`, keeping up to [`WINDOW`] of
+    /// them in flight, and wait for all of them.
+    fn in_flight<'d>(
+        &self,
+        offset: u64,
+        pieces: impl Iterator<Item = Piece<'d>>,
+    ) -> Result<(), NbdError> {
         let mut at = offset;
-        let mut pieces = buf.chunks_mut(piece).peekable();
+        let mut pieces = pieces.peekable();
         while pieces.peek().is_some() {
             let mut ops = Vec::with_capacity(WINDOW);
-            for chunk in pieces.by_ref().take(WINDOW) {
-                let len = chunk.len() as u64;
-                let c = self.send(wire::CMD_READ, 0, at, len, &[])?;
-                ops.push(self.op(c, wire::CMD_READ, at, len, chunk, 0));
+            for piece in pieces.by_ref().take(WINDOW) {
+                let (kind, payload, into): (u16, &[u8], &mut [u8]) = match piece {
+                    Piece::Read(into) => (wire::CMD_READ, &[], into),
+                    Piece::Write(payload) => (wire::CMD_WRITE, payload, &mut []),
+                };
+                let len = (payload.len() + into.len()) as u64;
+                let c = self.send(kind, 0, at, len, payload)?;
+                ops.push(self.op(c, kind, at, len, into, 0));
                 at += len;
             }
             self.wait(&mut ops)?;
@@ -484,31 +512,16 @@ impl Client {
     /// Write all of `data` at `offset`.
     pub fn write(&self, data: &[u8], offset: u64) -> Result<(), NbdError> {
         self.writable()?;
-        let min = self.min_block();
         let end = offset + data.len() as u64;
-        if offset % min != 0 || end % min != 0 {
+        if let Some((a, b)) = self.blocks_around(offset, end) {
             // Read, modify, write the blocks around an unaligned write.
-            let a = offset / min * min;
-            let b = end.div_ceil(min) * min;
             let mut tmp = vec![0u8; (b - a) as usize];
             self.read(&mut tmp, a)?;
             tmp[(offset - a) as usize..(end - a) as usize].copy_from_slice(data);
             return self.write(&tmp, a);
         }
-        let piece = PIECE.min(self.max_payload()).max(min) as usize;
-        let mut at = offset;
-        let mut pieces = data.chunks(piece).peekable();
-        while pieces.peek().is_some() {
-            let mut ops = Vec::with_capacity(WINDOW);
-            for chunk in pieces.by_ref().take(WINDOW) {
-                let len = chunk.len() as u64;
-                let c = self.send(wire::CMD_WRITE, 0, at, len, chunk)?;
-                ops.push(self.op(c, wire::CMD_WRITE, at, len, &mut [], 0));
-                at += len;
-            }
-            self.wait(&mut ops)?;
-        }
-        Ok(())
+        let pieces = data.chunks(self.piece_len()).map(Piece::Write);
+        self.in_flight(offset, pieces)
     }
 
     fn writable(&self) -> Result<(), NbdError> {
