@@ -102,6 +102,13 @@ pub fn pattern_image(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf,
     (p, bytes)
 }
 
+/// Assert that `o`'s stderr holds `want`.
+#[track_caller]
+pub fn assert_stderr_has(o: &Output, want: &str) {
+    let err = stderr(o);
+    assert!(err.contains(want), "want {want:?} in stderr: {err}");
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

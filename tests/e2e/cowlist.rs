@@ -9,10 +9,17 @@ use std::process::{Command, Output, Stdio};
 
 use blkpipe_meta::snapshot::image;
 
-use crate::common::{bin, run, stderr};
+use crate::common::{assert_stderr_has, bin, run, stderr};
 
 fn cowlist(args: &[&str]) -> Output {
     run("cowlist", args, b"")
+}
+
+/// `cowlist --cow COW EXTRA..`.
+fn cowlist_cow(cow: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--cow", cow.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    cowlist(&args)
 }
 
 fn stdout(o: &Output) -> String {
@@ -40,13 +47,7 @@ fn lists_changed_chunks_sorted_and_coalesced() {
         "cow",
         &image::build(8, &[9, 2, 3, 4, 30], None, None),
     );
-    let out = cowlist(&[
-        "--cow",
-        cow.to_str().unwrap(),
-        "--origin-size",
-        "128K",
-        "--stats",
-    ]);
+    let out = cowlist_cow(&cow, &["--origin-size", "128K", "--stats"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
@@ -64,12 +65,7 @@ fn lists_changed_chunks_sorted_and_coalesced() {
     }
     // The origin size can come from a device or image file.
     let origin = write_file(dir.path(), "origin", &vec![0u8; 131072]);
-    let out2 = cowlist(&[
-        "--cow",
-        cow.to_str().unwrap(),
-        "--origin",
-        origin.to_str().unwrap(),
-    ]);
+    let out2 = cowlist_cow(&cow, &["--origin", origin.to_str().unwrap()]);
     assert_eq!(stdout(&out2), stdout(&out));
     // And the list feeds blkread-chunks as is.
     let chunks = run("blkread-chunks", &[origin.to_str().unwrap()], &out.stdout);
@@ -82,7 +78,7 @@ fn many_areas_and_a_full_last_area() {
     // 512-byte chunks: 32 exceptions per area; 96 exceptions fill three areas exactly.
     let old: Vec<u64> = (0..96).map(|i| (i * 37) % 101).collect();
     let cow = write_file(dir.path(), "cow", &image::build(1, &old, None, None));
-    let out = cowlist(&["--cow", cow.to_str().unwrap(), "--stats"]);
+    let out = cowlist_cow(&cow, &["--stats"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut listed = Vec::new();
     for line in stdout(&out).lines().skip(1) {
@@ -93,11 +89,7 @@ fn many_areas_and_a_full_last_area() {
     let mut want = old.clone();
     want.sort_unstable();
     assert_eq!(listed, want);
-    assert!(
-        stderr(&out).contains("metadata areas:   4"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "metadata areas:   4");
 }
 
 #[test]
@@ -106,7 +98,7 @@ fn overflowed_snapshot_is_refused() {
     let mut img = image::build(8, &[1, 2], None, None);
     img[4..8].copy_from_slice(&0u32.to_le_bytes());
     let cow = write_file(dir.path(), "cow", &img);
-    let out = cowlist(&["--cow", cow.to_str().unwrap()]);
+    let out = cowlist_cow(&cow, &[]);
     assert_eq!(out.status.code(), Some(5));
     assert!(out.stdout.is_empty());
     let err = stderr(&out);
@@ -125,7 +117,7 @@ fn corrupt_store_is_one_line_naming_the_entry() {
     let at = 4096 + 2 * 16 + 8;
     img[at..at + 8].copy_from_slice(&1_000_000u64.to_le_bytes());
     let cow = write_file(dir.path(), "cow", &img);
-    let out = cowlist(&["--cow", cow.to_str().unwrap()]);
+    let out = cowlist_cow(&cow, &[]);
     assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -136,23 +128,19 @@ fn corrupt_store_is_one_line_naming_the_entry() {
     // An old chunk past the origin, too.
     let img = image::build(8, &[1, 2, 40], None, None);
     let cow = write_file(dir.path(), "cow2", &img);
-    let out = cowlist(&["--cow", cow.to_str().unwrap(), "--origin-size", "40K"]);
+    let out = cowlist_cow(&cow, &["--origin-size", "40K"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stderr(&out).contains("area 0 entry 2: old_chunk 40"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "area 0 entry 2: old_chunk 40");
     // Truncated image: the store runs past its end.
     let img = image::build(1, &(0..32).collect::<Vec<u64>>(), None, None);
     let cow = write_file(dir.path(), "cow3", &img[..img.len() - 512]);
-    let out = cowlist(&["--cow", cow.to_str().unwrap()]);
+    let out = cowlist_cow(&cow, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     // Not a COW device at all.
     let cow = write_file(dir.path(), "cow4", &[0x41u8; 8192]);
-    let out = cowlist(&["--cow", cow.to_str().unwrap()]);
+    let out = cowlist_cow(&cow, &[]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("magic"), "{}", stderr(&out));
+    assert_stderr_has(&out, "magic");
 }
 
 /// `cowlist --data` applied with blkpatch to the origin gives the snapshot byte for byte.
@@ -193,7 +181,7 @@ fn data_rolls_the_origin_back_to_the_snapshot() {
     // --data needs the origin size.
     let out = cowlist(&["--data", "--cow", cow.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("origin size"), "{}", stderr(&out));
+    assert_stderr_has(&out, "origin size");
 }
 
 const THIN: &str = r#"<superblock uuid="" time="1" transaction="2" flags="0" version="2" data_block_size="128" nr_data_blocks="1024">
@@ -255,11 +243,7 @@ fn thin_delta_and_era_xml() {
         b"<blocks>\n<block blok=\"1\"/>\n</blocks>\n",
     );
     assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stderr(&out).contains("line 2, column 1"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "line 2, column 1");
     assert_eq!(stderr(&out).lines().count(), 1);
 }
 
@@ -423,13 +407,7 @@ fn fixtures_classic_snapshots() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cow = unzstd(dir.path(), &format!("{scenario}.cow.raw"));
-        let out = cowlist(&[
-            "--cow",
-            cow.to_str().unwrap(),
-            "--origin-size",
-            "32M",
-            "--stats",
-        ]);
+        let out = cowlist_cow(&cow, &["--origin-size", "32M", "--stats"]);
         assert!(out.status.success(), "{scenario}: {}", stderr(&out));
         let list = stdout(&out);
         assert!(list.starts_with(&format!("# blkranges v1 size={} chunk={chunk}\n", 32 * MIB)));
@@ -458,9 +436,9 @@ fn fixtures_classic_snapshots() {
 fn fixture_overflowed_snapshot_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cow = unzstd(dir.path(), "overflow.cow.raw");
-    let out = cowlist(&["--cow", cow.to_str().unwrap(), "--origin-size", "32M"]);
+    let out = cowlist_cow(&cow, &["--origin-size", "32M"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("full sync"), "{}", stderr(&out));
+    assert_stderr_has(&out, "full sync");
     assert!(out.stdout.is_empty());
 }
 
@@ -470,7 +448,7 @@ fn fixture_overflowed_snapshot_is_refused() {
 fn fixture_writable_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let cow = unzstd(dir.path(), "writable.cow.raw");
-    let out = cowlist(&["--cow", cow.to_str().unwrap(), "--origin-size", "32M"]);
+    let out = cowlist_cow(&cow, &["--origin-size", "32M"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got = listed(&stdout(&out), 65536);
     let origin_writes = written("writable", 65536, |d, s| s != "base" && d.contains("/o"));

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use blkpipe_meta::snapshot::image;
 
 use crate::common::{
-    bin, pattern, pattern_file, require_loop, run, run_ok, stderr, stdout_ok, Loop,
+    assert_stderr_has, bin, pattern, pattern_file, require_loop, run, run_ok, stderr, stdout_ok,
+    Loop,
 };
 
 const SIZE: usize = 1 << 20;
@@ -274,7 +275,7 @@ fn item04_state_is_bound_to_its_target() {
     let b_before = fs::read(&b).unwrap();
     let out = f.patch_with_state(&state, &b);
     assert_refused(&out, "another target");
-    assert!(stderr(&out).contains("to start over"), "{}", stderr(&out));
+    assert_stderr_has(&out, "to start over");
     assert!(fs::read(&b).unwrap() == b_before);
     // A fresh file at the same path (the inode number may well be reused).
     fs::remove_file(&a).unwrap();
@@ -433,7 +434,7 @@ fn item10_small_ones() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("17179869184"), "{}", stderr(&out));
+    assert_stderr_has(&out, "17179869184");
     assert!(!stderr(&out).contains("4294967295"), "{}", stderr(&out));
     // stdin twice is a bad command line.
     let out = run("blkmerge", &["-", "-"], &[]);

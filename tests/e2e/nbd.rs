@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{bash, bin, pattern, pattern_image, stderr};
+use crate::common::{assert_stderr_has, bash, bin, pattern, pattern_image, stderr};
 
 /// A qemu-nbd serving one image on a Unix socket, killed on drop.
 struct QemuNbd {
@@ -570,23 +570,19 @@ fn vmsync_rounds_follow_the_bitmaps() {
         ))
     };
     let o = round(&copy, "");
-    assert!(stderr(&o).contains("full copy applied"), "{}", stderr(&o));
+    assert_stderr_has(&o, "full copy applied");
     ok(&o);
     qemu.qemu_io("write -P 3 1M 64k");
     qemu.qemu_io("write -P 4 20M 1M");
     // A round that fails keeps its changes for the next one.
     let o = round(&d.join("no/such/dir/copy.raw"), "");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("bitmaps kept"), "{}", stderr(&o));
+    assert_stderr_has(&o, "bitmaps kept");
     qemu.qemu_io("write -P 5 9M 4k");
     // The last round stops the "guest" (qemu flushes the image), so the copy equals it.
     let o = round(&copy, "--pause");
     ok(&o);
-    assert!(
-        stderr(&o).contains("changes since blkpipe-2"),
-        "{}",
-        stderr(&o)
-    );
+    assert_stderr_has(&o, "changes since blkpipe-2");
     same_guest_view(&img, "qcow2", &copy, "raw");
 }
 

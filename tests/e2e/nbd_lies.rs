@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::common::{self, bin, pattern, stderr};
+use crate::common::{self, assert_stderr_has, bin, pattern, stderr};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Lie {
@@ -237,11 +237,7 @@ fn blkread_chunks_stops_at_the_first_lie() {
     let (uri, _) = liar(dir.path(), Lie::HugeOptionReply, 0);
     let o = common::run("blkhash", &[&uri], b"");
     assert_eq!(o.status.code(), Some(4));
-    assert!(
-        stderr(&o).contains("option reply of 4294967280 bytes"),
-        "{}",
-        stderr(&o)
-    );
+    assert_stderr_has(&o, "option reply of 4294967280 bytes");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use blkpipe_format::patch::{PatchReader, RecordData};
 
-use crate::common::{bin, pattern, require_loop, run, spawn_fed, stderr, Loop};
+use crate::common::{assert_stderr_has, bin, pattern, require_loop, run, spawn_fed, stderr, Loop};
 
 /// `blkread-chunks SRC < ranges` as bytes.
 fn read_chunks(src: &Path, ranges: &str, extra: &[&str]) -> Vec<u8> {
@@ -338,7 +338,7 @@ fn an_existing_undo_file_is_kept() {
     fs::write(&undo, b"earlier undo data").unwrap();
     let out = patch(&dst, &stream, &["--undo", undo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--replace-undo"), "{}", stderr(&out));
+    assert_stderr_has(&out, "--replace-undo");
     assert_eq!(fs::read(&dst).unwrap(), orig, "the target was written");
     assert_eq!(fs::read(&undo).unwrap(), b"earlier undo data");
 
@@ -359,7 +359,7 @@ fn an_existing_undo_file_is_kept() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     let out = patch(&dst, &stream, &first);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("interrupted run"), "{}", stderr(&out));
+    assert_stderr_has(&out, "interrupted run");
     let undo2 = f.path("undo2.patch");
     let rest = ["--undo", undo2.to_str().unwrap(), "--state", st];
     let out = patch(&dst, &stream, &rest);
@@ -466,7 +466,7 @@ fn loop_device_targets() {
     let before = fs::read(&backing).unwrap();
     let out = patch(dev.path(), &stream, &[]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_stderr_has(&out, "--force");
     drop(holder);
     assert_eq!(fs::read(&backing).unwrap(), before);
 
@@ -486,11 +486,7 @@ fn loop_device_targets() {
     let before = fs::read(&small).unwrap();
     let out = patch(small_dev.path(), &stream, &[]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("smaller than the source"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "smaller than the source");
     assert_eq!(fs::read(&small).unwrap(), before);
 }
 
@@ -522,7 +518,7 @@ fn mounted_device_is_refused() {
     let out = patch(dev.path(), &stream, &[]);
     let _ = Command::new("umount").arg(&mnt).status();
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(stderr(&out).contains("mounted on"), "{}", stderr(&out));
+    assert_stderr_has(&out, "mounted on");
 }
 
 fn libc_o_excl() -> i32 {

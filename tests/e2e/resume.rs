@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{bin, pattern, pattern_image, run, spawn_fed, stderr};
+use crate::common::{assert_stderr_has, bin, pattern, pattern_image, run, spawn_fed, stderr};
 
 /// `(stream id, applied offset)` from a state file, through `blkpatch --print-state`.
 fn print_state(state: &Path) -> (String, u64) {
@@ -67,11 +67,7 @@ fn truncated_then_resumed_from_the_recorded_offset() {
     let other = full_stream(&src, size, &[]);
     let out = with_state(&state, &dst, &other);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("remove it to start over"),
-        "{}",
-        stderr(&out)
-    );
+    assert_stderr_has(&out, "remove it to start over");
 
     resume(&src, &dst, &state, size);
     assert_eq!(fs::read(&dst).unwrap(), src_bytes);
@@ -177,7 +173,7 @@ fn full_filesystem_is_a_clear_error_and_the_state_tells_the_truth() {
         let _ = fs::remove_file(&state);
         let out = with_state(&state, &dst, &stream);
         assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-        assert!(stderr(&out).contains("No space left"), "{}", stderr(&out));
+        assert_stderr_has(&out, "No space left");
         assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
         if state.exists() {
             let (_, applied) = print_state(&state);

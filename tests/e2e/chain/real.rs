@@ -200,11 +200,7 @@ fn blkpatch_chain_state_refuses_out_of_chain_streams() {
     let k9 = make_chain(&mut rng, 1, "z", 9);
     let out = chain_patch(&k9.key, st, &["--input", s(&k9.streams[0])], t, b"");
     assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
-    assert!(
-        common::stderr(&out).contains("is for key id"),
-        "{}",
-        common::stderr(&out)
-    );
+    common::assert_stderr_has(&out, "is for key id");
 }
 
 /// Random sequences of real streams fed to blkpatch --chain-state: each is accepted exactly
@@ -347,11 +343,7 @@ fn lvbackup_restore_of_a_sealed_chain() {
     std::fs::write(bk.join("lvbackup.index"), &forged).unwrap();
     let out = lvbackup(&["--key", key, "--restore", "3", bks, s(&d.join("n.img"))]);
     assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
-    assert!(
-        common::stderr(&out).contains("MAC mismatch"),
-        "{}",
-        common::stderr(&out)
-    );
+    common::assert_stderr_has(&out, "MAC mismatch");
     write_index(&index, &f.key);
     // Swapped incremental files (2 and 3 renamed into each other's place), a file of another
     // chain under the same key, and a replayed file: refused, TARGET untouched.
