@@ -192,27 +192,31 @@ fn fully_different_with_lz4_and_128_bit_hashes() {
     sync_files("different", &src, &dst, &["--lz4", "--hash-bits", "128"]);
 }
 
+/// The first `len` bytes of `of`, with one bit of byte `at` flipped.
+fn shorter_and_changed(of: &[u8], len: usize, at: usize) -> Vec<u8> {
+    let mut v = of[..len].to_vec();
+    v[at] ^= 1;
+    v
+}
+
 #[test]
 fn target_smaller() {
     let src = pattern(8 * MIB + 7, 7);
-    let mut dst = src[..5 * MIB + 100].to_vec();
-    dst[12345] ^= 1;
+    let dst = shorter_and_changed(&src, 5 * MIB + 100, 12345);
     sync_case("smaller", &src, &dst, Side::File, Side::File, &[]);
 }
 
 #[test]
 fn target_larger_file_is_truncated() {
     let dst = pattern(9 * MIB, 8);
-    let mut src = dst[..6 * MIB + 3000].to_vec();
-    src[70000] ^= 1;
+    let src = shorter_and_changed(&dst, 6 * MIB + 3000, 70000);
     sync_case("larger file", &src, &dst, Side::File, Side::File, &[]);
 }
 
 #[test]
 fn target_larger_loop_device_keeps_its_tail() {
     let dst = pattern(10 * MIB, 9);
-    let mut src = dst[..7 * MIB + 512].to_vec();
-    src[7 * MIB + 100] ^= 1;
+    let mut src = shorter_and_changed(&dst, 7 * MIB + 512, 7 * MIB + 100);
     src[MIB..MIB + 3 * BS].fill(7);
     sync_case("larger device", &src, &dst, Side::File, Side::Loop, &[]);
 }
@@ -514,13 +518,14 @@ fn text_output_and_from_offset() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("disk.img");
     fs::write(&file, pattern(5 * BS + 10, 31)).unwrap();
-    let text = Command::new(bin("blkhash"))
-        .args(["--text", "--seed", "9", "--from", "8192"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(text.status.success());
-    let text = String::from_utf8(text.stdout).unwrap();
+    // blkhash --text --seed 9 --from FROM FILE
+    let text_from = |from: &str| {
+        let mut cmd = Command::new(bin("blkhash"));
+        cmd.args(["--text", "--seed", "9", "--from", from])
+            .arg(&file);
+        String::from_utf8(stdout_ok(&mut cmd, "blkhash --text")).unwrap()
+    };
+    let text = text_from("8192");
     let offsets: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(offsets, ["8192", "12288", "16384", "20480"]);
     assert!(text
@@ -537,13 +542,7 @@ fn text_output_and_from_offset() {
     );
     // An offset inside a block is rounded down to it (resume offsets are record ends); one
     // past the end of the device is refused.
-    let text = Command::new(bin("blkhash"))
-        .args(["--text", "--seed", "9", "--from", "8193"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(text.status.success());
-    assert!(String::from_utf8(text.stdout).unwrap().starts_with("8192 "));
+    assert!(text_from("8193").starts_with("8192 "));
     let patch = hash_diff(&file, &src, &["--from", "8193"], &["--from", "8193"]);
     assert_eq!(
         list(&patch),

@@ -9,19 +9,16 @@ use std::process::{Command, Output, Stdio};
 
 use blkpipe_format::patch::{PatchReader, RecordData};
 
-use crate::common::{assert_stderr_has, bin, pattern, require_loop, run, spawn_fed, stderr, Loop};
+use crate::common::{
+    assert_stderr_has, bin, pattern, pattern_image, require_loop, run, run_ok, spawn_fed, stderr,
+    Loop,
+};
 
 /// `blkread-chunks SRC < ranges` as bytes.
 fn read_chunks(src: &Path, ranges: &str, extra: &[&str]) -> Vec<u8> {
     let mut args = extra.to_vec();
     args.push(src.to_str().unwrap());
-    let out = run("blkread-chunks", &args, ranges.as_bytes());
-    assert!(
-        out.status.success(),
-        "blkread-chunks: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    run_ok("blkread-chunks", &args, ranges.as_bytes())
 }
 
 fn patch(target: &Path, stream: &[u8], extra: &[&str]) -> Output {
@@ -79,10 +76,15 @@ impl Fixture {
         self.dir.path().join(name)
     }
     fn fresh_dst(&self, name: &str) -> (PathBuf, Vec<u8>) {
-        let bytes = pattern(self.src_bytes.len(), 2);
-        let p = self.path(name);
-        fs::write(&p, &bytes).unwrap();
-        (p, bytes)
+        pattern_image(self.dir.path(), name, self.src_bytes.len(), 2)
+    }
+    /// The range list of the whole source.
+    fn whole(&self) -> String {
+        format!("0 {}\n", self.src_bytes.len())
+    }
+    /// A stream of the whole source, from blkread-chunks with `extra` options.
+    fn full_stream(&self, extra: &[&str]) -> Vec<u8> {
+        read_chunks(&self.src, &self.whole(), extra)
     }
 }
 
@@ -182,7 +184,7 @@ fn direct_reads_copy_unaligned_ranges() {
 #[test]
 fn compressed_streams_are_recognised() {
     let f = fixture();
-    let whole = format!("0 {}\n", f.src_bytes.len());
+    let whole = f.whole();
     for (tool, args) in [
         ("zstd", &["-q", "-c"][..]),
         ("lz4", &["-q", "-c"][..]),
@@ -211,15 +213,53 @@ fn compressed_streams_are_recognised() {
     }
 }
 
+/// A stream of [`RANGES`] and a target to apply damaged copies of it to.
+struct Damage {
+    stream: Vec<u8>,
+    /// Where each record ends in `stream`.
+    ends: Vec<usize>,
+    dst: PathBuf,
+    orig: Vec<u8>,
+}
+
+impl Damage {
+    fn new(f: &Fixture, extra: &[&str]) -> Self {
+        let stream = read_chunks(&f.src, RANGES, extra);
+        let ends = record_ends(&stream);
+        let (dst, orig) = f.fresh_dst("dst.img");
+        Damage {
+            stream,
+            ends,
+            dst,
+            orig,
+        }
+    }
+
+    /// Apply `bad`, damaged from byte `at` on, to the target as it was: exit 3, and the
+    /// target holds exactly the records before `at`. Returns their count and the error.
+    fn apply(&self, bad: &[u8], at: usize, what: &str) -> (usize, String) {
+        fs::write(&self.dst, &self.orig).unwrap();
+        let out = patch(&self.dst, bad, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{what}: {err}");
+        let verified = self.ends.iter().filter(|&&e| e <= at).count();
+        let mut want = self.orig.clone();
+        reference_apply(&mut want, &self.stream, verified);
+        assert!(
+            fs::read(&self.dst).unwrap() == want,
+            "{what}: target differs from the {verified} verified records"
+        );
+        (verified, err)
+    }
+}
+
 #[test]
 fn every_truncation_leaves_exactly_the_verified_records() {
-    let f = fixture();
-    let stream = read_chunks(&f.src, RANGES, &["--lz4"]);
-    let ends = record_ends(&stream);
-    let (dst, orig) = f.fresh_dst("dst.img");
+    let d = Damage::new(&fixture(), &["--lz4"]);
+    let (stream, ends) = (&d.stream, &d.ends);
     // Every cut in the header and the first record header, and around every record boundary.
     let mut cuts: Vec<usize> = (0..120).collect();
-    for &e in &ends {
+    for &e in ends {
         cuts.extend([e - 1, e, e + 1, e + 31, e + 33]);
     }
     cuts.extend((stream.len() - 90)..stream.len());
@@ -227,31 +267,19 @@ fn every_truncation_leaves_exactly_the_verified_records() {
     cuts.dedup();
     cuts.retain(|&c| c < stream.len());
     for cut in cuts {
-        fs::write(&dst, &orig).unwrap();
-        let out = patch(&dst, &stream[..cut], &[]);
-        assert_eq!(out.status.code(), Some(3), "cut at {cut}: {}", stderr(&out));
-        let err = stderr(&out);
+        let (_, err) = d.apply(&stream[..cut], cut, &format!("cut at {cut}"));
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(
             err.contains("truncated") || err.contains("bad magic"),
             "cut at {cut}: {err}"
-        );
-        let verified = ends.iter().filter(|&&e| e <= cut).count();
-        let mut want = orig.clone();
-        reference_apply(&mut want, &stream, verified);
-        assert!(
-            fs::read(&dst).unwrap() == want,
-            "cut at {cut}: target differs from the {verified} verified records"
         );
     }
 }
 
 #[test]
 fn flipped_bytes_stop_before_the_damaged_record() {
-    let f = fixture();
-    let stream = read_chunks(&f.src, RANGES, &[]);
-    let ends = record_ends(&stream);
-    let (dst, orig) = f.fresh_dst("dst.img");
+    let d = Damage::new(&fixture(), &[]);
+    let (stream, ends) = (&d.stream, &d.ends);
     let header_len = 58 + stream[48] as usize;
     let places = [
         ("header magic", 0),
@@ -268,17 +296,7 @@ fn flipped_bytes_stop_before_the_damaged_record() {
     for (what, at) in places {
         let mut bad = stream.clone();
         bad[at] ^= 0x40;
-        fs::write(&dst, &orig).unwrap();
-        let out = patch(&dst, &bad, &[]);
-        assert_eq!(out.status.code(), Some(3), "{what}: {}", stderr(&out));
-        let verified = ends.iter().filter(|&&e| e <= at).count();
-        let mut want = orig.clone();
-        reference_apply(&mut want, &stream, verified);
-        assert!(
-            fs::read(&dst).unwrap() == want,
-            "{what}: target holds more than the verified records"
-        );
-        let err = stderr(&out);
+        let (verified, err) = d.apply(&bad, at, what);
         if at >= header_len && at < stream.len() - 80 {
             assert!(err.contains(&format!("record {verified}")), "{what}: {err}");
         }
@@ -288,8 +306,7 @@ fn flipped_bytes_stop_before_the_damaged_record() {
 #[test]
 fn undo_restores_byte_for_byte_including_size() {
     let f = fixture();
-    let whole = format!("0 {}\n", f.src_bytes.len());
-    let stream = read_chunks(&f.src, &whole, &[]);
+    let stream = f.full_stream(&[]);
     // A smaller target: the patch grows it, the undo shrinks it back.
     let dst = f.path("small.img");
     let orig = pattern(1 << 20, 5);
@@ -331,8 +348,7 @@ fn undo_restores_byte_for_byte_including_size() {
 #[test]
 fn an_existing_undo_file_is_kept() {
     let f = fixture();
-    let whole = format!("0 {}\n", f.src_bytes.len());
-    let stream = read_chunks(&f.src, &whole, &[]);
+    let stream = f.full_stream(&[]);
     let (dst, orig) = f.fresh_dst("dst.img");
     let undo = f.path("undo1.patch");
     fs::write(&undo, b"earlier undo data").unwrap();
@@ -432,7 +448,7 @@ fn bad_range_lists_name_the_line() {
 #[test]
 fn broken_pipes_exit_non_zero_quietly() {
     let f = fixture();
-    let whole = format!("0 {}\n", f.src_bytes.len());
+    let whole = f.whole();
     // Consumer goes away: the producer must not report success.
     let src = f.src.to_str().unwrap();
     let (mut producer, _) = spawn_fed("blkread-chunks", &[src], whole.as_bytes());
@@ -449,8 +465,7 @@ fn broken_pipes_exit_non_zero_quietly() {
 #[test]
 fn loop_device_targets() {
     let f = fixture();
-    let whole = format!("0 {}\n", f.src_bytes.len());
-    let stream = read_chunks(&f.src, &whole, &["--lz4"]);
+    let stream = f.full_stream(&["--lz4"]);
     // Same size as the source (rounded to 512 by the loop driver: use an aligned size).
     let size = f.src_bytes.len().div_ceil(512) * 512;
     let backing = f.path("loop.img");
@@ -546,8 +561,7 @@ fn empty_stream_creates_no_target() {
 #[test]
 fn stats_json_and_progress_feed() {
     let f = fixture();
-    let whole = format!("0 {}\n", f.src_bytes.len());
-    let stream = read_chunks(&f.src, &whole, &[]);
+    let stream = f.full_stream(&[]);
     let dst = f.path("dst.img");
     // fd 3 is the write end of a pipe whose read end the test keeps.
     let (mut rd, wr) = std::io::pipe().unwrap();
