@@ -102,6 +102,17 @@ pub fn pattern_image(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf,
     (p, bytes)
 }
 
+/// The number GNU time wrote to `file` (`/usr/bin/time -f %M -o FILE`: one field), e.g.
+/// the peak RSS in KiB.
+pub fn gnu_time_value(file: &Path) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("GNU time wrote a number")
+}
+
 /// Assert that `o`'s stderr holds `want`.
 #[track_caller]
 pub fn assert_stderr_has(o: &Output, want: &str) {

@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use crate::common::{bin, pattern, require_loop, stderr, Loop, Rng};
+use crate::common::{bin, gnu_time_value, pattern, require_loop, stderr, Loop, Rng};
 
 /// Not a multiple of 4 KiB (a short last block), but of 512 (a loop device's size is).
 const SIZE: u64 = (512 << 20) + 4096 * 3 + 512;
@@ -73,13 +73,7 @@ fn timed(
     }
     let out = cmd.output().expect("run /usr/bin/time");
     assert!(out.status.success(), "{tool} {args:?}: {}", stderr(&out));
-    let blocks: u64 = std::fs::read_to_string(&io)
-        .unwrap()
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("a count from GNU time");
-    (out, blocks * 512)
+    (out, gnu_time_value(&io) * 512)
 }
 
 #[test]
@@ -92,16 +86,25 @@ fn hash_and_diff_skip_holes_with_the_output_of_a_full_read() {
     let lo = require_loop(Loop::attach(&src));
     let (s, l) = (src.to_str().unwrap(), lo.path().to_str().unwrap());
 
-    // The full reads come first, so the binaries' pages are cached for the measured run.
-    let hash = |dev: &str, env| timed(dir.path(), "blkhash", &["--seed", "9", dev], None, env);
-    let full = hash(l, None).0.stdout;
-    assert!(hash(s, Some("BLKPIPE_NO_SKIP_HOLES")).0.stdout == full);
-    evict(&src);
-    let (skip, read) = hash(s, None);
-    assert!(
-        skip.stdout == full,
-        "blkhash: skipping holes changed the stream"
-    );
+    // `run` on the loop device (a full read), on the file without and (cache dropped) with
+    // hole skipping: the same output each time. Returns it and what the last run read. The
+    // full reads come first, so the binaries' pages are cached for the measured run.
+    let same_output = |tool: &str, opts: &[&str], stdin: Option<&Path>| {
+        let run = |dev: &str, env| timed(dir.path(), tool, &[opts, &[dev]].concat(), stdin, env);
+        let full = run(l, None).0.stdout;
+        assert!(
+            run(s, Some("BLKPIPE_NO_SKIP_HOLES")).0.stdout == full,
+            "{tool}"
+        );
+        evict(&src);
+        let (skip, read) = run(s, None);
+        assert!(
+            skip.stdout == full,
+            "{tool}: skipping holes changed the output"
+        );
+        (full, read)
+    };
+    let (_, read) = same_output("blkhash", &["--seed", "9"], None);
     assert!(
         read <= data + (8 << 20),
         "blkhash read {read} bytes from storage for {data} bytes of data in {SIZE}"
@@ -109,17 +112,14 @@ fn hash_and_diff_skip_holes_with_the_output_of_a_full_read() {
 
     // blkdiff: the patch of a sparse source against an old copy's hashes.
     let hashes = dir.path().join("old.hashes");
-    std::fs::write(&hashes, hash(old.to_str().unwrap(), None).0.stdout).unwrap();
+    let old = ["--seed", "9", old.to_str().unwrap()];
+    std::fs::write(
+        &hashes,
+        timed(dir.path(), "blkhash", &old, None, None).0.stdout,
+    )
+    .unwrap();
     let id = "--stream-id=0123456789abcdef0123456789abcdef";
-    let diff = |dev: &str, env| timed(dir.path(), "blkdiff", &[id, dev], Some(&hashes), env);
-    let full = diff(l, None).0.stdout;
+    let (full, read) = same_output("blkdiff", &[id], Some(&hashes));
     assert!(full.len() as u64 > data, "the patch carries the data");
-    assert!(diff(s, Some("BLKPIPE_NO_SKIP_HOLES")).0.stdout == full);
-    evict(&src);
-    let (skip, read) = diff(s, None);
-    assert!(
-        skip.stdout == full,
-        "blkdiff: skipping holes changed the patch"
-    );
     assert!(read <= data + (8 << 20), "blkdiff read {read} bytes");
 }

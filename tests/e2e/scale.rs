@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::{bin, pattern};
+use crate::common::{bin, gnu_time_value, pattern};
 
 const CAP_KIB: u64 = 64 << 10;
 const LINES: u64 = 10_000_000;
@@ -55,7 +55,7 @@ fn check_list(dir: &Path, list: &Path, what: &str) {
         "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let kib = peak_rss_kib(&rss);
+    let kib = gnu_time_value(&rss);
     assert!(
         kib < CAP_KIB,
         "{what}: blkread-chunks peaked at {kib} KiB on {LINES} lines (cap {CAP_KIB} KiB)"
@@ -72,16 +72,6 @@ fn check_list(dir: &Path, list: &Path, what: &str) {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".blkpipe-"))
         .collect();
     assert!(left.is_empty(), "{what}: temporary files left: {left:?}");
-}
-
-/// The peak RSS in KiB that `/usr/bin/time -f %M -o FILE` wrote to `file`.
-fn peak_rss_kib(file: &Path) -> u64 {
-    fs::read_to_string(file)
-        .unwrap()
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("GNU time wrote the peak RSS")
 }
 
 #[test]
@@ -159,7 +149,7 @@ fn cowlist_of_ten_million_exceptions_in_bounded_memory() {
     );
     let err = fs::read_to_string(&stats).unwrap_or_default();
     assert!(out.status.success(), "cowlist: {err}");
-    let kib = peak_rss_kib(&rss);
+    let kib = gnu_time_value(&rss);
     assert!(
         kib < CAP_KIB,
         "cowlist peaked at {kib} KiB on {N} exceptions (cap {CAP_KIB} KiB)"
