@@ -260,7 +260,7 @@ fn one_attack(rng: &mut Rng, key: &SealKey, which: Attack, c: &Chain, other: &Ch
 fn thousands_of_chain_attacks_in_process_none_accepted() {
     let key = SealKey::from_slice(&[0x5c; 32]).unwrap();
     let mut rng = Rng(0xc4a1_0001);
-    let mut count = std::collections::HashMap::new();
+    let mut count = crate::common::Tally::default();
     let mut done = 0;
     while done < 3000 {
         // An older chain (steps 1..4) and a newer one under the same key.
@@ -277,7 +277,7 @@ fn thousands_of_chain_attacks_in_process_none_accepted() {
                 &other
             };
             if one_attack(&mut rng, &key, which, &c, o) {
-                *count.entry(which).or_insert(0u32) += 1;
+                count.add(which);
                 done += 1;
             }
         }
@@ -298,12 +298,7 @@ fn thousands_of_chain_attacks_in_process_none_accepted() {
         apply(&key, &mut state, &other.streams[0], &mut t, true).unwrap();
         assert!(t == other.images[0]);
     }
-    for a in ATTACKS {
-        assert!(
-            count.get(&a).copied().unwrap_or(0) > 100,
-            "{a:?}: {count:?}"
-        );
-    }
+    count.assert_each_over(&ATTACKS, 100);
 }
 
 /// blkmerge (in-process): inputs that are not consecutive steps of one chain are refused

@@ -192,3 +192,29 @@ pub fn require_loop(l: Option<Loop>) -> Loop {
     // CI runs as root with loop devices; a developer box without them says so loudly.
     l.expect("loop devices are required (run as root with losetup)")
 }
+
+/// How many times a randomized test drew each kind of case.
+#[derive(Debug)]
+pub struct Tally<K>(std::collections::HashMap<K, u32>);
+
+impl<K> Default for Tally<K> {
+    fn default() -> Self {
+        Tally(std::collections::HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq + std::fmt::Debug> Tally<K> {
+    /// Count one case of kind `k`.
+    pub fn add(&mut self, k: K) {
+        *self.0.entry(k).or_insert(0) += 1;
+    }
+
+    /// Assert that each kind in `all` was drawn more than `min` times.
+    #[track_caller]
+    pub fn assert_each_over(&self, all: &[K], min: u32) {
+        for k in all {
+            let n = self.0.get(k).copied().unwrap_or(0);
+            assert!(n > min, "{k:?} drawn {n} times: {self:?}");
+        }
+    }
+}

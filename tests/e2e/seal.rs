@@ -297,7 +297,7 @@ fn divergence(genuine: &[u8], attacked: &[u8]) -> usize {
 fn ten_thousand_attacks_in_process_none_accepted() {
     let k = key(1);
     let mut rng = Rng(0x5ea1_0001);
-    let mut count = std::collections::HashMap::new();
+    let mut count = common::Tally::default();
     let mut done = 0;
     while done < 12_000 {
         let lz4 = rng.below(2) == 0;
@@ -336,16 +336,11 @@ fn ten_thousand_attacks_in_process_none_accepted() {
             if matches!(which, Attack::Unsealed) {
                 assert!(matches!(r, Err(FormatError::NotSealed { .. })), "{r:?}");
             }
-            *count.entry(which).or_insert(0u32) += 1;
+            count.add(which);
             done += 1;
         }
     }
-    for a in ATTACKS {
-        assert!(
-            count.get(&a).copied().unwrap_or(0) > 300,
-            "{a:?}: {count:?}"
-        );
-    }
+    count.assert_each_over(&ATTACKS, 300);
 }
 
 #[test]
