@@ -29,6 +29,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::PosixFadviseAdvice as Fadvise;
+
 mod aligned;
 mod engine;
 pub mod guard;
@@ -552,7 +554,7 @@ impl Device {
     }
 
     /// Give the kernel advice on a range (0 length: to the end). Advisory: errors are ignored.
-    fn fadvise(&self, offset: u64, len: u64, advice: nix::fcntl::PosixFadviseAdvice) {
+    fn fadvise(&self, offset: u64, len: u64, advice: Fadvise) {
         if let Some(fd) = self.fd() {
             let _ = nix::fcntl::posix_fadvise(fd, offset as i64, len as i64, advice);
         }
@@ -561,30 +563,17 @@ impl Device {
     /// Tell the kernel the range will not be needed again, so a full read does not push other
     /// data out of the page cache. Advisory: errors are ignored.
     pub fn fadvise_dontneed(&self, offset: u64, len: u64) {
-        self.fadvise(
-            offset,
-            len,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
-    }
-
-    /// Tell the kernel the device will be read sequentially. Advisory.
-    pub fn fadvise_sequential(&self) {
-        self.fadvise(0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL);
+        self.fadvise(offset, len, Fadvise::POSIX_FADV_DONTNEED);
     }
 
     /// Ask the kernel to start reading the range into the page cache. Advisory.
     pub fn fadvise_willneed(&self, offset: u64, len: u64) {
-        self.fadvise(
-            offset,
-            len,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
-        );
+        self.fadvise(offset, len, Fadvise::POSIX_FADV_WILLNEED);
     }
 
     /// Tell the kernel reads will be scattered, so it does not read ahead. Advisory.
     pub fn fadvise_random(&self) {
-        self.fadvise(0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM);
+        self.fadvise(0, 0, Fadvise::POSIX_FADV_RANDOM);
     }
 
     /// `(major, minor)` of a block device.
