@@ -6,7 +6,6 @@ use blkpipe_cli::args::blkdiff::Args;
 use blkpipe_dev::Device;
 use blkpipe_ops::diff::{diff_device_ranges, DiffOptions};
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
-use blkpipe_ops::patch_out::PatchOutput;
 use blkpipe_ops::ranges::RangeLimits;
 use clap::Parser;
 
@@ -25,12 +24,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => "stdin".into(),
     })?;
     let opts = DiffOptions {
-        patch: PatchOutput {
-            lz4: args.lz4,
-            stream_id: args.stream_id,
-            key,
-            ..PatchOutput::new("blkdiff")
-        },
+        patch: args.patch.options("blkdiff", key),
         from_offset: args.from,
         scan: args.scan.options(),
         list_differing: args.list_differing,

@@ -4,7 +4,6 @@ use blkpipe_cli as cli;
 use blkpipe_cli::args::blkread_chunks::Args;
 use blkpipe_dev::{Avoid, Device};
 use blkpipe_ops::chunks::{read_chunks, ChunkOptions};
-use blkpipe_ops::patch_out::PatchOutput;
 use clap::Parser;
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -18,12 +17,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // A binary stream or compressed data is named, not parsed as text.
     let (ranges, _) = cli::open_range_list(args.ranges.as_deref())?;
     let opts = ChunkOptions {
-        patch: PatchOutput {
-            lz4: args.lz4,
-            stream_id: args.stream_id,
-            key,
-            ..PatchOutput::new("blkread-chunks")
-        },
+        patch: args.patch.options("blkread-chunks", key),
         from_offset: args.from,
         ignore_size: args.ignore_size,
         chain: chain.as_ref().map(|c| c.block()),

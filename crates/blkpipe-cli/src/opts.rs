@@ -266,6 +266,35 @@ impl StreamOutput {
     }
 }
 
+/// How the tools that read a device into a patch stream (blkread-chunks, blkdiff) write it.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Output")]
+pub struct PatchStreamArgs {
+    /// Compress data payloads with lz4 (only where that makes them smaller).
+    #[arg(long)]
+    pub lz4: bool,
+    /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
+    /// `blkpatch --state` recorded (see `blkpatch --print-state`).
+    #[arg(long, value_name = "HEX", value_parser = crate::parse_stream_id)]
+    pub stream_id: Option<[u8; 16]>,
+}
+
+impl PatchStreamArgs {
+    /// The patch stream options of `tool`, sealed with `key` if given.
+    pub fn options(
+        &self,
+        tool: &str,
+        key: Option<blkpipe_format::seal::SealKey>,
+    ) -> blkpipe_ops::patch_out::PatchOutput {
+        blkpipe_ops::patch_out::PatchOutput {
+            lz4: self.lz4,
+            stream_id: self.stream_id,
+            key,
+            ..blkpipe_ops::patch_out::PatchOutput::new(tool)
+        }
+    }
+}
+
 /// How a whole device is scanned (blkhash, blkdiff).
 #[derive(clap::Args, Debug, Clone)]
 pub struct ScanArgs {

@@ -54,17 +54,13 @@ pub struct Args {
     /// Write the range list of the remote's differing blocks instead of a patch stream.
     #[arg(long, conflicts_with_all = ["lz4", "stream_id"], help_heading = "Output")]
     pub list_differing: bool,
-    /// Compress data payloads with lz4 (only where that makes them smaller).
-    #[arg(long, help_heading = "Output")]
-    pub lz4: bool,
+    /// The patch stream (`--lz4`, `--stream-id`).
+    #[command(flatten)]
+    pub patch: crate::opts::PatchStreamArgs,
     /// Write no records below this byte offset, rounded down to a multiple of the block size
     /// (DEV is still read whole for its digest).
     #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = crate::parse_size, help_heading = "Output")]
     pub from: u64,
-    /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
-    /// `blkpatch --state` recorded (see `blkpatch --print-state`).
-    #[arg(long, value_name = "HEX", value_parser = crate::parse_stream_id, help_heading = "Output")]
-    pub stream_id: Option<[u8; 16]>,
     /// Stream output options (`--force-tty`).
     #[command(flatten)]
     pub output: crate::opts::StreamOutput,

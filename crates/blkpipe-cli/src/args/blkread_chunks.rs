@@ -39,13 +39,9 @@ pub struct Args {
     /// Skip everything below this byte offset (to resume an interrupted transfer).
     #[arg(long, value_name = "OFFSET", default_value = "0", value_parser = crate::parse_size, help_heading = "Input")]
     pub from: u64,
-    /// Compress data payloads with lz4 (only where that makes them smaller).
-    #[arg(long, help_heading = "Output")]
-    pub lz4: bool,
-    /// Use this stream id (32 hex digits) instead of a random one, to resume a stream that
-    /// `blkpatch --state` recorded (see `blkpatch --print-state`).
-    #[arg(long, value_name = "HEX", value_parser = crate::parse_stream_id, help_heading = "Output")]
-    pub stream_id: Option<[u8; 16]>,
+    /// The patch stream (`--lz4`, `--stream-id`).
+    #[command(flatten)]
+    pub patch: crate::opts::PatchStreamArgs,
     /// Accept a range list whose header names a different device size.
     #[arg(long, help_heading = "Safety")]
     pub ignore_size: bool,
