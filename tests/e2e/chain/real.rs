@@ -25,6 +25,13 @@ struct Files {
 
 const SIZE: usize = 256 << 10;
 
+/// `blkread-chunks --key KEY --chain CHAIN --new-chain STEP IMG` over all of IMG: the full
+/// image that starts a chain at STEP.
+fn full_image(key: &str, chain: &str, step: &str, img: &str) -> Vec<u8> {
+    let args = ["--key", key, "--chain", chain, "--new-chain", step, img];
+    run_ok("blkread-chunks", &args, format!("0 {SIZE}\n").as_bytes())
+}
+
 fn make_chain(rng: &mut Rng, steps: usize, tag: &str, key_byte: u8) -> Files {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -34,11 +41,7 @@ fn make_chain(rng: &mut Rng, steps: usize, tag: &str, key_byte: u8) -> Files {
     let img = d.join("v.img");
     std::fs::write(&img, &image).unwrap();
     let imgs = img.to_str().unwrap().to_owned();
-    let full = run_ok(
-        "blkread-chunks",
-        &["--key", &key, "--chain", &chain, "--new-chain", "1", &imgs],
-        format!("0 {SIZE}\n").as_bytes(),
-    );
+    let full = full_image(&key, &chain, "1", &imgs);
     let mut f = Files {
         images: vec![image.clone()],
         streams: vec![d.join(format!("{tag}1.full"))],
@@ -239,19 +242,7 @@ fn new_chains_and_redos_of_full_images_through_blkpatch() {
     let b_data = common::pattern(SIZE, rng.next());
     std::fs::write(&b_img, &b_data).unwrap();
     let b_full = d.join("b9.full");
-    let out = run_ok(
-        "blkread-chunks",
-        &[
-            "--key",
-            &f.key,
-            "--chain",
-            s(&d.join("b.chain")),
-            "--new-chain",
-            "9",
-            s(&b_img),
-        ],
-        format!("0 {SIZE}\n").as_bytes(),
-    );
+    let out = full_image(&f.key, s(&d.join("b.chain")), "9", s(&b_img));
     std::fs::write(&b_full, out).unwrap();
     // The full image of A on a zeroed image, with an undo file; then B's newer full image:
     // refused, even with --accept-rollback; taken with --accept-new-chain.
@@ -362,19 +353,7 @@ fn lvbackup_restore_of_a_sealed_chain() {
     // Backup 5: a --full, which starts a new chain (at step 5) in the same directory.
     let img5 = common::pattern(SIZE, rng.next());
     std::fs::write(d.join("v5.img"), &img5).unwrap();
-    let full5 = run_ok(
-        "blkread-chunks",
-        &[
-            "--key",
-            &f.key,
-            "--chain",
-            s(&d.join("chain5")),
-            "--new-chain",
-            "5",
-            s(&d.join("v5.img")),
-        ],
-        format!("0 {SIZE}\n").as_bytes(),
-    );
+    let full5 = full_image(&f.key, s(&d.join("chain5")), "5", s(&d.join("v5.img")));
     std::fs::write(bk.join("000005.full.patch"), full5).unwrap();
     index += "5 full lv-lvbackup-5 0 0 000005.full.patch - -\n";
     let write_index = |body: &str, key: &str| {

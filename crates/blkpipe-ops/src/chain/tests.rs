@@ -12,6 +12,12 @@ fn block(kind: ChainKind, first: u64, last: u64, prev: u8, head: u8) -> ChainBlo
     }
 }
 
+/// `b` as a block of chain `id` (not chain 1).
+fn of_chain(id: u8, mut b: ChainBlock) -> ChainBlock {
+    b.chain_id = [id; 16];
+    b
+}
+
 fn pos(step: u64, link: u8) -> ChainPos {
     ChainPos {
         key_id: [0; 8],
@@ -32,6 +38,10 @@ fn the_rules() {
         new_chain: false,
     };
     let ok = |st: Option<&ChainPos>, b: ChainBlock, a: bool| check(p, st, &b, acc(a)).is_ok();
+    // Why `b` is refused on a target at `st` with `a`.
+    let refusal = |st: &ChainPos, b: &ChainBlock, a: ChainAccept| {
+        check(p, Some(st), b, a).unwrap_err().to_string()
+    };
     // A full image on a fresh target; an incremental needs one first.
     assert!(ok(None, block(fwd, 3, 3, 0, 0), false));
     assert!(!ok(None, block(fwd, 4, 4, 3, 0), false));
@@ -47,14 +57,11 @@ fn the_rules() {
         (block(ChainKind::Undo, 4, 4, 3, 4), "another position"),
         (block(ChainKind::Undo, 5, 5, 4, 6), "another position"),
     ] {
-        let e = check(p, Some(&st), &b, acc(false)).unwrap_err().to_string();
+        let e = refusal(&st, &b, acc(false));
         assert!(e.contains(want), "{b:?}: {e}");
     }
-    let mut foreign = block(fwd, 6, 6, 5, 0);
-    foreign.chain_id = [2; 16];
-    let e = check(p, Some(&st), &foreign, acc(false))
-        .unwrap_err()
-        .to_string();
+    let foreign = of_chain(2, block(fwd, 6, 6, 5, 0));
+    let e = refusal(&st, &foreign, acc(false));
     assert!(e.contains("foreign chain"), "{e}");
     // --accept-rollback: an older full image and a matching undo; never a stale incremental.
     assert!(ok(Some(&st), block(fwd, 2, 2, 0, 0), true));
@@ -62,11 +69,8 @@ fn the_rules() {
     assert!(!ok(Some(&st), block(fwd, 5, 5, 4, 0), true));
     // A full image of another chain, even a newer one, only with --accept-new-chain (and an
     // older one only with --accept-rollback too).
-    let mut newer = block(fwd, 9, 9, 0, 0);
-    newer.chain_id = [7; 16];
-    let e = check(p, Some(&st), &newer, acc(true))
-        .unwrap_err()
-        .to_string();
+    let newer = of_chain(7, block(fwd, 9, 9, 0, 0));
+    let e = refusal(&st, &newer, acc(true));
     assert!(
         e.contains("another chain") && e.contains("--accept-new-chain"),
         "{e}"
@@ -76,11 +80,8 @@ fn the_rules() {
         new_chain: true,
     };
     assert!(check(p, Some(&st), &newer, new_chain(false)).is_ok());
-    let mut older = block(fwd, 2, 2, 0, 0);
-    older.chain_id = [7; 16];
-    let e = check(p, Some(&st), &older, new_chain(false))
-        .unwrap_err()
-        .to_string();
+    let older = of_chain(7, block(fwd, 2, 2, 0, 0));
+    let e = refusal(&st, &older, new_chain(false));
     assert!(e.contains("rollback refused"), "{e}");
     assert!(check(p, Some(&st), &older, new_chain(true)).is_ok());
     // --accept-new-chain takes nothing but full images of another chain.
