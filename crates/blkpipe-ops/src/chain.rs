@@ -423,6 +423,17 @@ pub fn check(
     };
     let held = st.describe();
     let same_chain = st.chain_id == block.chain_id;
+    // Anything but a full image must belong to the chain the target holds.
+    if !same_chain && !block.is_base() {
+        let this = match block.kind {
+            ChainKind::Forward => "stream",
+            ChainKind::Redo => "redo",
+            ChainKind::Undo => "undo stream",
+        };
+        return refuse(format!(
+            "foreign chain: the target holds {held} ({file}); this {this} belongs to another chain"
+        ));
+    }
     match block.kind {
         ChainKind::Forward if block.is_base() => {
             if !same_chain && !accept.new_chain {
@@ -444,11 +455,6 @@ pub fn check(
             ))
         }
         ChainKind::Forward => {
-            if !same_chain {
-                return refuse(format!(
-                    "foreign chain: the target holds {held} ({file}); this stream belongs to another chain"
-                ));
-            }
             if block.first <= st.step {
                 return refuse(format!(
                     "replayed or older stream: the target holds step {} already ({file}); the next stream must start at step {}",
@@ -476,11 +482,6 @@ pub fn check(
             Ok(())
         }
         ChainKind::Redo => {
-            if !same_chain {
-                return refuse(format!(
-                    "foreign chain: the target holds {held} ({file}); this redo belongs to another chain"
-                ));
-            }
             // The only state it applies to: the one the undo of the full image left (step
             // first - 1 of this chain, link zero).
             if st.link != NO_LINK || st.step != block.first.saturating_sub(1) {
@@ -492,11 +493,6 @@ pub fn check(
             Ok(())
         }
         ChainKind::Undo => {
-            if !same_chain {
-                return refuse(format!(
-                    "foreign chain: the target holds {held} ({file}); this undo stream belongs to another chain"
-                ));
-            }
             if block.last != st.step || block.head != st.link {
                 return refuse(format!(
                     "undo stream for another position: it undoes step {}, but the target holds {held} ({file})",
