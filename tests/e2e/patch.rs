@@ -220,10 +220,12 @@ struct Damage {
     ends: Vec<usize>,
     dst: PathBuf,
     orig: Vec<u8>,
+    /// Holds the files.
+    _f: Fixture,
 }
 
 impl Damage {
-    fn new(f: &Fixture, extra: &[&str]) -> Self {
+    fn new(f: Fixture, extra: &[&str]) -> Self {
         let stream = read_chunks(&f.src, RANGES, extra);
         let ends = record_ends(&stream);
         let (dst, orig) = f.fresh_dst("dst.img");
@@ -232,6 +234,7 @@ impl Damage {
             ends,
             dst,
             orig,
+            _f: f,
         }
     }
 
@@ -255,7 +258,7 @@ impl Damage {
 
 #[test]
 fn every_truncation_leaves_exactly_the_verified_records() {
-    let d = Damage::new(&fixture(), &["--lz4"]);
+    let d = Damage::new(fixture(), &["--lz4"]);
     let (stream, ends) = (&d.stream, &d.ends);
     // Every cut in the header and the first record header, and around every record boundary.
     let mut cuts: Vec<usize> = (0..120).collect();
@@ -278,7 +281,7 @@ fn every_truncation_leaves_exactly_the_verified_records() {
 
 #[test]
 fn flipped_bytes_stop_before_the_damaged_record() {
-    let d = Damage::new(&fixture(), &[]);
+    let d = Damage::new(fixture(), &[]);
     let (stream, ends) = (&d.stream, &d.ends);
     let header_len = 58 + stream[48] as usize;
     let places = [
