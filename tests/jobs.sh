@@ -5,9 +5,9 @@
 #   jobs_run N LOGDIR NAME=COMMAND...
 #
 # Starts the jobs in the order given (put the longest first), at most N at once. Each runs
-# `bash -c COMMAND` with its output (stdout and stderr) in LOGDIR/NAME.log; when a job ends
-# its whole log is printed between "== NAME" and "== NAME: PASS (N s)" or "FAIL (exit E, N s)"
-# lines, so the logs of jobs that ran side by side never interleave. Returns 0 if every job
+# `bash -c COMMAND` with its output (stdout and stderr) in LOGDIR/NAME.log (a / in NAME as _);
+# when a job ends its whole log is printed between "== NAME" and "== NAME: PASS (N s)" or
+# "FAIL (exit E, N s)" lines, so the logs of jobs that ran side by side never interleave. Returns 0 if every job
 # passed, else 1 after a line naming the failed ones. JOBS_TIMES (an array) gets one
 # "SECONDS NAME" entry per job, for a summary.
 
@@ -18,6 +18,7 @@ jobs_run() {
     shift 2
     local queue=("$@") failed=() spec name pid rc t
     local -A name_of=() start_of=()
+    _jobs_log() { printf '%s/%s.log' "$logdir" "${1//\//_}"; }
     mkdir -p "$logdir"
     while ((${#queue[@]} > 0 || ${#name_of[@]} > 0)); do
         while ((${#queue[@]} > 0 && ${#name_of[@]} < max)); do
@@ -25,7 +26,7 @@ jobs_run() {
             queue=("${queue[@]:1}")
             name="${spec%%=*}"
             printf '== %s: started [%s]\n' "$name" "$(date +%T)"
-            bash -c "${spec#*=}" >"$logdir/$name.log" 2>&1 </dev/null &
+            bash -c "${spec#*=}" >"$(_jobs_log "$name")" 2>&1 </dev/null &
             name_of[$!]="$name"
             start_of[$!]=$SECONDS
         done
@@ -36,7 +37,7 @@ jobs_run() {
         unset "name_of[$pid]" "start_of[$pid]"
         JOBS_TIMES+=("$t $name")
         printf '\n== %s\n' "$name"
-        cat "$logdir/$name.log"
+        cat "$(_jobs_log "$name")"
         if ((rc == 0)); then
             printf '== %s: PASS (%d s)\n' "$name" "$t"
         else
