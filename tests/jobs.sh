@@ -7,9 +7,9 @@
 # Starts the jobs in the order given (put the longest first), at most N at once. Each runs
 # `bash -c COMMAND` with its output (stdout and stderr) in LOGDIR/NAME.log (a / in NAME as _);
 # when a job ends its whole log is printed between "== NAME" and "== NAME: PASS (N s)" or
-# "FAIL (exit E, N s)" lines, so the logs of jobs that ran side by side never interleave. Returns 0 if every job
-# passed, else 1 after a line naming the failed ones. JOBS_TIMES (an array) gets one
-# "SECONDS NAME" entry per job, for a summary.
+# "FAIL (exit E, N s)" lines, so the logs of jobs that ran side by side never interleave.
+# Returns 0 if every job passed, else 1 after a line naming the failed ones. JOBS_TIMES (an
+# array) gets one "SECONDS NAME" entry per job, for a summary.
 
 JOBS_TIMES=()
 
