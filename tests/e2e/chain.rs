@@ -11,7 +11,7 @@
 use blkpipe_format::chain::{ChainBlock, ChainKind, Link, NO_LINK};
 use blkpipe_format::patch::{PatchHeader, PatchReader, PatchWriter, RecordData};
 use blkpipe_format::seal::SealKey;
-use blkpipe_ops::chain::{advance, check, ChainPos};
+use blkpipe_ops::chain::{advance, check, undo_block, ChainAccept, ChainPos};
 use blkpipe_ops::merge::{merge_patches, MergeOptions};
 
 use crate::common;
@@ -48,6 +48,10 @@ struct Chain {
     images: Vec<Vec<u8>>,
     /// undos[i] (i >= 1): takes step base + i back to base + i - 1.
     undos: Vec<Option<Vec<u8>>>,
+    /// The undo of the full image (back to an all-zero target), and the undo of that undo:
+    /// a redo, which applies only where that undo left the target.
+    undo_full: Vec<u8>,
+    redo_full: Vec<u8>,
 }
 
 fn write_stream(
@@ -85,11 +89,16 @@ fn gen_chain(rng: &mut Rng, key: &SealKey, base: u64, len: usize) -> Chain {
         head: NO_LINK,
     };
     let (s, mut link) = write_stream(key, full, &image, &[(0, SIZE)]);
+    let undo = undo_block(&full, &link);
+    let (undo_full, undo_link) = write_stream(key, undo, &[0; SIZE], &[(0, SIZE)]);
+    let (redo_full, _) = write_stream(key, undo_block(&undo, &undo_link), &image, &[(0, SIZE)]);
     let mut c = Chain {
         base,
         streams: vec![s],
         images: vec![image.clone()],
         undos: vec![None],
+        undo_full,
+        redo_full,
     };
     for i in 1..len as u64 {
         let old = image.clone();
@@ -133,7 +142,7 @@ fn apply(
     state: &mut Option<ChainPos>,
     stream: &[u8],
     target: &mut [u8],
-    accept_rollback: bool,
+    accept: ChainAccept,
 ) -> Result<(), String> {
     let mut r = PatchReader::with_key(stream, Vec::new(), Some(key)).map_err(|e| e.to_string())?;
     let block = r.header().chain.ok_or("no chain block")?;
@@ -141,7 +150,7 @@ fn apply(
         std::path::Path::new("state"),
         state.as_ref(),
         &block,
-        accept_rollback,
+        accept,
     )
     .map_err(|e| e.to_string())?;
     while let Some(rec) = r.next_record().map_err(|e| e.to_string())? {
@@ -163,26 +172,44 @@ enum Attack {
     Foreign,
     OlderFull,
     OlderChain,
+    NewerChain,
     UndoElsewhere,
     UndoWithoutAccept,
+    RedoElsewhere,
     ForgedChainBlock,
 }
 
-const ATTACKS: [Attack; 9] = [
+const ATTACKS: [Attack; 11] = [
     Attack::Swap,
     Attack::Drop,
     Attack::Replay,
     Attack::Foreign,
     Attack::OlderFull,
     Attack::OlderChain,
+    Attack::NewerChain,
     Attack::UndoElsewhere,
     Attack::UndoWithoutAccept,
+    Attack::RedoElsewhere,
     Attack::ForgedChainBlock,
 ];
 
+/// Plain blkpatch --chain-state (no --accept-* option).
+const STRICT: ChainAccept = ChainAccept {
+    rollback: false,
+    new_chain: false,
+};
+
 /// A target that follows chain `c` up to step base + k is given a bad stream: refused, target
-/// unchanged, position unchanged. Returns false if the attack does not apply at `k`.
-fn one_attack(rng: &mut Rng, key: &SealKey, which: Attack, c: &Chain, other: &Chain) -> bool {
+/// unchanged, position unchanged. Returns false if the attack does not apply at `k`. `other`
+/// is another chain under the same key (`newer`: one whose full image is after `c`'s steps).
+fn one_attack(
+    rng: &mut Rng,
+    key: &SealKey,
+    which: Attack,
+    c: &Chain,
+    other: &Chain,
+    newer: &Chain,
+) -> bool {
     let n = c.streams.len();
     let k = 1 + rng.below(n as u64 - 1) as usize; // the target holds base + k (k >= 1)
     let bad: Vec<u8> = match which {
@@ -206,6 +233,10 @@ fn one_attack(rng: &mut Rng, key: &SealKey, which: Attack, c: &Chain, other: &Ch
         }
         Attack::OlderFull => c.streams[0].clone(),
         Attack::OlderChain => other.streams[0].clone(),
+        // Another volume's newer full image under a shared key.
+        Attack::NewerChain => newer.streams[0].clone(),
+        // The redo of the full image, on a target past it (or `other`'s, on any).
+        Attack::RedoElsewhere => [&c.redo_full, &other.redo_full][rng.below(2) as usize].clone(),
         Attack::UndoElsewhere => {
             let j = 1 + rng.below(n as u64 - 1) as usize;
             if j == k {
@@ -234,11 +265,11 @@ fn one_attack(rng: &mut Rng, key: &SealKey, which: Attack, c: &Chain, other: &Ch
     let mut state = None;
     let mut t = vec![0u8; SIZE];
     for s in &c.streams[..=k] {
-        apply(key, &mut state, s, &mut t, false).unwrap();
+        apply(key, &mut state, s, &mut t, STRICT).unwrap();
     }
     assert!(t == c.images[k]);
     let before = state.clone();
-    let r = apply(key, &mut state, &bad, &mut t, false);
+    let r = apply(key, &mut state, &bad, &mut t, STRICT);
     let e = match r {
         Ok(()) => panic!("{which:?} at step {} accepted", c.base + k as u64),
         Err(e) => e,
@@ -250,11 +281,15 @@ fn one_attack(rng: &mut Rng, key: &SealKey, which: Attack, c: &Chain, other: &Ch
         Attack::Replay => "replayed",
         Attack::Foreign => "foreign chain",
         Attack::OlderFull | Attack::UndoWithoutAccept => "rollback refused",
-        Attack::OlderChain => "rollback refused",
+        Attack::OlderChain | Attack::NewerChain => "full image of another chain",
+        Attack::RedoElsewhere => "redo for another position",
         Attack::UndoElsewhere => "another position",
         Attack::ForgedChainBlock => "MAC mismatch",
     };
-    assert!(e.contains(want), "{which:?}: {e}");
+    assert!(
+        e.contains(want) || which == Attack::RedoElsewhere && e.contains("foreign chain"),
+        "{which:?}: {e}"
+    );
     true
 }
 
@@ -271,6 +306,7 @@ fn thousands_of_chain_attacks_in_process_none_accepted() {
         let c = gen_chain(&mut rng, &key, base, len);
         // Foreign needs a chain overlapping in steps: a parallel chain at the same base.
         let parallel = gen_chain(&mut rng, &key, c.base, c.streams.len());
+        let newer = gen_chain(&mut rng, &key, c.base + c.streams.len() as u64, 1);
         for _ in 0..12 {
             let which = ATTACKS[rng.below(ATTACKS.len() as u64) as usize];
             let o = if which == Attack::Foreign {
@@ -278,27 +314,68 @@ fn thousands_of_chain_attacks_in_process_none_accepted() {
             } else {
                 &other
             };
-            if one_attack(&mut rng, &key, which, &c, o) {
+            if one_attack(&mut rng, &key, which, &c, o, &newer) {
                 *count.entry(which).or_insert(0u32) += 1;
                 done += 1;
             }
         }
         // What is refused without --accept-rollback is taken with it: an older full image
         // gives its image, the undo of the step held gives the step before.
+        let rollback = ChainAccept {
+            rollback: true,
+            new_chain: false,
+        };
         let k = c.streams.len() - 1;
         let mut state = None;
         let mut t = vec![0u8; SIZE];
         for s in &c.streams {
-            apply(&key, &mut state, s, &mut t, false).unwrap();
+            apply(&key, &mut state, s, &mut t, STRICT).unwrap();
         }
-        apply(&key, &mut state, c.undos[k].as_ref().unwrap(), &mut t, true).unwrap();
+        apply(
+            &key,
+            &mut state,
+            c.undos[k].as_ref().unwrap(),
+            &mut t,
+            rollback,
+        )
+        .unwrap();
         assert!(t == c.images[k - 1]);
         assert_eq!(state.as_ref().unwrap().step, c.base + k as u64 - 1);
         // ... and the incremental re-applied goes forward again.
-        apply(&key, &mut state, &c.streams[k], &mut t, false).unwrap();
+        apply(&key, &mut state, &c.streams[k], &mut t, STRICT).unwrap();
         assert!(t == c.images[k]);
-        apply(&key, &mut state, &other.streams[0], &mut t, true).unwrap();
+        // Another chain only with --accept-new-chain (an older one with --accept-rollback too).
+        let new_chain = ChainAccept {
+            rollback: false,
+            new_chain: true,
+        };
+        assert!(apply(&key, &mut state, &other.streams[0], &mut t, new_chain).is_err());
+        assert!(apply(&key, &mut state, &other.streams[0], &mut t, rollback).is_err());
+        assert!(t == c.images[k]);
+        let both = ChainAccept {
+            rollback: true,
+            new_chain: true,
+        };
+        apply(&key, &mut state, &other.streams[0], &mut t, both).unwrap();
         assert!(t == other.images[0]);
+        apply(&key, &mut state, &newer.streams[0], &mut t, new_chain).unwrap();
+        assert!(t == newer.images[0]);
+        // A redo of a full image is taken only where that image's undo left the target, and
+        // then leads where the full image led.
+        let mut state = None;
+        let mut t = vec![0u8; SIZE];
+        assert!(apply(&key, &mut state, &c.redo_full, &mut t, both).is_err());
+        apply(&key, &mut state, &c.streams[0], &mut t, STRICT).unwrap();
+        let at_full = state.clone();
+        assert!(apply(&key, &mut state, &c.redo_full, &mut t, both).is_err());
+        apply(&key, &mut state, &c.undo_full, &mut t, rollback).unwrap();
+        assert!(t.iter().all(|&b| b == 0));
+        assert!(apply(&key, &mut state, &other.redo_full, &mut t, both).is_err());
+        apply(&key, &mut state, &c.redo_full, &mut t, STRICT).unwrap();
+        assert!(t == c.images[0]);
+        assert_eq!(state, at_full);
+        apply(&key, &mut state, &c.streams[1], &mut t, STRICT).unwrap();
+        assert!(t == c.images[1]);
     }
     for a in ATTACKS {
         assert!(
@@ -340,13 +417,17 @@ fn merge_attacks_in_process_none_accepted() {
         let m = merge(all).unwrap();
         let mut state = None;
         let mut t = vec![0u8; SIZE];
-        apply(&key, &mut state, &m, &mut t, false).unwrap();
+        apply(&key, &mut state, &m, &mut t, STRICT).unwrap();
         assert!(t == c.images[4]);
         assert_eq!(state.as_ref().unwrap().step, c.base + 4);
         // Undo streams 4, 3, 2 merged take step 4 back to step 1.
         let undo: Vec<&Vec<u8>> = (2..5).rev().map(|i| c.undos[i].as_ref().unwrap()).collect();
         let u = merge(undo).unwrap();
-        apply(&key, &mut state, &u, &mut t, true).unwrap();
+        let rollback = ChainAccept {
+            rollback: true,
+            new_chain: false,
+        };
+        apply(&key, &mut state, &u, &mut t, rollback).unwrap();
         assert!(t == c.images[1]);
         // Attacks.
         let s = &c.streams;

@@ -8,7 +8,7 @@ use blkpipe_cli::{self as cli, eprintln};
 use blkpipe_dev::{Avoid, Device, TargetOptions};
 use blkpipe_format::FormatError;
 use blkpipe_ops::apply::{apply_stream, read_header, ApplyOptions};
-use blkpipe_ops::chain::ChainGate;
+use blkpipe_ops::chain::{ChainAccept, ChainGate};
 use blkpipe_ops::input::{open_input, refuse_terminal_stdin};
 use blkpipe_ops::state::{hex_id, ResumeState};
 use blkpipe_ops::OpError;
@@ -51,14 +51,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let reader = read_header(input, key.as_ref())?;
     // --chain-state: a stream that does not follow the step the target holds is refused
     // before the target is opened (or created).
+    let accept = ChainAccept {
+        rollback: args.accept_rollback,
+        new_chain: args.accept_new_chain,
+    };
     if let Some(path) = &args.chain_state {
-        ChainGate::open(
-            path,
-            reader.header(),
-            reader.link(),
-            key.as_ref(),
-            args.accept_rollback,
-        )?;
+        ChainGate::open(path, reader.header(), reader.link(), key.as_ref(), accept)?;
     }
     let write = !(args.dry_run || args.list);
     if args.verify && write && !reader.announces_source_digest() {
@@ -91,7 +89,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         avoid,
         key,
         chain_state: args.chain_state.clone(),
-        accept_rollback: args.accept_rollback,
+        accept,
     };
     let progress = args.common.report.progress("blkpatch")?;
     let mut stdout = cli::stdout_buffered();

@@ -36,6 +36,11 @@ pub enum ChainKind {
     /// An undo stream: takes the target from step `last` (link `head`) back to step
     /// `first - 1` (link `prev`).
     Undo,
+    /// The undo of the undo of a base (a full image, or a merge starting with one): `prev` is
+    /// zero like a base's, but the stream holds only the blocks the base wrote, so it is no
+    /// full image. It takes the target from the state that undo left (step `first - 1` of
+    /// this chain, link zero) back to step `last` (link `head`, never zero), and nothing else.
+    Redo,
 }
 
 /// The chain block of a sealed patch stream (header flag bit 2).
@@ -60,6 +65,7 @@ pub struct ChainBlock {
 
 const KIND_FORWARD: u8 = 0;
 const KIND_UNDO: u8 = 1;
+const KIND_REDO: u8 = 2;
 
 impl ChainBlock {
     /// Whether the stream is a full image: forward, needing nothing on the target.
@@ -83,6 +89,7 @@ impl ChainBlock {
         b[16] = match self.kind {
             ChainKind::Forward => KIND_FORWARD,
             ChainKind::Undo => KIND_UNDO,
+            ChainKind::Redo => KIND_REDO,
         };
         b[24..32].copy_from_slice(&self.first.to_le_bytes());
         b[32..40].copy_from_slice(&self.last.to_le_bytes());
@@ -106,6 +113,7 @@ impl ChainBlock {
         let kind = match b[16] {
             KIND_FORWARD => ChainKind::Forward,
             KIND_UNDO => ChainKind::Undo,
+            KIND_REDO => ChainKind::Redo,
             k => return bad(format!("unknown kind {k}")),
         };
         if b[17..24].iter().any(|&x| x != 0) {
@@ -131,6 +139,9 @@ impl ChainBlock {
         if block.kind == ChainKind::Undo && block.head == NO_LINK {
             return bad("an undo stream names no stream it undoes".into());
         }
+        if block.kind == ChainKind::Redo && (block.prev != NO_LINK || block.head == NO_LINK) {
+            return bad("a redo stream must have a zero prev link and a head link".into());
+        }
         Ok(block)
     }
 
@@ -145,6 +156,7 @@ impl ChainBlock {
             ChainKind::Forward if self.is_base() => "full image",
             ChainKind::Forward => "incremental stream",
             ChainKind::Undo => "undo stream",
+            ChainKind::Redo => "redo of a full image",
         };
         format!(
             "{kind} of chain {} {steps}",
@@ -178,8 +190,20 @@ mod tests {
         let mut c = b;
         c.head = NO_LINK;
         assert!(ChainBlock::from_bytes(&c.to_bytes(), 0).is_err());
+        c.kind = ChainKind::Redo;
+        assert!(ChainBlock::from_bytes(&c.to_bytes(), 0).is_err());
         c.kind = ChainKind::Forward;
         assert!(ChainBlock::from_bytes(&c.to_bytes(), 0).is_ok());
+        let redo = ChainBlock {
+            kind: ChainKind::Redo,
+            prev: NO_LINK,
+            ..b
+        };
+        assert_eq!(ChainBlock::from_bytes(&redo.to_bytes(), 0).unwrap(), redo);
+        assert!(!redo.is_base());
+        let mut r = redo;
+        r.prev = [1; 32];
+        assert!(ChainBlock::from_bytes(&r.to_bytes(), 0).is_err());
         c.first = 0;
         assert!(ChainBlock::from_bytes(&c.to_bytes(), 0).is_err());
     }

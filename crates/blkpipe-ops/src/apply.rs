@@ -53,8 +53,8 @@ pub struct ApplyOptions {
     /// `--chain-state FILE`: refuse a chained stream that does not follow the step the target
     /// holds, and record the new step once the stream is applied (see [`crate::chain`]).
     pub chain_state: Option<PathBuf>,
-    /// With `chain_state`: accept an older full image or an undo stream (a rollback).
-    pub accept_rollback: bool,
+    /// With `chain_state`: what is accepted beyond the next step (a rollback, a new chain).
+    pub accept: crate::chain::ChainAccept,
 }
 
 /// What was applied, and the stream's end record.
@@ -498,13 +498,8 @@ pub fn apply_stream<R: Read>(
     // anything is written; the tool checks it before it even opens the target).
     let chain_gate = match &opts.chain_state {
         Some(path) => {
-            let gate = ChainGate::open(
-                path,
-                &header,
-                reader.link(),
-                opts.key.as_ref(),
-                opts.accept_rollback,
-            )?;
+            let gate =
+                ChainGate::open(path, &header, reader.link(), opts.key.as_ref(), opts.accept)?;
             if let Some(t) = target.as_deref() {
                 gate.check_target(&binding(t)?)?;
                 guard::check_replaceable(path, "chain state file", &avoid)?;

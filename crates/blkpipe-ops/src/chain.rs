@@ -13,10 +13,12 @@
 //!   new random id; `--chain-undo FILE` writes the undo stream of the step FILE holds.
 //! - `blkpatch --chain-state FILE` holds what the target holds (and names the target, like
 //!   `--state`): a forward stream must start at step + 1 with `prev` = `link`, in the same
-//!   chain; a full image must be newer than the step held; an undo stream must undo exactly
-//!   the step held. An older full image and any undo stream are rollbacks, refused unless
-//!   `--accept-rollback`. The file is updated only after the whole stream is applied and the
-//!   target synced.
+//!   chain; a full image must be of the same chain and newer than the step held; an undo
+//!   stream must undo exactly the step held; a redo (the undo of the undo of a full image)
+//!   needs exactly the state that undo left. An older full image and any undo stream are
+//!   rollbacks, refused unless `--accept-rollback`; a full image of another chain is refused
+//!   unless `--accept-new-chain`. The file is updated only after the whole stream is applied
+//!   and the target synced.
 //!
 //! Both are bound to the key (its id): a position made under another key is refused.
 
@@ -125,19 +127,32 @@ impl ChainPos {
     /// Read the position in `path` (`Ok(None)` if there is none yet) and refuse one made under
     /// another key than `key`.
     pub fn load(path: &Path, what: &'static str, key: &SealKey) -> Result<Option<Self>, OpError> {
+        let pos = Self::load_any_key(path, what)?;
+        if let Some(p) = &pos {
+            p.check_key(path, what, key, "")?;
+        }
+        Ok(pos)
+    }
+
+    /// Read the position in `path` (`Ok(None)` if there is none yet), whatever its key.
+    fn load_any_key(path: &Path, what: &'static str) -> Result<Option<Self>, OpError> {
         let Some(text) = load_line(path, what)? else {
             return Ok(None);
         };
-        let pos = Self::parse(&text, what, path)?;
-        if pos.key_id != key.id() {
-            return Err(OpError::Refused(format!(
-                "{what} {} is for key id {}, but the key given has id {}: wrong key or wrong file",
-                path.display(),
-                hex(&pos.key_id),
-                hex(&key.id())
-            )));
+        Self::parse(&text, what, path).map(Some)
+    }
+
+    /// Refuse a position made under another key than `key` (`hint` ends the message).
+    fn check_key(&self, path: &Path, what: &str, key: &SealKey, hint: &str) -> Result<(), OpError> {
+        if self.key_id == key.id() {
+            return Ok(());
         }
-        Ok(Some(pos))
+        Err(OpError::Refused(format!(
+            "{what} {} is for key id {}, but the key given has id {}: wrong key or wrong file{hint}",
+            path.display(),
+            hex(&self.key_id),
+            hex(&key.id())
+        )))
     }
 
     /// Replace `path` with this position, atomically and durably.
@@ -261,6 +276,18 @@ impl ChainProducer {
 
 const STATE_FILE: &str = "chain state file";
 
+/// What `blkpatch --chain-state` accepts beyond the next step of the chain held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainAccept {
+    /// `--accept-rollback`: an older (or same-step) full image, or the undo stream of the
+    /// step held.
+    pub rollback: bool,
+    /// `--accept-new-chain`: a full image of another chain than the one held (the position
+    /// held is dropped), or, with a state file made under another key, a full image sealed
+    /// with the key given (a new chain after key rotation).
+    pub new_chain: bool,
+}
+
 /// `blkpatch --chain-state FILE`: the checks before a chained stream touches the target, and
 /// the update after it is applied.
 #[derive(Debug)]
@@ -280,7 +307,7 @@ impl ChainGate {
         header: &PatchHeader,
         link: Option<Link>,
         key: Option<&SealKey>,
-        accept_rollback: bool,
+        accept: ChainAccept,
     ) -> Result<Self, OpError> {
         let (Some(key), Some(link)) = (key, link) else {
             return Err(OpError::Refused(format!(
@@ -294,8 +321,21 @@ impl ChainGate {
                 path.display()
             )));
         };
-        let state = ChainPos::load(path, STATE_FILE, key)?;
-        check(path, state.as_ref(), &block, accept_rollback)?;
+        let state = ChainPos::load_any_key(path, STATE_FILE)?;
+        match &state {
+            // A state made under another key: only an explicit new chain replaces it.
+            Some(st) if st.key_id != key.id() => {
+                if !(accept.new_chain && block.is_base()) {
+                    st.check_key(
+                        path,
+                        STATE_FILE,
+                        key,
+                        " (a full image of a new chain under this key is taken with --accept-new-chain)",
+                    )?;
+                }
+            }
+            st => check(path, st.as_ref(), &block, accept)?,
+        }
         Ok(ChainGate {
             path: path.to_owned(),
             state,
@@ -342,7 +382,7 @@ impl ChainGate {
 /// key `key_id`) was applied to it (no target binding).
 pub fn advance(key_id: [u8; KEY_ID_LEN], block: &ChainBlock, link: &Link) -> ChainPos {
     let (step, to, prev) = match block.kind {
-        ChainKind::Forward => (
+        ChainKind::Forward | ChainKind::Redo => (
             block.last,
             block.head_link(link),
             if block.first == block.last {
@@ -368,7 +408,7 @@ pub fn check(
     path: &Path,
     state: Option<&ChainPos>,
     block: &ChainBlock,
-    accept_rollback: bool,
+    accept: ChainAccept,
 ) -> Result<(), OpError> {
     let file = format!("--chain-state {}", path.display());
     let what = block.describe();
@@ -385,7 +425,13 @@ pub fn check(
     let same_chain = st.chain_id == block.chain_id;
     match block.kind {
         ChainKind::Forward if block.is_base() => {
-            if block.last > st.step || accept_rollback {
+            if !same_chain && !accept.new_chain {
+                return refuse(format!(
+                    "a full image of another chain: the target holds {held} ({file}); give --accept-new-chain to replace it with this chain (that forgets chain {})",
+                    hex(&st.chain_id)
+                ));
+            }
+            if block.last > st.step || accept.rollback {
                 return Ok(());
             }
             let older = if block.last == st.step {
@@ -429,6 +475,22 @@ pub fn check(
             }
             Ok(())
         }
+        ChainKind::Redo => {
+            if !same_chain {
+                return refuse(format!(
+                    "foreign chain: the target holds {held} ({file}); this redo belongs to another chain"
+                ));
+            }
+            // The only state it applies to: the one the undo of the full image left (step
+            // first - 1 of this chain, link zero).
+            if st.link != NO_LINK || st.step != block.first.saturating_sub(1) {
+                return refuse(format!(
+                    "redo for another position: it holds only the blocks of step {}'s full image, so it applies only where that image's undo left the target, but the target holds {held} ({file})",
+                    block.first
+                ));
+            }
+            Ok(())
+        }
         ChainKind::Undo => {
             if !same_chain {
                 return refuse(format!(
@@ -441,7 +503,7 @@ pub fn check(
                     block.last
                 ));
             }
-            if !accept_rollback {
+            if !accept.rollback {
                 return refuse(format!(
                     "rollback refused: this undo stream takes the target back from step {} to step {}; give --accept-rollback to apply it",
                     block.last,
@@ -487,10 +549,11 @@ pub fn merged(
             ));
         }
         if b.kind != acc.kind {
-            return refuse("mixes undo and forward streams".into());
+            return refuse("mixes undo, redo and forward streams".into());
         }
         out = Some(match b.kind {
-            ChainKind::Forward => {
+            // (a redo after the first input cannot follow: its prev is zero)
+            ChainKind::Forward | ChainKind::Redo => {
                 if b.first != acc.last + 1 {
                     return refuse(format!(
                         "not consecutive: the inputs before it end at step {}, so it must start at step {} ({})",
@@ -540,11 +603,14 @@ pub fn merged(
 }
 
 /// The chain block of the undo stream written while applying a stream with `block` and link
-/// `link`: the same steps, the other way.
+/// `link`: the same steps, the other way. The undo of the undo of a full image is a redo
+/// ([`ChainKind::Redo`]), not a forward stream: with its zero `prev` it would pass for a full
+/// image, but it holds only the blocks the full image wrote.
 pub fn undo_block(block: &ChainBlock, link: &Link) -> ChainBlock {
     ChainBlock {
         kind: match block.kind {
-            ChainKind::Forward => ChainKind::Undo,
+            ChainKind::Forward | ChainKind::Redo => ChainKind::Undo,
+            ChainKind::Undo if block.prev == NO_LINK => ChainKind::Redo,
             ChainKind::Undo => ChainKind::Forward,
         },
         head: block.head_link(link),

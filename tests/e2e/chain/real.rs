@@ -120,7 +120,7 @@ fn blkpatch_chain_state_refuses_out_of_chain_streams() {
         (&f.streams[2], "replayed or older"),
         (&other.streams[3], "foreign chain"),
         (&f.streams[0], "rollback refused"),
-        (&other.streams[0], "rollback refused"),
+        (&other.streams[0], "full image of another chain"),
         (f.undos[3].as_deref().unwrap(), "another position"),
         (f.undos[2].as_deref().unwrap(), "rollback refused"),
     ];
@@ -223,6 +223,121 @@ fn blkpatch_chain_state_refuses_out_of_chain_streams() {
         "{}",
         common::stderr(&out)
     );
+    // ... taken with --accept-new-chain (a new chain after key rotation): the state is then
+    // under the new key.
+    run_ok(
+        "blkpatch",
+        &[
+            "--key",
+            &k9.key,
+            "--chain-state",
+            s(&st),
+            "--accept-new-chain",
+            "--input",
+            s(&k9.streams[0]),
+            s(&t),
+        ],
+        b"",
+    );
+    assert!(std::fs::read(&t).unwrap() == k9.images[0]);
+    assert!(std::fs::read_to_string(&st).unwrap().contains("step=1 "));
+}
+
+/// A newer full image of another chain under the same key (another volume's backups) is
+/// refused unless --accept-new-chain; the undo of the undo of a full image (a redo) is taken
+/// only where that undo left the target, never as a full image.
+#[test]
+fn new_chains_and_redos_of_full_images_through_blkpatch() {
+    let mut rng = Rng(0xc4a1_1004);
+    let f = make_chain(&mut rng, 3, "a", 7);
+    let d = f.dir.path();
+    let t = d.join("t.img");
+    let st = d.join("t.chain");
+    let patch = |stream: &Path, extra: &[&str]| {
+        let mut args = vec!["--key", &f.key, "--chain-state", s(&st)];
+        args.extend_from_slice(extra);
+        args.extend(["--input", s(stream), s(&t)]);
+        common::run("blkpatch", &args, b"")
+    };
+    let refused = |stream: &Path, extra: &[&str], want: &str| {
+        let (image, state) = (std::fs::read(&t).ok(), std::fs::read(&st).ok());
+        let out = patch(stream, extra);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(5), "{want}: {err}");
+        assert!(
+            err.contains(want) && err.lines().count() == 1,
+            "{want}: {err}"
+        );
+        assert!(std::fs::read(&t).ok() == image, "{want}: image changed");
+        assert!(std::fs::read(&st).ok() == state, "{want}: state changed");
+    };
+    // Volume B's full image at step 9, under the same key.
+    let b_img = d.join("b.img");
+    let b_data = common::pattern(SIZE, rng.next());
+    std::fs::write(&b_img, &b_data).unwrap();
+    let b_full = d.join("b9.full");
+    let out = run_ok(
+        "blkread-chunks",
+        &[
+            "--key",
+            &f.key,
+            "--chain",
+            s(&d.join("b.chain")),
+            "--new-chain",
+            "9",
+            s(&b_img),
+        ],
+        format!("0 {SIZE}\n").as_bytes(),
+    );
+    std::fs::write(&b_full, out).unwrap();
+    // The full image of A on a zeroed image, with an undo file; then B's newer full image:
+    // refused, even with --accept-rollback; taken with --accept-new-chain.
+    std::fs::write(&t, vec![0u8; SIZE]).unwrap();
+    let u1 = d.join("u1");
+    let out = patch(&f.streams[0], &["--undo", s(&u1)]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    refused(&b_full, &[], "full image of another chain");
+    refused(&b_full, &["--accept-rollback"], "--accept-new-chain");
+    // The redo: the undo of A's full image, applied with --undo r1.
+    let r1 = d.join("r1");
+    let out = patch(&u1, &["--accept-rollback", "--undo", s(&r1)]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(std::fs::read(&t).unwrap() == vec![0u8; SIZE]);
+    // On a target where the undo did not leave it: refused (a fresh state, or step 1).
+    let fresh = d.join("fresh.chain");
+    let out = common::run(
+        "blkpatch",
+        &[
+            "--key",
+            &f.key,
+            "--chain-state",
+            s(&fresh),
+            "--accept-new-chain",
+            "--input",
+            s(&r1),
+            s(&d.join("fresh.img")),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("records no step yet"));
+    assert!(!d.join("fresh.img").exists());
+    // Where the undo left it: taken, the image and position of step 1 again.
+    let out = patch(&r1, &[]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(std::fs::read(&t).unwrap() == f.images[0]);
+    refused(
+        &r1,
+        &["--accept-rollback", "--accept-new-chain"],
+        "redo for another position",
+    );
+    let out = patch(&f.streams[1], &[]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    // B's full image with --accept-new-chain: the target is B's, the state B's chain.
+    let out = patch(&b_full, &["--accept-new-chain"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(std::fs::read(&t).unwrap() == b_data);
+    refused(&f.streams[2], &[], "foreign chain");
 }
 
 /// Random sequences of real streams fed to blkpatch --chain-state: each is accepted exactly
@@ -307,6 +422,24 @@ fn lvbackup_restore_of_a_sealed_chain() {
         };
         index += &format!("{n} {kind} lv-lvbackup-{n} 0 0 {file} - {undo}\n");
     }
+    // Backup 5: a --full, which starts a new chain (at step 5) in the same directory.
+    let img5 = common::pattern(SIZE, rng.next());
+    std::fs::write(d.join("v5.img"), &img5).unwrap();
+    let full5 = run_ok(
+        "blkread-chunks",
+        &[
+            "--key",
+            &f.key,
+            "--chain",
+            s(&d.join("chain5")),
+            "--new-chain",
+            "5",
+            s(&d.join("v5.img")),
+        ],
+        format!("0 {SIZE}\n").as_bytes(),
+    );
+    std::fs::write(bk.join("000005.full.patch"), full5).unwrap();
+    index += "5 full lv-lvbackup-5 0 0 000005.full.patch - -\n";
     let write_index = |body: &str, key: &str| {
         std::fs::write(bk.join("lvbackup.index"), body).unwrap();
         let mac = run_ok(
@@ -402,6 +535,39 @@ fn lvbackup_restore_of_a_sealed_chain() {
         ts,
     ]));
     assert!(std::fs::read(&t).unwrap() == f.images[1]);
+    // Backup 5 belongs to another chain than the one TARGET holds: refused unless
+    // --accept-new-chain, which blkpatch is given.
+    let out = lvbackup(&[
+        "--key",
+        key,
+        "--chain-state",
+        sts,
+        "--restore",
+        "5",
+        bks,
+        ts,
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("--accept-new-chain"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(std::fs::read(&t).unwrap() == f.images[1]);
+    let out = lvbackup(&["--accept-new-chain", "--restore", "5", bks, ts]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+    ok(lvbackup(&[
+        "--key",
+        key,
+        "--chain-state",
+        sts,
+        "--accept-new-chain",
+        "--restore",
+        "5",
+        bks,
+        ts,
+    ]));
+    assert!(std::fs::read(&t).unwrap() == img5);
     // Without the key: refused. A tampered index: refused.
     let out = lvbackup(&["--restore", "2", bks, ts]);
     assert_eq!(out.status.code(), Some(3), "{}", common::stderr(&out));

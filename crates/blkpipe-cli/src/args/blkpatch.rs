@@ -102,14 +102,20 @@ pub struct Args {
     /// Backup chains: FILE records the chain step TARGET holds (bound to the key and to
     /// TARGET). A chained stream is refused, before TARGET is touched, unless it is the next
     /// step of that chain (dropped, replayed, reordered or foreign streams are refused), or a
-    /// full image newer than the step held; FILE is updated after the stream is applied and
-    /// synced. Needs --key.
+    /// full image of that chain newer than the step held; FILE is updated after the stream is
+    /// applied and synced. Needs --key.
     #[arg(long, value_name = "FILE", requires = "key", help_heading = "Sealing")]
     pub chain_state: Option<PathBuf>,
     /// With --chain-state: also apply an older full image, or an undo stream of the step held
     /// (a rollback, refused without this).
     #[arg(long, requires = "chain_state", help_heading = "Sealing")]
     pub accept_rollback: bool,
+    /// With --chain-state: also apply a full image of another chain than the one FILE
+    /// records (refused without this: another volume's backups under a shared key), or, when
+    /// FILE was made under another key, a full image sealed with --key (a new chain after key
+    /// rotation). Drops the chain, step and key FILE recorded; FILE then holds the new chain.
+    #[arg(long, requires = "chain_state", help_heading = "Sealing")]
+    pub accept_new_chain: bool,
 }
 
 const AFTER_HELP: &str = "\

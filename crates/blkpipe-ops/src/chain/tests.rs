@@ -27,7 +27,11 @@ fn pos(step: u64, link: u8) -> ChainPos {
 fn the_rules() {
     let p = Path::new("st");
     let fwd = ChainKind::Forward;
-    let ok = |st: Option<&ChainPos>, b: ChainBlock, acc: bool| check(p, st, &b, acc).is_ok();
+    let acc = |rollback: bool| ChainAccept {
+        rollback,
+        new_chain: false,
+    };
+    let ok = |st: Option<&ChainPos>, b: ChainBlock, a: bool| check(p, st, &b, acc(a)).is_ok();
     // A full image on a fresh target; an incremental needs one first.
     assert!(ok(None, block(fwd, 3, 3, 0, 0), false));
     assert!(!ok(None, block(fwd, 4, 4, 3, 0), false));
@@ -43,12 +47,12 @@ fn the_rules() {
         (block(ChainKind::Undo, 4, 4, 3, 4), "another position"),
         (block(ChainKind::Undo, 5, 5, 4, 6), "another position"),
     ] {
-        let e = check(p, Some(&st), &b, false).unwrap_err().to_string();
+        let e = check(p, Some(&st), &b, acc(false)).unwrap_err().to_string();
         assert!(e.contains(want), "{b:?}: {e}");
     }
     let mut foreign = block(fwd, 6, 6, 5, 0);
     foreign.chain_id = [2; 16];
-    let e = check(p, Some(&st), &foreign, false)
+    let e = check(p, Some(&st), &foreign, acc(false))
         .unwrap_err()
         .to_string();
     assert!(e.contains("foreign chain"), "{e}");
@@ -56,10 +60,78 @@ fn the_rules() {
     assert!(ok(Some(&st), block(fwd, 2, 2, 0, 0), true));
     assert!(ok(Some(&st), block(ChainKind::Undo, 5, 5, 4, 5), true));
     assert!(!ok(Some(&st), block(fwd, 5, 5, 4, 0), true));
-    // A newer full image may start a new chain.
+    // A full image of another chain, even a newer one, only with --accept-new-chain (and an
+    // older one only with --accept-rollback too).
     let mut newer = block(fwd, 9, 9, 0, 0);
     newer.chain_id = [7; 16];
-    assert!(ok(Some(&st), newer, false));
+    let e = check(p, Some(&st), &newer, acc(true))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("another chain") && e.contains("--accept-new-chain"),
+        "{e}"
+    );
+    let new_chain = |rollback| ChainAccept {
+        rollback,
+        new_chain: true,
+    };
+    assert!(check(p, Some(&st), &newer, new_chain(false)).is_ok());
+    let mut older = block(fwd, 2, 2, 0, 0);
+    older.chain_id = [7; 16];
+    let e = check(p, Some(&st), &older, new_chain(false))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rollback refused"), "{e}");
+    assert!(check(p, Some(&st), &older, new_chain(true)).is_ok());
+    // --accept-new-chain takes nothing but full images of another chain.
+    assert!(check(p, Some(&st), &foreign, new_chain(true)).is_err());
+}
+
+#[test]
+fn a_redo_of_a_full_image_needs_the_state_its_undo_left() {
+    let p = Path::new("st");
+    let (fwd, undo) = (ChainKind::Forward, ChainKind::Undo);
+    let full = block(fwd, 5, 5, 0, 0);
+    let u = undo_block(&full, &[5; 32]);
+    assert_eq!(u, block(undo, 5, 5, 0, 5));
+    let redo = undo_block(&u, &[6; 32]);
+    assert_eq!(redo.kind, ChainKind::Redo);
+    assert!(!redo.is_base());
+    assert_eq!(undo_block(&redo, &[7; 32]), u);
+    // The undo of the full image leaves step 4 with link zero: only there is the redo taken,
+    // and it leads to what the full image led to.
+    let after_full = advance([0; 8], &full, &[5; 32]);
+    let after_undo = advance([0; 8], &u, &[6; 32]);
+    assert_eq!((after_undo.step, after_undo.link), (4, NO_LINK));
+    let all = [
+        ChainAccept::default(),
+        ChainAccept {
+            rollback: true,
+            new_chain: true,
+        },
+    ];
+    for a in all {
+        assert!(check(p, Some(&after_undo), &redo, a).is_ok());
+        assert_eq!(advance([0; 8], &redo, &[8; 32]), after_full);
+        for (st, want) in [
+            (None, "records no step yet"),
+            (Some(&after_full), "redo for another position"),
+            (Some(&pos(4, 4)), "redo for another position"),
+            (Some(&pos(3, 0)), "redo for another position"),
+        ] {
+            let e = check(p, st, &redo, a).unwrap_err().to_string();
+            assert!(e.contains(want), "{st:?}: {e}");
+        }
+        let mut other = after_undo.clone();
+        other.chain_id = [9; 16];
+        let e = check(p, Some(&other), &redo, a).unwrap_err().to_string();
+        assert!(e.contains("foreign chain"), "{e}");
+    }
+    // A merge cannot hide one: a redo after another input never follows, and mixing kinds is
+    // refused.
+    let inp = |b: ChainBlock, link: u8| ("x".to_string(), Some(b), Some([link; 32]));
+    assert!(merged(&[inp(block(fwd, 4, 4, 0, 0), 4), inp(redo, 6)]).is_err());
+    assert!(merged(&[inp(redo, 6), inp(block(fwd, 6, 6, 5, 0), 7)]).is_err());
 }
 
 #[test]
