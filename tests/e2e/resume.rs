@@ -111,15 +111,18 @@ fn kill_9_at_random_moments_then_resume() {
         let _ = victim.kill(); // SIGKILL
         let p = producer.wait().unwrap();
         let c = consumer.wait().unwrap();
-        if p.success() && c.success() {
-            // Finished before the kill landed: nothing to resume, but it must be right.
-            assert_eq!(fs::read(&dst).unwrap(), src_bytes, "trial {trial}");
+        if c.success() {
+            // blkpatch only succeeds on a whole stream whose end record it verified: the
+            // kill landed after the producer had written it (also when the producer then died
+            // on its way out, so `p` is no success). The target must be the source; a
+            // truncated stream taken as whole would leave dst's own pattern behind.
+            assert_eq!(
+                fs::read(&dst).unwrap(),
+                src_bytes,
+                "trial {trial} (producer: {p})"
+            );
             continue;
         }
-        assert!(
-            !c.success(),
-            "trial {trial}: blkpatch must not succeed after its producer died"
-        );
         if state.exists() {
             let (_, applied) = print_state(&state);
             let got = fs::read(&dst).unwrap();
