@@ -46,12 +46,10 @@ tool_args! {
         /// Read DEV with O_DIRECT, bypassing the page cache.
         #[arg(long, help_heading = "Performance")]
         pub direct: bool,
-        /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
+        /// Sealing, backup chains and reporting (`--key`, `--chain FILE`, `--new-chain STEP`,
+        /// `--chain-undo FILE`, `--progress`, `--progress-fd`, `--stats`).
         #[command(flatten)]
-        pub common: crate::Common,
-        /// Backup chains (`--chain FILE`, `--new-chain STEP`, `--chain-undo FILE`).
-        #[command(flatten)]
-        pub chain: crate::ChainArgs,
+        pub common: crate::ChainCommon,
     }
 }
 

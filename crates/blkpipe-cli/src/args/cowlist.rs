@@ -93,12 +93,10 @@ tool_args! {
         /// With --data, write the binary stream even when stdout is a terminal.
         #[arg(long, help_heading = "Safety")]
         pub force_tty: bool,
-        /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
+        /// Sealing, backup chains and reporting (`--key`, `--chain FILE`, `--new-chain STEP`,
+        /// `--chain-undo FILE`, `--progress`, `--progress-fd`, `--stats`).
         #[command(flatten)]
-        pub common: crate::Common,
-        /// Backup chains (`--chain FILE`, `--new-chain STEP`, `--chain-undo FILE`).
-        #[command(flatten)]
-        pub chain: crate::ChainArgs,
+        pub common: crate::ChainCommon,
     }
 }
 
