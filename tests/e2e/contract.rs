@@ -10,7 +10,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use blkpipe_meta::snapshot::image;
+use blkpipe_testkit::image;
 
 use crate::common::{bin, pattern, run, stderr};
 

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use blkpipe_meta::snapshot::image;
+use blkpipe_testkit::image;
 
 use crate::common::{assert_stderr_has, bin, run, stderr};
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use blkpipe_meta::snapshot::image;
+use blkpipe_testkit::image;
 
 use crate::common::{
     assert_stderr_has, bin, pattern, pattern_file, require_loop, run, run_ok, stderr, stdout_ok,

@@ -280,7 +280,7 @@ fn cow_store_read_over_nbd_matches_the_file() {
     let cow = d.join("cow.raw");
     fs::write(
         &cow,
-        blkpipe_meta::snapshot::image::build(8, &old, None, Some(&fill)),
+        blkpipe_testkit::image::build(8, &old, None, Some(&fill)),
     )
     .unwrap();
     let srv = QemuNbd::start(&cow, "raw", &["-r"]);

@@ -102,7 +102,8 @@ fn ten_million_range_lines_in_bounded_memory() {
 /// writes is sorted, and covers every exception once.
 #[test]
 fn cowlist_of_ten_million_exceptions_in_bounded_memory() {
-    use blkpipe_meta::snapshot::{image, StoreHeader};
+    use blkpipe_meta::snapshot::StoreHeader;
+    use blkpipe_testkit::image;
     const N: u64 = 10_000_000;
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let cow = dir.path().join("cow");

@@ -559,7 +559,7 @@ fn blkpatch_key_refusals_and_sealed_undo() {
 /// input with --key and a sealed one without (exit 5).
 #[test]
 fn every_tool_with_a_key() {
-    use blkpipe_meta::snapshot::image;
+    use blkpipe_testkit::image;
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();

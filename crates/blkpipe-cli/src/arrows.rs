@@ -1,7 +1,8 @@
 //! The crate arrows of the workspace point one way: tools -> cli -> ops -> {meta, format, dev},
 //! meta -> {format, dev}, and format and dev depend on no blkpipe crate. Read from every
 //! Cargo.toml (normal, build and dev dependencies alike), so a wrong arrow, or a new crate
-//! not placed in this table, fails here.
+//! not placed in this table, fails here. blkpipe-testkit (test builders) may only be a
+//! dev-dependency, so no tool links it.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "blkpipe-meta",
             "blkpipe-format",
             "blkpipe-dev",
+            "blkpipe-testkit",
         ],
     ),
     ("blkpipe-gen", &["blkpipe-cli"]),
@@ -33,9 +35,21 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "blkpipe-ops",
-        &["blkpipe-meta", "blkpipe-format", "blkpipe-dev"],
+        &[
+            "blkpipe-meta",
+            "blkpipe-format",
+            "blkpipe-dev",
+            "blkpipe-testkit",
+        ],
     ),
-    ("blkpipe-meta", &["blkpipe-format", "blkpipe-dev"]),
+    // blkpipe-testkit only as a dev-dependency (its image builder in meta's unit tests): the
+    // test builders depend on meta, so this is the one cycle, and it never reaches a tool.
+    (
+        "blkpipe-meta",
+        &["blkpipe-format", "blkpipe-dev", "blkpipe-testkit"],
+    ),
+    // Test builders (a dev-dependency of meta, ops and the tools' tests).
+    ("blkpipe-testkit", &["blkpipe-meta", "blkpipe-dev"]),
     ("blkpipe-format", &[]),
     ("blkpipe-dev", &[]),
 ];
@@ -67,6 +81,27 @@ fn blkpipe_deps(toml: &str) -> (String, Vec<String>) {
     (name, deps)
 }
 
+/// Whether a Cargo.toml names `dep` in a dependency table other than a dev-dependencies one
+/// (or `[workspace.dependencies]`, which only declares it).
+fn normal_deps_name(toml: &str, dep: &str) -> bool {
+    let normal = |section: &str| !section.contains("dev-") && !section.starts_with("workspace.");
+    let mut section = String::new();
+    for line in toml.lines().map(str::trim) {
+        if let Some(s) = line.strip_prefix('[') {
+            section = s.trim_end_matches(']').to_owned();
+            if section.ends_with(&format!("dependencies.{dep}")) && normal(&section) {
+                return true;
+            }
+            continue;
+        }
+        let key = line.split(['=', '.', ' ']).next().unwrap_or("");
+        if key == dep && section.ends_with("dependencies") && normal(&section) {
+            return true;
+        }
+    }
+    false
+}
+
 #[test]
 fn crate_arrows_point_one_way() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -88,6 +123,11 @@ fn crate_arrows_point_one_way() {
                 file!()
             );
         };
+        assert!(
+            !normal_deps_name(&fs::read_to_string(&m).unwrap(), "blkpipe-testkit"),
+            "{}: {name} has blkpipe-testkit outside [dev-dependencies]",
+            m.display()
+        );
         for d in deps {
             assert!(
                 d == name || ok.contains(&d.as_str()),
@@ -98,6 +138,31 @@ fn crate_arrows_point_one_way() {
         seen.push(name);
     }
     assert!(seen.len() >= ALLOWED.len(), "found only {seen:?}");
+}
+
+#[test]
+fn testkit_only_as_a_dev_dependency() {
+    let t = "blkpipe-testkit";
+    assert!(!normal_deps_name(
+        "[workspace.dependencies]\nblkpipe-testkit = { path = \"x\" }\n",
+        t
+    ));
+    assert!(!normal_deps_name(
+        "[dev-dependencies]\nblkpipe-testkit.workspace = true\n",
+        t
+    ));
+    assert!(normal_deps_name(
+        "[dependencies]\nblkpipe-testkit.workspace = true\n",
+        t
+    ));
+    assert!(normal_deps_name(
+        "[build-dependencies.blkpipe-testkit]\npath = \"x\"\n",
+        t
+    ));
+    assert!(normal_deps_name(
+        "[target.'cfg(unix)'.dependencies]\nblkpipe-testkit = { path = \"x\" }\n",
+        t
+    ));
 }
 
 #[test]

@@ -12,7 +12,8 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
-use blkpipe_meta::snapshot::{image, StoreHeader};
+use blkpipe_meta::snapshot::StoreHeader;
+use blkpipe_testkit::image;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

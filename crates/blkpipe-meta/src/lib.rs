@@ -22,7 +22,8 @@
 //!
 //! ```
 //! use blkpipe_dev::Device;
-//! use blkpipe_meta::snapshot::{image, ChangeList, ReadOptions};
+//! use blkpipe_meta::snapshot::{ChangeList, ReadOptions};
+//! use blkpipe_testkit::image;
 //!
 //! // A COW image with 4 KiB chunks (8 sectors) whose store maps origin chunks 7, 3 and 4,
 //! // read from memory (a file, block device or NBD export reads the same way).

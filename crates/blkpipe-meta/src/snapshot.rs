@@ -17,7 +17,7 @@
 //! [`EntryPos`] after checking it lies inside the COW device and the origin, [`ChangeList`] is the
 //! sorted, coalesced list of origin chunks for a range list, and [`SnapshotView`] maps origin
 //! chunks to COW chunks (blkpipe-ops writes it as a
-//! patch stream: `cowlist --data`). `image` (feature `test-util`) builds COW images for tests.
+//! patch stream: `cowlist --data`). blkpipe-testkit builds COW images for tests.
 //!
 //! Metadata is read from a [`Device`] through its engine (a file or block device, an NBD
 //! export, or bytes in memory: [`Device::in_memory`]); on a block device [`open_cow`] opens
@@ -36,11 +36,7 @@ use blkpipe_format::range::{write_header, Range, RangeHeader};
 
 use crate::{EntryPos, MetaError};
 
-#[cfg(any(test, feature = "test-util"))]
-mod fuzz;
 mod header;
-#[cfg(any(test, feature = "test-util"))]
-pub mod image;
 mod list;
 mod sort;
 mod source;
@@ -48,9 +44,6 @@ mod spill;
 mod view;
 mod walk;
 
-#[doc(hidden)]
-#[cfg(any(test, feature = "test-util"))]
-pub use fuzz::fuzz_cow_store;
 pub use header::*;
 pub use list::*;
 pub use sort::*;

@@ -10,7 +10,7 @@ fn cow_store_regressions() {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).expect("regression directory") {
         let data = std::fs::read(entry.unwrap().path()).unwrap();
-        blkpipe_meta::snapshot::fuzz_cow_store(&data);
+        blkpipe_testkit::fuzz_cow_store(&data);
         n += 1;
     }
     assert!(n > 0, "no regression inputs found in {dir}");

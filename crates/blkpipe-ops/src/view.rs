@@ -108,7 +108,8 @@ pub fn write_view_patch_sealed<W: Write>(
 mod tests {
     use super::*;
     use blkpipe_format::patch::{PatchReader, RecordData};
-    use blkpipe_meta::snapshot::{image, ReadOptions};
+    use blkpipe_meta::snapshot::ReadOptions;
+    use blkpipe_testkit::image;
 
     fn opts(origin_size: Option<u64>) -> ReadOptions {
         ReadOptions {

@@ -1,4 +1,5 @@
 use super::*;
+use blkpipe_testkit::image;
 use proptest::prelude::*;
 
 /// A device over `img` in memory.

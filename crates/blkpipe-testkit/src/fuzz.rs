@@ -1,6 +1,7 @@
 //! The body of the `cow_store` fuzz target.
 
-use super::*;
+use blkpipe_dev::Device;
+use blkpipe_meta::snapshot::{ChangeList, ReadOptions, SnapshotView};
 
 /// The `cow_store` fuzz target's body, shared with the test that replays its findings
 /// (`tests/fuzz_regressions.rs`): read `data[1..]` as a COW image with the options `data[0]`

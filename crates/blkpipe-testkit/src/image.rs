@@ -1,7 +1,7 @@
 //! Build COW images laid out exactly as the kernel writes them: for tests, fuzz seeds,
 //! and the benchmark's generator.
 
-use super::{StoreHeader, DISK_VERSION, EXCEPTION_BYTES, SNAP_MAGIC};
+use blkpipe_meta::snapshot::{StoreHeader, DISK_VERSION, EXCEPTION_BYTES, SNAP_MAGIC};
 
 /// The header chunk's first 16 bytes.
 pub fn header_bytes(valid: bool, chunk_sectors: u32) -> [u8; 16] {
