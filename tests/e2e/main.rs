@@ -27,3 +27,4 @@ mod scale;
 mod seal;
 mod streams;
 mod twopass;
+mod undo;

@@ -53,8 +53,11 @@ tool_args! {
         /// Zero records punch holes in files and zero out (with discard) on devices.
         #[arg(long, help_heading = "Output")]
         pub discard: bool,
-        /// Before overwriting a region, save its old contents to FILE as a patch stream. An
-        /// existing FILE that is not empty is refused (it holds an earlier run's undo data).
+        /// Before overwriting a region, save its old contents to FILE as a patch stream, which
+        /// gives TARGET back as it was, size included: a file the stream grew is cut back to its
+        /// old size, one it shrank gets its old tail back (its holes stay holes). A file that
+        /// did not exist comes back as an empty file (blkpatch never removes one). An existing
+        /// FILE that is not empty is refused (it holds an earlier run's undo data).
         #[arg(long, value_name = "FILE", help_heading = "Output")]
         pub undo: Option<PathBuf>,
         /// Let --undo replace an existing, non-empty FILE (its undo data is lost).
