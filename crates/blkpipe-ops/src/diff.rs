@@ -523,7 +523,8 @@ fn compare_chunk<R: Read, W: Write>(
             // A block a range-restricted stream does not hold was read because it lies past
             // the remote's last whole block: send it.
             let d = remote.differs(off, *h)?.unwrap_or(true);
-            stop = sink.watch(d);
+            // At the remote's last block nothing is left to list whole: finish as usual.
+            stop = sink.watch(d) && off + bs < remote_size;
             Some(d)
         } else {
             remote.finish()?;

@@ -428,3 +428,24 @@ fn a_stopped_first_pass_lists_what_differed_and_the_rest_and_pass_2_syncs() {
     .unwrap();
     assert_eq!(apply_in_memory(&patch, &dst).0, src);
 }
+
+#[test]
+fn a_first_pass_that_would_stop_at_the_remotes_last_block_finishes_instead() {
+    // 64 blocks, all different: the rule first speaks at the last one, where nothing is left.
+    let dst = pattern(4 << 20, 0);
+    let src = pattern(4 << 20, 1);
+    let coarse = hashes_of(&dst, 65536, HashKind::Xxh3_64, 0);
+    let fs = file(&src);
+    let sdev = Device::open_source(fs.path(), false).unwrap();
+    let mut list = Vec::new();
+    let opts = DiffOptions {
+        list_differing: true,
+        stop_above: Some(10),
+        ..DiffOptions::default()
+    };
+    diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+    assert_eq!(
+        String::from_utf8(list).unwrap(),
+        "# blkranges v1 size=4194304 chunk=65536\n0 4194304\n"
+    );
+}
