@@ -10,6 +10,7 @@ mod blksync;
 mod chain;
 mod contract;
 mod cowlist;
+mod fallback;
 mod hashsync;
 mod help;
 mod holes;

@@ -26,7 +26,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 
@@ -250,6 +250,26 @@ where
     I: Iterator<Item = Result<(u64, u64), OpError>> + Send,
     F: FnMut(&Chunk<'_>) -> Result<(), OpError>,
 {
+    scan_ranges_while(dev, ranges, block_size, hasher, opts, |c| {
+        consume(c).map(|()| ControlFlow::Continue(()))
+    })
+}
+
+/// Like [`scan_ranges`], but `consume` may end the scan early with [`ControlFlow::Break`]:
+/// no later chunk is handed to it and the readers stop (a chunk or two they already read
+/// ahead is dropped).
+pub fn scan_ranges_while<I, F>(
+    dev: &Device,
+    ranges: I,
+    block_size: u32,
+    hasher: &BlockHasher,
+    opts: &ScanOptions,
+    mut consume: F,
+) -> Result<(), OpError>
+where
+    I: Iterator<Item = Result<(u64, u64), OpError>> + Send,
+    F: FnMut(&Chunk<'_>) -> Result<ControlFlow<()>, OpError>,
+{
     let bs = block_size as u64;
     let chunk = CHUNK_BYTES.max(bs);
     let mut ranges = ranges.peekable();
@@ -348,7 +368,9 @@ where
                         data: &slot.buf[..len as usize],
                         hashes: &slot.hashes,
                     };
-                    consume(&chunk)?;
+                    if consume(&chunk)?.is_break() {
+                        return Ok(());
+                    }
                     pool.put(slot);
                     want += 1;
                     continue;

@@ -19,7 +19,13 @@ tool_args! {
     /// --ranges LIST then hashes only those regions in 4 KiB blocks and `blkdiff --ranges LIST`
     /// compares them (pass 2). It refuses a hash stream made from another list. DEV is read only
     /// where listed (and past the remote's end), so that patch carries no digest of DEV: check it
-    /// separately (blkhash --digest on both sides).
+    /// separately (blkhash --digest on both sides). With --stop-above PERCENT, pass 1 gives up
+    /// when the changes turn out scattered: once more than PERCENT of the coarse blocks compared
+    /// so far differ (judged from 64 blocks, or 1/64 of the device if more, on), it lists the rest
+    /// of the device whole, adds the comment line `# stopped at OFFSET: ...` last, exits 0 and
+    /// reads no further (blkhash upstream then meets a closed pipe). Pass 2 over that list reads
+    /// the device once, plus what differed in the part compared: never much more than a one-pass
+    /// sync.
     ///
     /// Streams:
     ///   stdin   hash stream from blkhash (or --hashes FILE); zstd, lz4 and gzip are recognised
@@ -49,6 +55,17 @@ tool_args! {
         /// Write the range list of the remote's differing blocks instead of a patch stream.
         #[arg(long, conflicts_with_all = ["lz4", "stream_id"], help_heading = "Output")]
         pub list_differing: bool,
+        /// With --list-differing: once more than PERCENT of the blocks compared so far differ,
+        /// stop and list the rest of the device whole (0-100).
+        #[arg(
+            long,
+            value_name = "PERCENT",
+            requires = "list_differing",
+            conflicts_with = "ranges",
+            value_parser = clap::value_parser!(u32).range(0..=100),
+            help_heading = "Output"
+        )]
+        pub stop_above: Option<u32>,
         /// The patch stream (`--lz4`, `--stream-id`).
         #[command(flatten)]
         pub patch: crate::opts::PatchStreamArgs,
@@ -74,6 +91,7 @@ Examples:
   ssh dst 'blkhash /dev/x | zstd' | blkdiff --lz4 /dev/x | ssh dst blkpatch /dev/x
   blkhash old.img > old.hashes; blkdiff --hashes old.hashes new.img > delta.patch
   ssh dst blkhash --block-size 1M /dev/x | blkdiff --list-differing /dev/x > regions
+  ssh dst blkhash --block-size 1M /dev/x | blkdiff --list-differing --stop-above 10 /dev/x > regions
   scp regions dst:; ssh dst blkhash --ranges regions /dev/x |
       blkdiff --ranges regions /dev/x | ssh dst blkpatch /dev/x
 
