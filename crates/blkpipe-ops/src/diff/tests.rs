@@ -10,15 +10,17 @@ fn bad_stream(e: &OpError) -> bool {
         || matches!(e, OpError::BadRange(_))
 }
 
-fn file(data: &[u8]) -> tempfile::NamedTempFile {
+/// An image file holding `data`, and the device reading it (the file is removed when it is
+/// dropped: keep it while the device is used).
+fn image(data: &[u8]) -> (tempfile::NamedTempFile, Device) {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     f.write_all(data).unwrap();
-    f
+    let dev = Device::open_source(f.path(), false).unwrap();
+    (f, dev)
 }
 
 fn hashes_of(data: &[u8], bs: u32, kind: HashKind, from: u64) -> Vec<u8> {
-    let f = file(data);
-    let dev = Device::open_source(f.path(), false).unwrap();
+    let (_f, dev) = image(data);
     let mut out = Vec::new();
     let opts = HashOptions {
         block_size: bs,
@@ -92,8 +94,7 @@ fn diff_to_vec(
 /// the records.
 fn sync(src: &[u8], dst: &[u8], bs: u32, kind: HashKind) -> (Vec<u8>, Vec<(u64, u64, bool)>) {
     let hashes = hashes_of(dst, bs, kind, 0);
-    let f = file(src);
-    let dev = Device::open_source(f.path(), false).unwrap();
+    let (_f, dev) = image(src);
     let (r, patch) = diff_to_vec(&dev, &hashes, &DiffOptions::default());
     r.unwrap();
     let (out, recs, end) = apply_in_memory(&patch, dst);
@@ -183,8 +184,7 @@ fn large_blocks_split_into_records_of_at_most_the_cap() {
 fn from_offset_skips_blocks_below_it_but_digests_everything() {
     let dst = pattern(64 << 10, 0);
     let src = pattern(64 << 10, 3);
-    let f = file(&src);
-    let dev = Device::open_source(f.path(), false).unwrap();
+    let (_f, dev) = image(&src);
     // The patch of `hashes` with --from `from`: its records and end record.
     let diff_from = |hashes: &[u8], from: u64| {
         let opts = DiffOptions {
@@ -222,8 +222,7 @@ fn a_bad_hash_stream_never_gets_an_end_record() {
     let dst = pattern(len, 0);
     let src = pattern(len, 1);
     let hashes = hashes_of(&dst, 4096, HashKind::Xxh3_64, 0);
-    let f = file(&src);
-    let dev = Device::open_source(f.path(), false).unwrap();
+    let (_f, dev) = image(&src);
     let cuts = [
         0,
         10,
@@ -249,31 +248,46 @@ fn a_bad_hash_stream_never_gets_an_end_record() {
     }
 }
 
-/// Pass 1 with coarse blocks, pass 2 over its list with 4 KiB blocks; returns the target
-/// after applying, the list and the pass-2 hash stream.
-fn two_pass(src: &[u8], dst: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+/// Pass 1 of a coarse-to-fine sync: the range list of the 64 KiB blocks in which `src`
+/// differs from `dst` (`blkdiff --list-differing`, with `--stop-above` if given), and its
+/// stats.
+fn first_pass(src: &Device, dst: &[u8], stop_above: Option<u32>) -> (Vec<u8>, Stats) {
     let coarse = hashes_of(dst, 65536, HashKind::Xxh3_64, 0);
-    let (fs, fd) = (file(src), file(dst));
-    let sdev = Device::open_source(fs.path(), false).unwrap();
-    let ddev = Device::open_source(fd.path(), false).unwrap();
     let mut list = Vec::new();
     let opts = DiffOptions {
         list_differing: true,
+        stop_above,
         ..DiffOptions::default()
     };
-    diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
-    let fine = fine_hashes(&ddev, &list);
+    let stats = diff_device(src, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+    (list, stats)
+}
+
+/// Pass 2 of a coarse-to-fine sync over `list`: the range-restricted hash stream of `dst`
+/// ([`fine_hashes`]) and the patch stream `src` makes against it.
+fn second_pass(src: &Device, dst: &Device, list: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let fine = fine_hashes(dst, list);
     let mut patch = Vec::new();
     diff_device_ranges(
-        &sdev,
+        src,
         &fine[..],
-        Some(&list[..]),
+        Some(list),
         RangeLimits::default(),
         &mut patch,
         &DiffOptions::default(),
         &Progress::hidden(),
     )
     .unwrap();
+    (fine, patch)
+}
+
+/// Pass 1 with coarse blocks, pass 2 over its list with 4 KiB blocks; returns the target
+/// after applying, the list and the pass-2 hash stream.
+fn two_pass(src: &[u8], dst: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (_fs, sdev) = image(src);
+    let (_fd, ddev) = image(dst);
+    let (list, _) = first_pass(&sdev, dst, None);
+    let (fine, patch) = second_pass(&sdev, &ddev, &list);
     let (out, _, end) = apply_in_memory(&patch, dst);
     assert!(end.source_digest.is_none());
     (out, list, fine)
@@ -312,9 +326,8 @@ fn two_pass_sends_only_the_fine_blocks_that_differ() {
 fn a_stream_from_another_list_or_none_is_refused() {
     let dst = pattern(1 << 20, 0);
     let src = pattern(1 << 20, 1);
-    let (fs, fd) = (file(&src), file(&dst));
-    let sdev = Device::open_source(fs.path(), false).unwrap();
-    let ddev = Device::open_source(fd.path(), false).unwrap();
+    let (_fs, sdev) = image(&src);
+    let (_fd, ddev) = image(&dst);
     let list = b"0 4096\n65536 10\n".to_vec();
     let fine = fine_hashes(&ddev, &list);
     let run = |hashes: &[u8], list: Option<&[u8]>| {
@@ -393,17 +406,9 @@ fn a_stopped_first_pass_lists_what_differed_and_the_rest_and_pass_2_syncs() {
     for b in (70..128).step_by(2) {
         src[b * 65536] ^= 1;
     }
-    let coarse = hashes_of(&dst, 65536, HashKind::Xxh3_64, 0);
-    let (fs, fd) = (file(&src), file(&dst));
-    let sdev = Device::open_source(fs.path(), false).unwrap();
-    let ddev = Device::open_source(fd.path(), false).unwrap();
-    let mut list = Vec::new();
-    let opts = DiffOptions {
-        list_differing: true,
-        stop_above: Some(5),
-        ..DiffOptions::default()
-    };
-    let stats = diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+    let (_fs, sdev) = image(&src);
+    let (_fd, ddev) = image(&dst);
+    let (list, stats) = first_pass(&sdev, &dst, Some(5));
     // 3 of 64 is 4.7%; block 70 makes it 4 of 71 (5.6%): stop after it.
     assert_eq!(
         String::from_utf8(list.clone()).unwrap(),
@@ -414,18 +419,7 @@ fn a_stopped_first_pass_lists_what_differed_and_the_rest_and_pass_2_syncs() {
     assert_eq!((stats.blocks_same, stats.blocks_different), (67, 4));
     // Only whole 4 MiB chunks up to the stop were handed over: two of them.
     assert_eq!(stats.bytes_read, 8 << 20);
-    let fine = fine_hashes(&ddev, &list);
-    let mut patch = Vec::new();
-    diff_device_ranges(
-        &sdev,
-        &fine[..],
-        Some(&list[..]),
-        RangeLimits::default(),
-        &mut patch,
-        &DiffOptions::default(),
-        &Progress::hidden(),
-    )
-    .unwrap();
+    let (_, patch) = second_pass(&sdev, &ddev, &list);
     assert_eq!(apply_in_memory(&patch, &dst).0, src);
 }
 
@@ -434,16 +428,8 @@ fn a_first_pass_that_would_stop_at_the_remotes_last_block_finishes_instead() {
     // 64 blocks, all different: the rule first speaks at the last one, where nothing is left.
     let dst = pattern(4 << 20, 0);
     let src = pattern(4 << 20, 1);
-    let coarse = hashes_of(&dst, 65536, HashKind::Xxh3_64, 0);
-    let fs = file(&src);
-    let sdev = Device::open_source(fs.path(), false).unwrap();
-    let mut list = Vec::new();
-    let opts = DiffOptions {
-        list_differing: true,
-        stop_above: Some(10),
-        ..DiffOptions::default()
-    };
-    diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+    let (_fs, sdev) = image(&src);
+    let (list, _) = first_pass(&sdev, &dst, Some(10));
     assert_eq!(
         String::from_utf8(list).unwrap(),
         "# blkranges v1 size=4194304 chunk=65536\n0 4194304\n"
