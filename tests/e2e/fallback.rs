@@ -154,6 +154,16 @@ fn blksync(args: &[&str], wrap: Option<(&Path, &str)>) -> Output {
     cmd.args(args).env("PATH", path).output().unwrap()
 }
 
+/// [`blksync`] ARGS without stand-ins, which must exit 0 and leave `dst` equal to `data`
+/// (a failure names `what`); its stderr.
+fn blksync_ok(args: &[&str], dst: &Path, data: &[u8], what: &str) -> String {
+    let out = blksync(args, None);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{what}: {err}");
+    assert!(fs::read(dst).unwrap() == data, "{what}: dst equals src");
+    err
+}
+
 /// The sum of every blkdiff's "bytes read from devices" in a --stats output.
 fn src_bytes_read(err: &str) -> u64 {
     err.lines()
@@ -181,10 +191,7 @@ fn blksync_two_pass_falls_back_on_scattered_changes_with_reads_bounded() {
         let mut args = vec!["--two-pass", "--coarse-block-size", COARSE, "--stats", "-v"];
         args.extend_from_slice(extra);
         args.extend([p(&src), p(&dst)]);
-        let out = blksync(&args, None);
-        let err = stderr(&out);
-        assert!(out.status.success(), "{extra:?}: {err}");
-        assert!(fs::read(&dst).unwrap() == data, "{extra:?}: dst equals src");
+        let err = blksync_ok(&args, &dst, &data, &format!("{extra:?}"));
         assert!(err.contains("pass 1 stopped at byte 2097152"), "{err}");
         // SRC is read about once: pass 1's 2 MiB, then what differed in it and the rest
         // (or, with --verify, the whole device with its digest checked by blkpatch inline).
@@ -197,7 +204,7 @@ fn blksync_two_pass_falls_back_on_scattered_changes_with_reads_bounded() {
     }
     // --two-pass=always does not fall back: both passes, SRC read 1.2x or more.
     let (src, dst, data) = scattered(dir.path());
-    let out = blksync(
+    let err = blksync_ok(
         &[
             "--two-pass=always",
             "--coarse-block-size",
@@ -206,11 +213,10 @@ fn blksync_two_pass_falls_back_on_scattered_changes_with_reads_bounded() {
             p(&src),
             p(&dst),
         ],
-        None,
+        &dst,
+        &data,
+        "--two-pass=always",
     );
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(fs::read(&dst).unwrap() == data);
     assert!(src_bytes_read(&err) > SIZE as u64 * 12 / 10, "{err}");
     let out = blksync(&["--two-pass=never", p(&src), p(&dst)], None);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -220,7 +226,7 @@ fn blksync_two_pass_falls_back_on_scattered_changes_with_reads_bounded() {
 fn blksync_two_pass_stays_two_pass_on_clustered_changes() {
     let dir = tempfile::tempdir().unwrap();
     let (src, dst, data) = clustered(dir.path());
-    let out = blksync(
+    let err = blksync_ok(
         &[
             "--two-pass",
             "--coarse-block-size",
@@ -231,11 +237,10 @@ fn blksync_two_pass_stays_two_pass_on_clustered_changes() {
             p(&src),
             p(&dst),
         ],
-        None,
+        &dst,
+        &data,
+        "clustered",
     );
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
-    assert!(fs::read(&dst).unwrap() == data, "dst equals src");
     assert!(!err.contains("stopped"), "{err}");
     assert!(err.contains("verified: xxh3-128:"), "{err}");
     // Hashes: 1024 coarse, then at most 18 regions of 8 fine blocks, against 8192 fine
@@ -312,8 +317,11 @@ fn a_failing_or_killed_stage_fails_blksync_on_either_path() {
             assert!(err.contains(says), "{what}: {err}");
         }
         // Rerun without the failures: the job finishes.
-        let out = blksync(&args, None);
-        assert!(out.status.success(), "{name}, rerun: {}", stderr(&out));
-        assert!(fs::read(&dst).unwrap() == data, "{name}: dst equals src");
+        blksync_ok(
+            &args,
+            &dst,
+            &data,
+            &format!("{name}, verify {verify}, rerun"),
+        );
     }
 }
