@@ -1,7 +1,8 @@
 //! Holes of sparse image files are not read (issue 16): blkhash and blkdiff find a sparse
 //! file's data with SEEK_DATA and hash its holes as zeros without reading them. Their output
 //! is byte-identical to a full read: the same file through a loop device (where SEEK_DATA is
-//! not used: a block device is all data) and the same file with BLKPIPE_NO_SKIP_HOLES set.
+//! not used: a block device is all data) and the same file with BLKPIPE_NO_SKIP_HOLES set,
+//! unkeyed and keyed; the image's data is scattered, so most 4 MiB chunks are partly holes.
 //! And with the file's page cache dropped, the process reads from storage about the data it
 //! holds, not the device's size (GNU time's %I: file-system inputs of the reaped child).
 
@@ -104,22 +105,28 @@ fn hash_and_diff_skip_holes_with_the_output_of_a_full_read() {
         );
         (full, read)
     };
-    let (_, read) = same_output("blkhash", &["--seed", "9"], None);
-    assert!(
-        read <= data + (8 << 20),
-        "blkhash read {read} bytes from storage for {data} bytes of data in {SIZE}"
-    );
+    // Unkeyed and keyed (the holes' blocks take the keyed zero block hash).
+    let key = dir.path().join("key");
+    std::fs::write(&key, pattern(32, 5)).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    for keyed in [&[][..], &["--key", key.to_str().unwrap()][..]] {
+        let (_, read) = same_output("blkhash", &[keyed, &["--seed", "9"]].concat(), None);
+        assert!(
+            read <= data + (8 << 20),
+            "blkhash read {read} bytes from storage for {data} bytes of data in {SIZE}"
+        );
 
-    // blkdiff: the patch of a sparse source against an old copy's hashes.
-    let hashes = dir.path().join("old.hashes");
-    let old = ["--seed", "9", old.to_str().unwrap()];
-    std::fs::write(
-        &hashes,
-        timed(dir.path(), "blkhash", &old, None, None).0.stdout,
-    )
-    .unwrap();
-    let id = "--stream-id=0123456789abcdef0123456789abcdef";
-    let (full, read) = same_output("blkdiff", &[id], Some(&hashes));
-    assert!(full.len() as u64 > data, "the patch carries the data");
-    assert!(read <= data + (8 << 20), "blkdiff read {read} bytes");
+        // blkdiff: the patch of a sparse source against an old copy's hashes.
+        let hashes = dir.path().join("old.hashes");
+        let old = [keyed, &["--seed", "9", old.to_str().unwrap()]].concat();
+        std::fs::write(
+            &hashes,
+            timed(dir.path(), "blkhash", &old, None, None).0.stdout,
+        )
+        .unwrap();
+        let id = "--stream-id=0123456789abcdef0123456789abcdef";
+        let (full, read) = same_output("blkdiff", &[keyed, &[id]].concat(), Some(&hashes));
+        assert!(full.len() as u64 > data, "the patch carries the data");
+        assert!(read <= data + (8 << 20), "blkdiff read {read} bytes");
+    }
 }

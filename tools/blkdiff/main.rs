@@ -28,6 +28,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         from_offset: args.from,
         scan: args.scan.options(),
         list_differing: args.list_differing,
+        stop_above: args.stop_above,
     };
     let list = match &args.ranges {
         Some(p) => Some(cli::open_range_list(Some(p))?.0),

@@ -13,7 +13,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // The chain file is never the source or stdout.
     let mut avoid: Vec<Avoid> = Avoid::fd(1, "the output (stdout)").into_iter().collect();
     avoid.extend(Avoid::path(&args.dev, "the source"));
-    let chain = args.chain.prepare(key.as_ref(), &avoid)?;
+    let chain = args.common.chain.prepare(key.as_ref(), &avoid)?;
     // A binary stream or compressed data is named, not parsed as text.
     let (ranges, _) = cli::open_range_list(args.ranges.as_deref())?;
     let opts = ChunkOptions {

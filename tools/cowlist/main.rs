@@ -40,11 +40,7 @@ fn json_wanted(args: &Args) -> bool {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    if (args.common.key.key.is_some()
-        || args.chain.chain.is_some()
-        || args.chain.chain_undo.is_some())
-        && !args.data
-    {
+    if args.common.seals() && !args.data {
         return Err(MetaError::Usage(
             "--key and the chain options seal the patch stream of --data; a range list is not sealed".into(),
         )
@@ -99,7 +95,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // The chain file is never the COW device, the snapshot or stdout.
         let mut avoid: Vec<Avoid> = Avoid::fd(1, "the output (stdout)").into_iter().collect();
         avoid.extend(Avoid::path(&cow_path, "the COW device"));
-        let chain = args.chain.prepare(key.as_ref(), &avoid)?;
+        let chain = args.common.chain.prepare(key.as_ref(), &avoid)?;
         let creator = format!("cowlist {}", env!("CARGO_PKG_VERSION"));
         let st = write_view_patch_sealed(
             &cow,

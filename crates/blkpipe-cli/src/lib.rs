@@ -40,7 +40,7 @@ pub mod size;
 
 pub use exit::exit_with;
 pub use opts::{
-    guard_binary_stdout, open_range_list, progress, stdout_buffered, ChainArgs, Common, KeyArg,
-    RawStdout, Reporting, StatsFormat, When,
+    guard_binary_stdout, open_range_list, progress, stdout_buffered, ChainArgs, ChainCommon,
+    Common, KeyArg, RawStdout, Reporting, StatsFormat, When,
 };
 pub use size::{parse_size, parse_stream_id, parse_u64};

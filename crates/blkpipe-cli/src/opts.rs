@@ -187,6 +187,29 @@ pub struct Common {
     pub report: Reporting,
 }
 
+/// [`Common`] of the tools that can write their stream as a step of a backup chain
+/// (blkread-chunks, cowlist --data): `--key`, the chain options after it under the same
+/// Sealing heading, then reporting.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChainCommon {
+    /// `--key FILE`.
+    #[command(flatten)]
+    pub key: KeyArg,
+    /// `--chain FILE`, `--new-chain STEP`, `--chain-undo FILE`.
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    /// `--progress`, `--progress-fd`, `--stats`.
+    #[command(flatten)]
+    pub report: Reporting,
+}
+
+impl ChainCommon {
+    /// Whether a sealed stream is asked for: `--key` or a chain option (which needs it).
+    pub fn seals(&self) -> bool {
+        self.key.key.is_some() || self.chain.chain.is_some() || self.chain.chain_undo.is_some()
+    }
+}
+
 /// Open a range list: the file at `path`, or stdin for `None`. Binary or compressed data is
 /// named, not parsed as text (`input::open_text`). Returns the reader and the name that
 /// messages use.

@@ -120,7 +120,7 @@ impl DigestBuilder {
     pub fn finish(mut self) -> u128 {
         self.hasher.update(&self.block_size.to_le_bytes());
         self.hasher.update(&self.bytes.to_le_bytes());
-        self.hasher.digest128()
+        self.hasher.digest()
     }
 }
 

@@ -150,7 +150,7 @@ impl RangeBindingBuilder {
     /// The binding of the ranges pushed.
     pub fn finish(&self) -> RangeBinding {
         RangeBinding {
-            list_digest: self.hasher.digest128(),
+            list_digest: self.hasher.digest(),
             range_count: self.ranges,
             block_count: self.blocks,
         }
@@ -380,7 +380,7 @@ impl<W: Write> HashWriter<W> {
         }
         let end = HashEnd {
             block_count: self.count,
-            hashes_digest: self.all.digest128(),
+            hashes_digest: self.all.digest(),
             device_digest,
         };
         crate::end::write_end(&mut self.out, &encode_end(&end), self.seal.as_ref())?;
@@ -647,7 +647,7 @@ impl<R: Read> HashReader<R> {
             device_digest: le_u128(&b, 32),
         };
         check.count("blocks", end.block_count, self.done_blocks)?;
-        check.digest("digest", end.hashes_digest, self.all.digest128())?;
+        check.digest("digest", end.hashes_digest, self.all.digest())?;
         check.expect_eof(&mut self.input, self.pos)?;
         Ok(end)
     }

@@ -448,7 +448,7 @@ impl<W: Write> PatchWriter<W> {
             record_count: self.count,
             data_bytes: self.data_bytes,
             zero_bytes: self.zero_bytes,
-            stream_digest: self.digest.digest128(),
+            stream_digest: self.digest.digest(),
             source_digest,
         };
         crate::end::write_end(&mut self.out, &encode_end(&end), self.seal.as_ref())?;

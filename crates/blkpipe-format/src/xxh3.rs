@@ -20,64 +20,54 @@ pub fn xxh3_128_with_seed(data: &[u8], seed: u64) -> u128 {
     XxHash3_128::oneshot_with_seed(seed, data)
 }
 
-/// Streaming 64-bit xxh3: the same value as [`xxh3_64_with_seed`] of everything written.
-pub struct Xxh3_64(XxHash3_64);
+/// A streaming xxh3 of one width: a newtype over twox-hash's hasher `$inner`, whose
+/// `$finish` gives the `$out` hash. Both widths have the same methods, so code that keeps a
+/// running checksum reads the same whichever it keeps.
+macro_rules! streaming_xxh3 {
+    ($(#[$doc:meta])* $name:ident($inner:ty) -> $out:ty, $finish:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name($inner);
 
-impl Xxh3_64 {
-    /// A hasher with `seed`.
-    pub fn with_seed(seed: u64) -> Self {
-        Xxh3_64(XxHash3_64::with_seed(seed))
-    }
+        impl $name {
+            /// A hasher with seed 0.
+            pub fn new() -> Self {
+                Self::with_seed(0)
+            }
 
-    /// Add bytes.
-    #[inline]
-    pub fn update(&mut self, data: &[u8]) {
-        self.0.write(data);
-    }
+            /// A hasher with `seed`.
+            pub fn with_seed(seed: u64) -> Self {
+                $name(<$inner>::with_seed(seed))
+            }
 
-    /// The hash of everything added so far.
-    pub fn digest(&self) -> u64 {
-        self.0.finish()
-    }
+            /// Add bytes.
+            #[inline]
+            pub fn update(&mut self, data: &[u8]) {
+                self.0.write(data);
+            }
+
+            /// The hash of everything added so far.
+            pub fn digest(&self) -> $out {
+                self.0.$finish()
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+    };
 }
 
-/// Streaming 128-bit xxh3: the same value as [`xxh3_128_with_seed`] of everything written.
-pub struct Xxh3_128(XxHash3_128);
-
-impl Xxh3_128 {
-    /// A hasher with seed 0.
-    pub fn new() -> Self {
-        Self::with_seed(0)
-    }
-
-    /// A hasher with `seed`.
-    pub fn with_seed(seed: u64) -> Self {
-        Xxh3_128(XxHash3_128::with_seed(seed))
-    }
-
-    /// Add bytes.
-    #[inline]
-    pub fn update(&mut self, data: &[u8]) {
-        self.0.write(data);
-    }
-
-    /// The hash of everything added so far.
-    pub fn digest128(&self) -> u128 {
-        self.0.finish_128()
-    }
-}
-
-impl Default for Xxh3_128 {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clone for Xxh3_128 {
-    fn clone(&self) -> Self {
-        Xxh3_128(self.0.clone())
-    }
-}
+streaming_xxh3!(
+    /// Streaming 64-bit xxh3: the same value as [`xxh3_64_with_seed`] of everything written.
+    Xxh3_64(XxHash3_64) -> u64, finish
+);
+streaming_xxh3!(
+    /// Streaming 128-bit xxh3: the same value as [`xxh3_128_with_seed`] of everything written.
+    Xxh3_128(XxHash3_128) -> u128, finish_128
+);
 
 #[cfg(test)]
 mod tests {
@@ -103,7 +93,7 @@ mod tests {
             let mut b = Xxh3_128::with_seed(7);
             b.update(&data[..split]);
             b.update(&data[split..]);
-            assert_eq!(b.digest128(), xxh3_128_with_seed(&data, 7));
+            assert_eq!(b.digest(), xxh3_128_with_seed(&data, 7));
         }
     }
 }

@@ -10,7 +10,9 @@
 //! written, in runs of CLUSTER blocks (default 1: scattered): the device is cut into equal
 //! strides and one run lands at a random place in each, so the list comes out sorted and
 //! memory stays constant at any size. The data is incompressible (xorshift), different for
-//! every block and every SEED. The range list (one line per run) goes to stdout.
+//! every block and every SEED. The range list (one line per run) goes to stdout. An IMAGE of
+//! `-` writes no image, only the list (for a source that makes its data up, as
+//! `bench/scale --nbd` does with nbdkit's random plugin).
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -41,7 +43,7 @@ impl XorShift {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
-        eprintln!("usage: scatter IMAGE SIZE PER_MILLE [CLUSTER] [SEED]");
+        eprintln!("usage: scatter IMAGE|- SIZE PER_MILLE [CLUSTER] [SEED]");
         std::process::exit(2);
     }
     let size = arg(&args, 1, "SIZE");
@@ -63,18 +65,21 @@ fn main() {
         return;
     }
     let stride = blocks / runs;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&args[0])
-        .unwrap_or_else(|e| {
-            eprintln!("scatter: {}: {e}", args[0]);
-            std::process::exit(1)
-        });
-    if file.metadata().map(|m| m.len()).unwrap_or(0) < size {
-        file.set_len(size).expect("size IMAGE");
-    }
+    let file = (args[0] != "-").then(|| {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&args[0])
+            .unwrap_or_else(|e| {
+                eprintln!("scatter: {}: {e}", args[0]);
+                std::process::exit(1)
+            });
+        if file.metadata().map(|m| m.len()).unwrap_or(0) < size {
+            file.set_len(size).expect("size IMAGE");
+        }
+        file
+    });
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
     let mut buf = vec![0u8; (cluster * BLOCK) as usize];
     let mut out = BufWriter::new(std::io::stdout().lock());
@@ -86,7 +91,9 @@ fn main() {
             word.copy_from_slice(&rng.next().to_le_bytes());
         }
         let offset = block * BLOCK;
-        file.write_all_at(&buf, offset).expect("write IMAGE");
+        if let Some(file) = &file {
+            file.write_all_at(&buf, offset).expect("write IMAGE");
+        }
         writeln!(out, "{offset} {}", buf.len()).expect("stdout");
     }
     out.flush().expect("stdout");

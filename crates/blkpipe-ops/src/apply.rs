@@ -160,6 +160,28 @@ impl Undo {
         saved
     }
 
+    /// A file target the stream makes smaller than it was loses `new_len..old_size` when it is
+    /// resized at the end: save that tail (before the resize). Only its data extents are
+    /// saved; its holes stay holes, implied by the undo stream's `source_size` (the file grows
+    /// back to its old size after the records: FORMAT.md 2.5).
+    fn save_tail(&mut self, target: &Device, new_len: u64) -> Result<(), OpError> {
+        let mut at = new_len;
+        while at < self.old_size {
+            let Some((start, end)) = target.next_data(at)? else {
+                break;
+            };
+            let end = end.min(self.old_size);
+            let mut piece = start;
+            while piece < end {
+                let len = (end - piece).min(MAX_RECORD_LEN);
+                self.save(target, piece, len)?;
+                piece += len;
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), OpError> {
         let UndoOut::Writing(w) = &mut self.out else {
             return Ok(()); // nothing saved yet
@@ -410,9 +432,28 @@ impl Applier<'_> {
     }
 
     /// Write what is pending, record it in the state file, and complete the undo stream.
-    fn finish(mut self, run_ok: bool) -> Result<(), OpError> {
+    /// `resize_to`: the whole stream is applied, and a file target is about to be resized to
+    /// this length: what a shrink drops is saved in the undo stream first.
+    fn finish(mut self, resize_to: Option<u64>) -> Result<(), OpError> {
+        let run_ok = resize_to.is_some();
         let flushed = self.checkpoint();
-        let finished = self.undo.take().map_or(Ok(()), |u| u.finish(run_ok));
+        let mut tail = Ok(());
+        if let (Some(len), Some(u), true) = (
+            resize_to,
+            self.undo.as_mut(),
+            flushed.is_ok() && !self.target.is_block_device(),
+        ) {
+            tail = u.save_tail(self.target, len);
+        }
+        let finished = match tail {
+            // The undo stream is completed either way (it covers what was written), but a
+            // failure to save the tail fails the run before the target is resized.
+            Ok(()) => self.undo.take().map_or(Ok(()), |u| u.finish(run_ok)),
+            Err(e) => {
+                let _ = self.undo.take().map(|u| u.finish(false));
+                Err(e)
+            }
+        };
         flushed.and(finished)
     }
 }
@@ -621,7 +662,8 @@ pub fn apply_stream<R: Read>(
     // Records verified before a fault are still applied, and the undo stream is completed
     // even then: it covers exactly what was written.
     let state = applier.as_ref().and_then(|a| a.state.clone());
-    let applied = applier.map_or(Ok(()), |a| a.finish(result.is_ok()));
+    let resize_to = result.is_ok().then_some(header.source_size);
+    let applied = applier.map_or(Ok(()), |a| a.finish(resize_to));
     result?;
     applied?;
     let end = *reader.end().expect("loop ends at the end record");

@@ -14,8 +14,14 @@
 //!
 //! The whole local device is read even with a start offset: blocks below it are hashed for
 //! the digest only.
+//!
+//! The first pass of a coarse-to-fine sync ([`DiffOptions::list_differing`]) may stop early
+//! ([`DiffOptions::stop_above`]): once enough blocks have been compared and too many of them
+//! differ, the rest of the device is listed whole and neither device is read further, so a
+//! second pass over that list costs no more than a one-pass sync of the same device.
 
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use blkpipe_dev::Device;
@@ -30,7 +36,7 @@ use crate::digest::push_chunk;
 use crate::patch_out::PatchOutput;
 use crate::progress::Progress;
 use crate::ranges::{RangeIter, RangeLimits, SortedRanges};
-use crate::scan::{scan_ranges, Chunk, RangeSource, ScanOptions};
+use crate::scan::{scan_ranges_while, Chunk, RangeSource, ScanOptions};
 use crate::{CountingWriter, OpError, Stats};
 
 /// Options of [`diff_device`].
@@ -46,6 +52,37 @@ pub struct DiffOptions {
     /// Write the range list of the remote's differing blocks (FORMAT.md 3.5) instead of a
     /// patch stream: the first pass of a coarse-to-fine sync.
     pub list_differing: bool,
+    /// With `list_differing`: stop once more than this percentage of the blocks compared so
+    /// far differ (judged from [`StopRule::min_blocks`] blocks on), and list the rest of the
+    /// remote device whole.
+    pub stop_above: Option<u32>,
+}
+
+/// When the first pass gives up comparing: see [`DiffOptions::stop_above`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopRule {
+    /// Stop when more than this percentage of the compared blocks differ.
+    pub percent: u32,
+    /// Judge only from this many compared blocks on.
+    pub min_blocks: u64,
+}
+
+impl StopRule {
+    /// The rule for a remote device of `blocks` blocks: judged from 64 blocks, or 1/64 of
+    /// the device if that is more, on. With 1 MiB blocks that is 64 MiB, and 1/64 of a device
+    /// above 4 GiB: a sample that several clusters of changes rarely fill by chance, and at
+    /// most 1.6% of a large device read before the rule can stop.
+    pub fn new(percent: u32, blocks: u64) -> Self {
+        StopRule {
+            percent,
+            min_blocks: blocks.div_ceil(64).max(64),
+        }
+    }
+
+    /// Whether to stop, after `compared` blocks of which `differing` differ.
+    pub fn stops(&self, compared: u64, differing: u64) -> bool {
+        compared >= self.min_blocks && differing * 100 > self.percent as u64 * compared
+    }
 }
 
 impl Default for DiffOptions {
@@ -55,6 +92,7 @@ impl Default for DiffOptions {
             from_offset: 0,
             scan: ScanOptions::default(),
             list_differing: false,
+            stop_above: None,
         }
     }
 }
@@ -161,6 +199,10 @@ enum Out<W: Write> {
         limit: u64,
         ranges: u64,
         bytes: u64,
+        /// When to stop early, and the blocks compared and differing so far.
+        rule: Option<StopRule>,
+        compared: u64,
+        differing: u64,
     },
 }
 
@@ -168,32 +210,58 @@ impl<W: Write> Out<W> {
     fn run(&mut self, chunk: &Chunk<'_>, start: u64, end: u64) -> Result<(), OpError> {
         match self {
             Out::Patch(w) => emit_run(w, chunk, start, end),
-            Out::List {
-                out,
-                pending,
-                limit,
-                ranges,
-                bytes,
-            } => {
-                let end = end.min(*limit);
-                if start >= end {
-                    return Ok(());
+            Out::List { .. } => self.list(start, end),
+        }
+    }
+
+    /// List `start..end` (cut at the remote's size), joined to the pending range if they
+    /// touch.
+    fn list(&mut self, start: u64, end: u64) -> Result<(), OpError> {
+        let Out::List {
+            out,
+            pending,
+            limit,
+            ranges,
+            bytes,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let end = end.min(*limit);
+        if start >= end {
+            return Ok(());
+        }
+        match pending {
+            Some(p) if p.end() == start => p.length += end - start,
+            _ => {
+                if let Some(p) = pending.replace(Range {
+                    offset: start,
+                    length: end - start,
+                }) {
+                    write_range(out, &p).map_err(OpError::Output)?;
+                    *ranges += 1;
+                    *bytes += p.length;
                 }
-                match pending {
-                    Some(p) if p.end() == start => p.length += end - start,
-                    _ => {
-                        if let Some(p) = pending.replace(Range {
-                            offset: start,
-                            length: end - start,
-                        }) {
-                            write_range(out, &p).map_err(OpError::Output)?;
-                            *ranges += 1;
-                            *bytes += p.length;
-                        }
-                    }
-                }
-                Ok(())
             }
+        }
+        Ok(())
+    }
+
+    /// Count one compared block of the first pass; whether the stop rule now says stop.
+    fn watch(&mut self, differs: bool) -> bool {
+        match self {
+            Out::List {
+                rule: Some(rule),
+                compared,
+                differing,
+                ..
+            } => {
+                *compared += 1;
+                *differing += u64::from(differs);
+                rule.stops(*compared, *differing)
+            }
+            _ => false,
         }
     }
 }
@@ -304,12 +372,16 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
             },
         )
         .map_err(OpError::Output)?;
+        let blocks = header.device_size.div_ceil(bs);
         Out::List {
             out,
             pending: None,
             limit: header.device_size,
             ranges: 0,
             bytes: 0,
+            rule: opts.stop_above.map(|p| StopRule::new(p, blocks)),
+            compared: 0,
+            differing: 0,
         }
     } else {
         let out = CountingWriter::new(out);
@@ -348,7 +420,8 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
     // Keyed: local blocks are hashed as the keyed stream's were, and the source digest in
     // the sealed patch is built from keyed hashes too (FORMAT.md 6).
     let hasher = BlockHasher::new(header.seed, opts.patch.key.as_ref());
-    scan_ranges(
+    let mut stopped_at = None;
+    scan_ranges_while(
         dev,
         pieces,
         header.block_size,
@@ -356,14 +429,22 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
         &opts.scan,
         |chunk| {
             push_chunk(&mut digest, chunk.hashes, chunk.data.len(), bs as usize);
-            compare_chunk(chunk, &mut remote, compare_from, &mut sink, &mut stats)?;
+            stopped_at = compare_chunk(chunk, &mut remote, compare_from, &mut sink, &mut stats)?;
             stats.bytes_read += chunk.data.len() as u64;
             progress.inc(chunk.data.len() as u64);
-            Ok(())
+            Ok(match stopped_at {
+                Some(_) => ControlFlow::Break(()),
+                None => ControlFlow::Continue(()),
+            })
         },
     )?;
-    // The remote may hold more blocks than we do: they must verify too before the end record.
-    remote.finish()?;
+    match stopped_at {
+        // The rest of the remote device, listed whole; the rest of its hash stream unread.
+        Some(at) => sink.list(at, header.device_size)?,
+        // The remote may hold more blocks than we do: they must verify too before the end
+        // record.
+        None => remote.finish()?,
+    }
     let written = match sink {
         Out::Patch(writer) => {
             stats.records = writer.record_count();
@@ -385,12 +466,24 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
             pending,
             mut ranges,
             mut bytes,
+            rule,
+            compared,
+            differing,
             ..
         } => {
             if let Some(p) = pending {
                 write_range(&mut out, &p).map_err(OpError::Output)?;
                 ranges += 1;
                 bytes += p.length;
+            }
+            if let (Some(at), Some(rule)) = (stopped_at, rule) {
+                // Last, so that a list cut short by a failure never carries it.
+                writeln!(
+                    out,
+                    "# stopped at {at}: {differing} of {compared} blocks compared differ (more than {}%); the rest is listed whole",
+                    rule.percent
+                )
+                .map_err(OpError::Output)?;
             }
             stats.records = ranges;
             stats.data_bytes = bytes;
@@ -408,29 +501,48 @@ pub fn diff_device_ranges<R: Read, L: Read, W: Write>(
 }
 
 /// Compare one chunk's blocks with the remote's and write records for the runs that differ.
+/// `Some(offset)` when the first pass's stop rule stopped it: the blocks below `offset` are
+/// compared and listed, the rest is not.
 fn compare_chunk<R: Read, W: Write>(
     chunk: &Chunk<'_>,
     remote: &mut Remote<'_, R>,
     compare_from: u64,
     sink: &mut Out<W>,
     stats: &mut Stats,
-) -> Result<(), OpError> {
+) -> Result<Option<u64>, OpError> {
     let bs = remote.header.block_size as u64;
     let remote_size = remote.header.device_size;
     let chunk_end = chunk.offset + chunk.data.len() as u64;
     let mut run: Option<u64> = None;
     for (i, h) in chunk.hashes.iter().enumerate() {
         let off = chunk.offset + i as u64 * bs;
+        let mut stop = false;
         let differs = if off < compare_from {
             None
         } else if off < remote_size {
             // A block a range-restricted stream does not hold was read because it lies past
             // the remote's last whole block: send it.
-            Some(remote.differs(off, *h)?.unwrap_or(true))
+            let d = remote.differs(off, *h)?.unwrap_or(true);
+            // At the remote's last block nothing is left to list whole: finish as usual.
+            stop = sink.watch(d) && off + bs < remote_size;
+            Some(d)
         } else {
             remote.finish()?;
             Some(true)
         };
+        if stop {
+            let end = (off + bs).min(chunk_end);
+            if differs == Some(true) {
+                stats.blocks_different += 1;
+                sink.run(chunk, run.unwrap_or(off), end)?;
+            } else {
+                stats.blocks_same += 1;
+                if let Some(s) = run {
+                    sink.run(chunk, s, off)?;
+                }
+            }
+            return Ok(Some(end));
+        }
         match differs {
             Some(true) => {
                 stats.blocks_different += 1;
@@ -449,7 +561,7 @@ fn compare_chunk<R: Read, W: Write>(
     if let Some(s) = run {
         sink.run(chunk, s, chunk_end)?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Write `start..end` of `chunk` as records no longer than [`MAX_RECORD_LEN`], cut at its

@@ -26,6 +26,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::ops::{ControlFlow, Range};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 
@@ -49,7 +50,8 @@ pub struct ScanOptions {
     /// Drop each chunk from the page cache after reading it.
     pub drop_cache: bool,
     /// Do not read what the device says reads as zeros (holes of a sparse file, found with
-    /// `SEEK_DATA`): fill it with zeros and hash it without touching the disk.
+    /// `SEEK_DATA`), nor hash it: it is handed on as zeros, and each whole block in a hole
+    /// (also inside a chunk that holds data) takes the hash of a zero block, made once.
     pub skip_holes: bool,
 }
 
@@ -89,9 +91,64 @@ pub struct Chunk<'a> {
 struct Slot {
     buf: AlignedBuf,
     hashes: Vec<u128>,
-    /// The whole buffer holds zeros (it was last filled for a hole), so the next hole need
-    /// not clear it again.
-    zeroed: bool,
+    /// The parts of `buf` that may hold something other than zeros (ascending): the next
+    /// chunk with holes clears only these, not the whole buffer.
+    dirty: Vec<Range<usize>>,
+    /// The parts of the chunk just read that are holes (ascending, relative to the chunk):
+    /// zeros in `buf` that were not read, whose whole blocks take the zero block's hash
+    /// without being hashed.
+    holes: Vec<Range<usize>>,
+}
+
+impl Slot {
+    fn new(len: usize, blocks: usize) -> Slot {
+        Slot {
+            buf: AlignedBuf::new(len),
+            hashes: Vec::with_capacity(blocks),
+            dirty: Vec::new(),
+            holes: Vec::new(),
+        }
+    }
+
+    /// Zero what may not be zeros, so the whole buffer is.
+    fn clear(&mut self) {
+        for r in self.dirty.drain(..) {
+            self.buf[r].fill(0);
+        }
+    }
+
+    /// The whole buffer may hold anything (after a read of it all).
+    fn all_dirty(&mut self) {
+        self.dirty.clear();
+        self.dirty.push(0..self.buf.len());
+    }
+
+    /// Hash the `len` bytes of the chunk in blocks of `bs`: the whole blocks inside a hole
+    /// take `zero` (the hash of a block of zeros, made once), the others are hashed.
+    fn hash_blocks(
+        &mut self,
+        len: usize,
+        bs: usize,
+        hasher: &BlockHasher,
+        zero: &std::sync::OnceLock<u128>,
+    ) {
+        self.hashes.clear();
+        let data = &self.buf[..len];
+        let mut holes = self.holes.iter().peekable();
+        for (i, block) in data.chunks(bs).enumerate() {
+            let at = i * bs;
+            while holes.next_if(|h| h.end <= at).is_some() {}
+            let in_hole = block.len() == bs
+                && holes
+                    .peek()
+                    .is_some_and(|h| h.start <= at && at + bs <= h.end);
+            self.hashes.push(if in_hole {
+                *zero.get_or_init(|| hasher.hash(&vec![0u8; bs]))
+            } else {
+                hasher.hash(block)
+            });
+        }
+    }
 }
 
 /// Free buffers, shared by the workers and the consumer.
@@ -193,6 +250,26 @@ where
     I: Iterator<Item = Result<(u64, u64), OpError>> + Send,
     F: FnMut(&Chunk<'_>) -> Result<(), OpError>,
 {
+    scan_ranges_while(dev, ranges, block_size, hasher, opts, |c| {
+        consume(c).map(|()| ControlFlow::Continue(()))
+    })
+}
+
+/// Like [`scan_ranges`], but `consume` may end the scan early with [`ControlFlow::Break`]:
+/// no later chunk is handed to it and the readers stop (a chunk or two they already read
+/// ahead is dropped).
+pub fn scan_ranges_while<I, F>(
+    dev: &Device,
+    ranges: I,
+    block_size: u32,
+    hasher: &BlockHasher,
+    opts: &ScanOptions,
+    mut consume: F,
+) -> Result<(), OpError>
+where
+    I: Iterator<Item = Result<(u64, u64), OpError>> + Send,
+    F: FnMut(&Chunk<'_>) -> Result<ControlFlow<()>, OpError>,
+{
     let bs = block_size as u64;
     let chunk = CHUNK_BYTES.max(bs);
     let mut ranges = ranges.peekable();
@@ -206,18 +283,14 @@ where
     let pool = Pool {
         state: Mutex::new((
             (0..slots)
-                .map(|_| Slot {
-                    buf: AlignedBuf::new(chunk as usize),
-                    hashes: Vec::with_capacity((chunk / bs) as usize),
-                    zeroed: false,
-                })
+                .map(|_| Slot::new(chunk as usize, (chunk / bs) as usize))
                 .collect(),
             false,
         )),
         ready: Condvar::new(),
     };
     let how = read_mode(opts);
-    // The hash of an all-zero block, made once from the first hole's zeroed buffer.
+    // The hash of an all-zero block, made once, for the blocks in holes.
     let zero_hash = std::sync::OnceLock::new();
     // The chunk source: the next chunk's number and place, taken in turn under this lock.
     let pieces = Mutex::new(Pieces {
@@ -266,26 +339,13 @@ where
                     let res = if opts.skip_holes {
                         read_sparse(dev, &mut slot, off, len as usize, how)
                     } else {
-                        slot.zeroed = false;
-                        read_chunk(dev, &mut slot.buf, off, len as usize, how).map(|()| false)
+                        slot.all_dirty();
+                        slot.holes.clear();
+                        read_chunk(dev, &mut slot.buf, off, len as usize, how)
                     };
                     drop(turn);
-                    let msg = res.map(|hole| {
-                        slot.hashes.clear();
-                        let data = &slot.buf[..len as usize];
-                        if hole {
-                            // All zeros: every whole block hashes the same.
-                            let z =
-                                *zero_hash.get_or_init(|| hasher.hash(&slot.buf[..bs as usize]));
-                            let full = len / bs;
-                            slot.hashes.extend(std::iter::repeat(z).take(full as usize));
-                            if len % bs != 0 {
-                                slot.hashes.push(hasher.hash(&data[(full * bs) as usize..]));
-                            }
-                        } else {
-                            slot.hashes
-                                .extend(data.chunks(bs as usize).map(|b| hasher.hash(b)));
-                        }
+                    let msg = res.map(|()| {
+                        slot.hash_blocks(len as usize, bs as usize, hasher, zero_hash);
                         (off, len, slot)
                     });
                     let failed = msg.is_err();
@@ -308,7 +368,9 @@ where
                         data: &slot.buf[..len as usize],
                         hashes: &slot.hashes,
                     };
-                    consume(&chunk)?;
+                    if consume(&chunk)?.is_break() {
+                        return Ok(());
+                    }
                     pool.put(slot);
                     want += 1;
                     continue;
@@ -390,68 +452,64 @@ fn read_mode(opts: &ScanOptions) -> ReadMode {
 }
 
 /// Read `len` bytes at `off` into the slot's buffer, reading only the extents the device
-/// says may hold data ([`Device::next_data`]) and zeroing the rest. Returns whether the
-/// whole chunk was a hole (then the buffer holds zeros and nothing was read). With
-/// `O_DIRECT` only whole-chunk holes are skipped; a chunk with any data is read whole.
+/// says may hold data ([`Device::next_data`]) and zeroing the rest; the slot's `holes` say
+/// which parts were not read. With `O_DIRECT` only whole-chunk holes are skipped; a chunk
+/// with any data is read whole.
 fn read_sparse(
     dev: &Device,
     slot: &mut Slot,
     off: u64,
     len: usize,
     how: ReadMode,
-) -> Result<bool, OpError> {
+) -> Result<(), OpError> {
     let end = off + len as u64;
+    slot.holes.clear();
     // A range past the device's end is read, so the short read is found and reported.
     let first = if end > dev.size() {
         Some((off, end))
     } else {
         dev.next_data(off)?
     };
-    let hole = |slot: &mut Slot| {
-        if !slot.zeroed {
-            slot.buf.fill(0);
-            slot.zeroed = true;
-        }
-    };
     match first {
         None => {
-            hole(slot);
-            return Ok(true);
+            slot.clear();
+            slot.holes.push(0..len);
+            return Ok(());
         }
         Some((s, _)) if s >= end => {
-            hole(slot);
-            return Ok(true);
+            slot.clear();
+            slot.holes.push(0..len);
+            return Ok(());
         }
         Some((s, e)) if how == ReadMode::Direct || (s <= off && e >= end) => {
-            slot.zeroed = false;
-            read_chunk(dev, &mut slot.buf, off, len, how)?;
-            return Ok(false);
+            slot.all_dirty();
+            return read_chunk(dev, &mut slot.buf, off, len, how);
         }
         Some(_) => {}
     }
-    // Part data, part holes: zero the holes, read the data extents.
+    // Part data, part holes: clear what an earlier chunk left, read the data extents.
+    slot.clear();
     let mut at = off;
     let mut next = first;
-    let was_zeroed = slot.zeroed;
-    slot.zeroed = false;
     while at < end {
         let (s, e) = match next {
             Some((s, e)) if s < end => (s.max(at), e.min(end)),
             _ => (end, end),
         };
-        if !was_zeroed {
-            slot.buf[(at - off) as usize..(s - off) as usize].fill(0);
+        let (a, b) = ((s - off) as usize, (e - off) as usize);
+        if at < s {
+            slot.holes.push((at - off) as usize..a);
         }
         if s < e {
-            let (a, b) = ((s - off) as usize, (e - off) as usize);
             read_chunk(dev, &mut slot.buf[a..], s, b - a, how)?;
+            slot.dirty.push(a..b);
         }
         at = e.max(s);
         if at < end {
             next = dev.next_data(at)?;
         }
     }
-    Ok(false)
+    Ok(())
 }
 
 /// Read `len` bytes at `off` into `buf` (with `O_DIRECT`, see [`Device::read_at_direct`]: the
@@ -682,13 +740,16 @@ mod tests {
         fill(&mut data, 4096 * 5, 4096 * 2); // inside the first chunk
         fill(&mut data, CHUNK_BYTES as usize - 4096, 8192); // across a chunk boundary
         fill(&mut data, 3 * CHUNK_BYTES as usize, CHUNK_BYTES as usize); // a whole chunk
+        fill(&mut data, 4 * CHUNK_BYTES as usize + 12288, 8192); // then a partly sparse one
         fill(&mut data, len - 50, 50); // the short tail
-        let extents = 4 * 4096 + CHUNK_BYTES + 100;
+        let extents = 6 * 4096 + CHUNK_BYTES + 100;
         let key = blkpipe_format::seal::SealKey::from_slice(&[7; 32]).unwrap();
-        for hasher in [
+        let hashers = [
             BlockHasher::Xxh3 { seed: 3 },
             BlockHasher::new(3, Some(&key)),
-        ] {
+        ];
+        // 64 KiB blocks: holes end inside blocks, which are hashed from the buffer.
+        for (hasher, bs) in hashers.iter().flat_map(|h| [(h, 4096), (h, 65536)]) {
             for (direct, skip) in [(false, false), (false, true), (true, true)] {
                 let mem = MemEngine::with_holes(data.clone());
                 let dev = Device::from_engine(Box::new(mem.clone()), "mem".as_ref());
@@ -699,23 +760,28 @@ mod tests {
                     ..ScanOptions::default()
                 };
                 let (mut got, mut hashes) = (Vec::new(), Vec::new());
-                scan_with(&dev, 4096, len as u64, 4096, &hasher, &opts, |c| {
-                    assert_eq!(c.offset, 4096 + got.len() as u64);
+                let from = bs as u64;
+                scan_with(&dev, from, len as u64, bs, hasher, &opts, |c| {
+                    assert_eq!(c.offset, from + got.len() as u64);
                     got.extend_from_slice(c.data);
                     hashes.extend_from_slice(c.hashes);
                     Ok(())
                 })
                 .unwrap();
-                assert!(got == data[4096..], "data, direct {direct} skip {skip}");
-                let want: Vec<u128> = data[4096..].chunks(4096).map(|b| hasher.hash(b)).collect();
-                assert_eq!(hashes, want, "direct {direct} skip {skip}");
+                let data = &data[from as usize..];
+                assert!(got == data, "data, direct {direct} skip {skip} bs {bs}");
+                let want: Vec<u128> = data.chunks(bs as usize).map(|b| hasher.hash(b)).collect();
+                assert_eq!(hashes, want, "direct {direct} skip {skip} bs {bs}");
                 let read = mem.bytes_read();
+                if bs != 4096 {
+                    continue;
+                }
                 match (direct, skip) {
                     (_, false) => assert_eq!(read, len as u64 - 4096),
                     (false, true) => assert_eq!(read, extents),
                     // Direct: chunks with any data are read whole, empty ones not at all.
                     (true, true) => {
-                        assert_eq!(read, 2 * CHUNK_BYTES + CHUNK_BYTES - 4096 + 4096 * 3 + 100)
+                        assert_eq!(read, 3 * CHUNK_BYTES + CHUNK_BYTES - 4096 + 4096 * 3 + 100)
                     }
                 }
             }

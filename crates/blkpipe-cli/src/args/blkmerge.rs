@@ -2,44 +2,40 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
-
-/// Combine patch streams, oldest first, into one patch stream on stdout in which later records
-/// win where they overlap: applying the result equals applying the inputs one after another.
-///
-/// Memory is bounded by the record cap (4 MiB) times the number of inputs, whatever the
-/// streams' sizes. The result is complete (has an end record) only if every input was; its
-/// source size is the newest input's. Inputs may be zstd, lz4 or gzip compressed.
-///
-/// Sealed chained inputs (--key; written with --chain) must be consecutive steps of one chain,
-/// each following the one before (undo streams: newest step first); the result is bound to
-/// all their steps (docs/FORMAT.md 6.6). Anything else is refused before any output.
-///
-/// Streams:
-///   stdin   a patch stream, if `-` is one of the PATCH arguments
-///   stdout  patch stream (binary; refused on a terminal unless --force-tty)
-///   stderr  one line per error; a summary when asked (--stats)
-#[derive(Parser, Debug)]
-#[command(
-    name = "blkmerge",
-    version,
-    about = "Merge patch streams, oldest first, into one in which later records win",
-    verbatim_doc_comment,
-    after_long_help = AFTER_HELP
-)]
-pub struct Args {
-    /// Patch streams, oldest first (`-` is stdin).
-    #[arg(required = true, value_name = "PATCH")]
-    pub inputs: Vec<PathBuf>,
-    /// Compress data payloads with lz4.
-    #[arg(long, help_heading = "Output")]
-    pub lz4: bool,
-    /// Stream output options (`--force-tty`).
-    #[command(flatten)]
-    pub output: crate::opts::StreamOutput,
-    /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
-    #[command(flatten)]
-    pub common: crate::Common,
+tool_args! {
+    /// Combine patch streams, oldest first, into one patch stream on stdout in which later records
+    /// win where they overlap: applying the result equals applying the inputs one after another.
+    ///
+    /// Memory is bounded by the record cap (4 MiB) times the number of inputs, whatever the
+    /// streams' sizes. The result is complete (has an end record) only if every input was; its
+    /// source size is the newest input's. Inputs may be zstd, lz4 or gzip compressed.
+    ///
+    /// Sealed chained inputs (--key; written with --chain) must be consecutive steps of one chain,
+    /// each following the one before (undo streams: newest step first); the result is bound to
+    /// all their steps (docs/FORMAT.md 6.6). Anything else is refused before any output.
+    ///
+    /// Streams:
+    ///   stdin   a patch stream, if `-` is one of the PATCH arguments
+    ///   stdout  patch stream (binary; refused on a terminal unless --force-tty)
+    ///   stderr  one line per error; a summary when asked (--stats)
+    #[command(
+        name = "blkmerge",
+        about = "Merge patch streams, oldest first, into one in which later records win"
+    )]
+    pub struct Args {
+        /// Patch streams, oldest first (`-` is stdin).
+        #[arg(required = true, value_name = "PATCH")]
+        pub inputs: Vec<PathBuf>,
+        /// Compress data payloads with lz4.
+        #[arg(long, help_heading = "Output")]
+        pub lz4: bool,
+        /// Stream output options (`--force-tty`).
+        #[command(flatten)]
+        pub output: crate::opts::StreamOutput,
+        /// Sealing and reporting (`--key`, `--progress`, `--progress-fd`, `--stats`).
+        #[command(flatten)]
+        pub common: crate::Common,
+    }
 }
 
 const AFTER_HELP: &str = "\

@@ -1,5 +1,19 @@
 //! Each tool's command line: the `Args` its `main` parses and `blkpipe-gen` documents.
 
+/// Declares a tool's `Args` (its doc comment, `#[command(name, about, ...)]` and fields, as
+/// written) with what every tool's command line shares: `#[derive(Parser, Debug)]`,
+/// `--version`, the doc comment kept verbatim as the long help (its line breaks are the
+/// help's), and the module's `AFTER_HELP` (examples and exit codes) after `--help`.
+/// rustfmt does not format inside a macro call: keep the fields as it would lay them out.
+macro_rules! tool_args {
+    ($(#[$attr:meta])* pub struct Args { $($fields:tt)* }) => {
+        #[derive(clap::Parser, Debug)]
+        #[command(version, verbatim_doc_comment, after_long_help = AFTER_HELP)]
+        $(#[$attr])*
+        pub struct Args { $($fields)* }
+    };
+}
+
 pub mod blkdiff;
 pub mod blkhash;
 pub mod blkmerge;

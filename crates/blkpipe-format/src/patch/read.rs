@@ -497,7 +497,7 @@ impl<R: Read, B: PayloadBuf> PatchReader<R, B> {
             !self.announced_digest || end.source_digest.is_some(),
             || "end record: no source digest, though the header announced one".into(),
         )?;
-        check.digest("stream digest", end.stream_digest, self.digest.digest128())?;
+        check.digest("stream digest", end.stream_digest, self.digest.digest())?;
         check.expect_eof(&mut self.input, self.pos)?;
         Ok(end)
     }

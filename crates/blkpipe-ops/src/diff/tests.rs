@@ -364,3 +364,88 @@ fn assert_no_end(patch: &[u8]) {
         }
     }
 }
+
+#[test]
+fn the_stop_rule_judges_from_its_minimum_and_stops_only_above_the_percentage() {
+    // 64 blocks at least; 1/64 of the device when that is more.
+    assert_eq!(StopRule::new(10, 100).min_blocks, 64);
+    assert_eq!(StopRule::new(10, 8192).min_blocks, 128);
+    assert_eq!(StopRule::new(10, 8193).min_blocks, 129);
+    let r = StopRule::new(10, 1000);
+    assert!(!r.stops(63, 63), "not before 64 blocks");
+    assert!(r.stops(64, 7), "7 of 64 is above 10%");
+    assert!(!r.stops(70, 7), "exactly 10% is not above it");
+    assert!(r.stops(70, 8));
+    assert!(
+        !StopRule::new(100, 1000).stops(1000, 1000),
+        "100% never stops"
+    );
+}
+
+#[test]
+fn a_stopped_first_pass_lists_what_differed_and_the_rest_and_pass_2_syncs() {
+    // 128 coarse blocks of 64 KiB; blocks 1, 3 and 5 differ, then every other one.
+    let dst = pattern(8 << 20, 0);
+    let mut src = dst.clone();
+    for b in [1usize, 3, 5] {
+        src[b * 65536 + 100] ^= 1;
+    }
+    for b in (70..128).step_by(2) {
+        src[b * 65536] ^= 1;
+    }
+    let coarse = hashes_of(&dst, 65536, HashKind::Xxh3_64, 0);
+    let (fs, fd) = (file(&src), file(&dst));
+    let sdev = Device::open_source(fs.path(), false).unwrap();
+    let ddev = Device::open_source(fd.path(), false).unwrap();
+    let mut list = Vec::new();
+    let opts = DiffOptions {
+        list_differing: true,
+        stop_above: Some(5),
+        ..DiffOptions::default()
+    };
+    let stats = diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+    // 3 of 64 is 4.7%; block 70 makes it 4 of 71 (5.6%): stop after it.
+    assert_eq!(
+        String::from_utf8(list.clone()).unwrap(),
+        "# blkranges v1 size=8388608 chunk=65536\n65536 65536\n196608 65536\n327680 65536\n\
+         4587520 3801088\n# stopped at 4653056: 4 of 71 blocks compared differ (more than 5%); \
+         the rest is listed whole\n"
+    );
+    assert_eq!((stats.blocks_same, stats.blocks_different), (67, 4));
+    // Only whole 4 MiB chunks up to the stop were handed over: two of them.
+    assert_eq!(stats.bytes_read, 8 << 20);
+    let fine = fine_hashes(&ddev, &list);
+    let mut patch = Vec::new();
+    diff_device_ranges(
+        &sdev,
+        &fine[..],
+        Some(&list[..]),
+        RangeLimits::default(),
+        &mut patch,
+        &DiffOptions::default(),
+        &Progress::hidden(),
+    )
+    .unwrap();
+    assert_eq!(apply_in_memory(&patch, &dst).0, src);
+}
+
+#[test]
+fn a_first_pass_that_would_stop_at_the_remotes_last_block_finishes_instead() {
+    // 64 blocks, all different: the rule first speaks at the last one, where nothing is left.
+    let dst = pattern(4 << 20, 0);
+    let src = pattern(4 << 20, 1);
+    let coarse = hashes_of(&dst, 65536, HashKind::Xxh3_64, 0);
+    let fs = file(&src);
+    let sdev = Device::open_source(fs.path(), false).unwrap();
+    let mut list = Vec::new();
+    let opts = DiffOptions {
+        list_differing: true,
+        stop_above: Some(10),
+        ..DiffOptions::default()
+    };
+    diff_device(&sdev, &coarse[..], &mut list, &opts, &Progress::hidden()).unwrap();
+    assert_eq!(
+        String::from_utf8(list).unwrap(),
+        "# blkranges v1 size=4194304 chunk=65536\n0 4194304\n"
+    );
+}
