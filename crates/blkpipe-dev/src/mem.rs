@@ -65,6 +65,8 @@ struct State {
     holes: bool,
     /// Bytes returned by `read_at`.
     read: AtomicU64,
+    /// Calls of `next_data`.
+    seeks: AtomicU64,
 }
 
 /// The granularity at which a [`MemEngine::with_holes`] device reports holes.
@@ -110,6 +112,11 @@ impl MemEngine {
         self.0.read.load(Ordering::SeqCst)
     }
 
+    /// Calls of [`Engine::next_data`] so far (over all clones): each is an `lseek` on a file.
+    pub fn seeks(&self) -> u64 {
+        self.0.seeks.load(Ordering::SeqCst)
+    }
+
     fn build(data: Vec<u8>, faults: Faults, on_write: Option<WriteHook>) -> Self {
         MemEngine(Arc::new(State {
             data: Mutex::new(data),
@@ -120,6 +127,7 @@ impl MemEngine {
             is_block: true,
             holes: false,
             read: AtomicU64::new(0),
+            seeks: AtomicU64::new(0),
         }))
     }
 
@@ -203,6 +211,7 @@ impl Engine for MemEngine {
     }
 
     fn next_data(&self, offset: u64) -> Result<Option<(u64, u64)>, DevError> {
+        self.0.seeks.fetch_add(1, Ordering::SeqCst);
         let data = self.data();
         let size = data.len() as u64;
         if !self.0.holes || offset >= size {
