@@ -98,8 +98,24 @@ pub fn pattern_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
 /// [`pattern_file`], and the bytes written.
 pub fn pattern_image(dir: &Path, name: &str, len: usize, seed: u64) -> (PathBuf, Vec<u8>) {
     let (p, bytes) = (dir.join(name), pattern(len, seed));
-    std::fs::write(&p, &bytes).unwrap();
+    write_target(&p, &bytes);
     (p, bytes)
+}
+
+/// Write `bytes` to `path` (created or truncated) through a child `dd`, so that this test
+/// process never holds the file open for writing. blkpatch refuses a target that any process
+/// has open for writing; a child that another test thread forks while this process holds the
+/// descriptor keeps a copy until it execs, and under load that window made blkpatch refuse
+/// ("open for writing in process N") in tests that rewrite their target in a loop.
+pub fn write_target(path: &Path, bytes: &[u8]) {
+    let of = format!("of={}", path.display());
+    let mut dd = Command::new("dd")
+        .args([of.as_str(), "bs=1M", "status=none"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn dd");
+    dd.stdin.take().unwrap().write_all(bytes).unwrap();
+    assert!(dd.wait().unwrap().success(), "dd {of} failed");
 }
 
 /// The number GNU time wrote to `file` (`/usr/bin/time -f %M -o FILE`: one field), e.g.

@@ -11,7 +11,7 @@ use blkpipe_format::patch::{PatchReader, RecordData};
 
 use crate::common::{
     assert_stderr_has, bin, pattern, pattern_image, require_loop, run, run_ok, spawn_fed, stderr,
-    Loop,
+    write_target, Loop,
 };
 
 /// `blkread-chunks SRC < ranges` as bytes.
@@ -241,7 +241,7 @@ impl Damage {
     /// Apply `bad`, damaged from byte `at` on, to the target as it was: exit 3, and the
     /// target holds exactly the records before `at`. Returns their count and the error.
     fn apply(&self, bad: &[u8], at: usize, what: &str) -> (usize, String) {
-        fs::write(&self.dst, &self.orig).unwrap();
+        write_target(&self.dst, &self.orig);
         let out = patch(&self.dst, bad, &[]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(3), "{what}: {err}");

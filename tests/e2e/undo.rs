@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::common::{pattern, require_loop, run, run_ok, stderr, Loop};
+use crate::common::{pattern, require_loop, run, run_ok, stderr, write_target, Loop};
 
 /// The source: 3 MiB + 1 KiB (not a multiple of 4 KiB) with a zero run inside.
 const SRC_LEN: usize = (3 << 20) + 1024;
@@ -87,7 +87,7 @@ impl Case {
 fn file_round_trip(c: &Case, name: &str, old: Option<&[u8]>) -> (Vec<u8>, Vec<u8>) {
     let t = c.path(name);
     if let Some(old) = old {
-        fs::write(&t, old).unwrap();
+        write_target(&t, old);
     }
     let image = c.full_image(&[]);
     let undo = c.patch_undo(&t, &image, &format!("{name}.undo"), &[]);
@@ -211,7 +211,7 @@ fn chained_full_image_undo_and_redo_over_a_longer_file() {
     let image = c.full_image(&["--chain", chain.to_str().unwrap(), "--new-chain", "1"]);
     let t = c.path("t.img");
     let old = pattern(SRC_LEN + (1 << 20), 38);
-    fs::write(&t, &old).unwrap();
+    write_target(&t, &old);
     let cs = c.path("cs");
     let cs = ["--chain-state", cs.to_str().unwrap()];
     let undo = c.patch_undo(&t, &image, "t.undo", &cs);
