@@ -123,3 +123,11 @@ pipeline_status() {
     printf '%s\n' "${msg%, }"
     return 1
 }
+
+# list_stopped FILE: for a range list from `blkdiff --list-differing --stop-above`, the
+# stop line without its "# " ("stopped at OFFSET: K of N blocks compared differ ...") when
+# that pass gave up on scattered changes (the line is then last: docs/FORMAT.md 3.5);
+# nothing when it compared the whole device.
+list_stopped() {
+    tail -n 1 "$1" | sed -n 's/^# \(stopped at [0-9]*: .*\)/\1/p'
+}
