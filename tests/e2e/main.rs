@@ -6,6 +6,8 @@
 
 mod common;
 
+// First in name order, so libtest starts its two tests first (see its module doc).
+mod a_kill9;
 mod blksync;
 mod chain;
 mod contract;
@@ -15,7 +17,6 @@ mod hashsync;
 mod help;
 mod holes;
 mod hostile;
-mod kill9;
 mod merge;
 mod nbd;
 mod nbd_lies;

@@ -8,9 +8,11 @@
 //! blkread-chunks SRC < ranges | blkpatch DST            (chunk pipeline)
 //! ```
 //!
-//! For every stage and two modes, `BLKPIPE_KILL_TRIALS` trials (default 50). Each trial starts
-//! from the original, differing target, sends SIGKILL to that stage after a delay drawn
-//! uniformly from [0, 0.9 x the stage's own run time] (measured first on unkilled runs), and
+//! For every stage and two modes, `BLKPIPE_KILL_TRIALS` trials (default 25; 50 until
+//! 2026-11-30, when these two tests were about two thirds of the e2e binary's CPU). Each trial
+//! starts from the original, differing target, sends SIGKILL to that stage after a delay drawn
+//! uniformly from [0, 0.9 x the stage's own run time] (measured on unkilled runs just before
+//! that stage's trials, so a change of load elsewhere meanwhile does not skew them), and
 //! checks what the survivors did. Then it reruns on the partially patched target:
 //!
 //! - without `--state`: the whole pipeline again from scratch;
@@ -20,8 +22,12 @@
 //!
 //! The rerun must exit 0 at every stage and leave the target equal to the source, byte for
 //! byte. The delays come from a PRNG whose seed is printed (`BLKPIPE_KILL_SEED` sets it), and
-//! a summary says how many kills landed mid-run (`cargo test --release --test e2e -- kill9::
+//! a summary says how many kills landed mid-run (`cargo test --release --test e2e -- a_kill9::
 //! --nocapture` shows it).
+//!
+//! The module is named `a_kill9` so that it sorts first: libtest starts tests in name order,
+//! and these two are the longest of the binary; started last they were its critical path. They
+//! run at the same time as each other and as other tests, each one timing its own stages.
 //!
 //! What the survivors of a kill must do, checked exactly: a stage downstream of the killed one
 //! exits 3 (truncated stream), or 0 only if the stage feeding it had written its whole output
@@ -30,15 +36,14 @@
 //! whole output. blkpatch exiting 0 means the target equals the source right then. No stage
 //! may hang.
 
-use std::cell::{Ref, RefCell};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use blkpipe_ops::state::ResumeState;
@@ -46,9 +51,6 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::common::{bin, pattern, stdout_ok, Rng};
-
-/// The tests of this file measure run times: they run one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 const BS: usize = 4096;
 const MIB: usize = 1 << 20;
@@ -66,7 +68,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 fn trials() -> usize {
-    env_u64("BLKPIPE_KILL_TRIALS").map_or(50, |n| n as usize)
+    env_u64("BLKPIPE_KILL_TRIALS").map_or(25, |n| n as usize)
 }
 
 /// The seed: `BLKPIPE_KILL_SEED`, or a fresh one.
@@ -89,6 +91,9 @@ struct Images {
     ranges: PathBuf,
     /// Bytes that differ between the two, by 4 KiB block (the tail past the target counts).
     differing: usize,
+    /// Where the original target differs from the source inside its own length: (offset,
+    /// length) runs of 4 KiB blocks. What a reset rewrites when the target equals the source.
+    dst_runs: Vec<(usize, usize)>,
 }
 
 impl Images {
@@ -135,12 +140,20 @@ impl Images {
         let mut ranges = format!("# blkranges v1 size={size} chunk={chunk}\n");
         let mut differing = 0;
         let mut open: Option<(usize, usize)> = None;
+        let mut dst_runs: Vec<(usize, usize)> = Vec::new();
         for b in (0..size).step_by(BS) {
             let end = (b + BS).min(size);
             if end <= dst_len && src[b..end] == dst[b..end] {
                 continue;
             }
             differing += end - b;
+            if b < dst_len {
+                let end = end.min(dst_len);
+                match dst_runs.last_mut() {
+                    Some((at, len)) if *at + *len == b => *len = end - *at,
+                    _ => dst_runs.push((b, end - b)),
+                }
+            }
             let (c0, c1) = (b / chunk * chunk, (end.div_ceil(chunk) * chunk).min(size));
             open = match open {
                 Some((s, e)) if c0 <= e => Some((s, c1.max(e))),
@@ -164,6 +177,7 @@ impl Images {
             dst_orig: dst,
             ranges: ranges_path,
             differing,
+            dst_runs,
             dir,
         }
     }
@@ -239,14 +253,15 @@ struct Paths {
     dst: PathBuf,
     state: PathBuf,
     logs: PathBuf,
-    /// The target as last read: one buffer for every read, since faulting in fresh pages
-    /// would cost more than the pipelines under test.
-    buf: RefCell<Vec<u8>>,
+    /// The target was last seen equal to the source, byte for byte (so a reset only has to
+    /// rewrite where the original differs).
+    at_source: Cell<bool>,
 }
 
 impl Paths {
     /// Put the original target back, with its old size and without state: overwritten in
-    /// place, so the file keeps its pages.
+    /// place, so the file keeps its pages. A target checked equal to the source gets only the
+    /// runs where the original differs (less than half of it), then its old size.
     fn reset(&self, img: &Images) {
         let f = fs::OpenOptions::new()
             .write(true)
@@ -254,22 +269,87 @@ impl Paths {
             .truncate(false)
             .open(&self.dst)
             .unwrap();
-        f.write_all_at(&img.dst_orig, 0).unwrap();
+        if self.at_source.replace(false) {
+            for &(at, len) in &img.dst_runs {
+                f.write_all_at(&img.dst_orig[at..at + len], at as u64)
+                    .unwrap();
+            }
+        } else {
+            f.write_all_at(&img.dst_orig, 0).unwrap();
+        }
         f.set_len(img.dst_orig.len() as u64).unwrap();
         let _ = fs::remove_file(&self.state);
     }
 
-    /// The target's contents now.
-    fn target(&self) -> Ref<'_, Vec<u8>> {
-        {
-            let mut buf = self.buf.borrow_mut();
-            buf.clear();
-            File::open(&self.dst)
-                .unwrap()
-                .read_to_end(&mut buf)
-                .unwrap();
+    /// The target's contents now, mapped: only once every stage has exited (nothing may
+    /// truncate it under the map).
+    fn target(&self) -> Mapped {
+        Mapped::new(&File::open(&self.dst).unwrap())
+    }
+
+    /// Where the target first differs from the source, if it does; remembered for `reset`.
+    fn first_difference(&self, img: &Images) -> Option<usize> {
+        let at = img.first_difference(&self.target());
+        self.at_source.set(at.is_none());
+        at
+    }
+}
+
+/// A file mapped read-only. Reading the 48 MiB target into a buffer, twice a trial, cost more
+/// than the pipelines under test (a copy out of the page cache on a 2-core VM: 100-300 ms);
+/// comparing the mapped page cache costs about a third of that.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(f: &File) -> Mapped {
+        let len = f.metadata().unwrap().len() as usize;
+        if len == 0 {
+            return Mapped {
+                ptr: std::ptr::null_mut(),
+                len,
+            };
         }
-        self.buf.borrow()
+        // SAFETY: a fresh shared read-only mapping of a whole file that no process changes
+        // while it is mapped (every stage has exited; `reset` runs after it is dropped).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert!(
+            ptr != libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        Mapped { ptr, len }
+    }
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` maps `len` readable bytes until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the mapping made in `new`.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
     }
 }
 
@@ -455,13 +535,13 @@ fn describe(st: ExitStatus) -> String {
     }
 }
 
-/// The run time of each stage and what each wrote, from unkilled runs: (median exit time,
-/// bytes written).
+/// The run time of each stage and what each wrote, from three unkilled runs: (median exit
+/// time, bytes written).
 fn calibrate(p: Pipeline, img: &Images, paths: &Paths, state: bool) -> Vec<(Duration, u64)> {
     let n = p.stages().len();
     let mut ends = vec![Vec::new(); n];
     let mut wrote = vec![0u64; n];
-    for run in 0..5 {
+    for run in 0..3 {
         paths.reset(img);
         let (mut stages, started) = spawn(p, img, paths, state, None);
         wait_all(&mut stages, started, None);
@@ -478,7 +558,7 @@ fn calibrate(p: Pipeline, img: &Images, paths: &Paths, state: bool) -> Vec<(Dura
                 wrote[i] = s.wchar;
             }
         }
-        assert_eq!(img.first_difference(&paths.target()), None, "unkilled run");
+        assert_eq!(paths.first_difference(img), None, "unkilled run");
     }
     ends.into_iter()
         .zip(wrote)
@@ -509,7 +589,6 @@ struct Tally {
 
 /// Every stage of `p`, `trials()` times each, without and with --state.
 fn kill_every_stage(p: Pipeline, salt: u64) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let seed = seed();
     // Each test draws its own sequence from the same seed.
@@ -519,7 +598,7 @@ fn kill_every_stage(p: Pipeline, salt: u64) {
         dst: img.dir.path().join("dst.img"),
         state: img.dir.path().join("state"),
         logs: img.dir.path().to_owned(),
-        buf: RefCell::new(Vec::with_capacity(img.src_bytes.len() + MIB)),
+        at_source: Cell::new(false),
     };
     let names = p.stages();
     let n = trials();
@@ -542,26 +621,27 @@ fn kill_every_stage(p: Pipeline, salt: u64) {
         } else {
             "without --state"
         };
-        let bench = Bench {
-            p,
-            img: &img,
-            paths: &paths,
-            state,
-            cal: calibrate(p, &img, &paths, state),
-        };
-        eprintln!(
-            "  {mode}: unkilled run: {}",
-            names
-                .iter()
-                .zip(&bench.cal)
-                .map(|(s, (t, w))| match w {
-                    0 => format!("{s} exits at {t:.1?}"),
-                    w => format!("{s} exits at {t:.1?} ({w} B out)"),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
         for victim in 0..names.len() {
+            let bench = Bench {
+                p,
+                img: &img,
+                paths: &paths,
+                state,
+                cal: calibrate(p, &img, &paths, state),
+            };
+            eprintln!(
+                "  {mode}, before killing {}: unkilled run: {}",
+                names[victim],
+                names
+                    .iter()
+                    .zip(&bench.cal)
+                    .map(|(s, (t, w))| match w {
+                        0 => format!("{s} exits at {t:.1?}"),
+                        w => format!("{s} exits at {t:.1?} ({w} B out)"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             let mut tally = Tally::default();
             for trial in 0..n {
                 let ctx = format!(
@@ -747,7 +827,7 @@ fn kill_trial(b: &Bench, victim: usize, delay: Duration, tally: &mut Tally, ctx:
         stages.iter().all(|s| s.status.unwrap().success()),
         "{rerun}"
     );
-    if let Some(at) = img.first_difference(&paths.target()) {
+    if let Some(at) = paths.first_difference(img) {
         panic!("target differs from the source at {at} after the {rerun}");
     }
     if state {
