@@ -6,7 +6,7 @@
 
 mod common;
 
-// First in name order, so libtest starts its two tests first (see its module doc).
+// First in name order, so libtest starts its (long) test first (see its module doc).
 mod a_kill9;
 mod blksync;
 mod chain;
