@@ -118,6 +118,47 @@ pub fn write_target(path: &Path, bytes: &[u8]) {
     assert!(dd.wait().unwrap().success(), "dd {of} failed");
 }
 
+/// A child process that holds `path` open with O_EXCL (read-only) until dropped, as another
+/// program holding a device would. The test process never holds the descriptor itself: a
+/// child forked meanwhile by another test thread would keep a copy until its exec, and
+/// blkpatch's in-use check would rightly name that child (seen once in CI under load).
+pub struct ExclHolder(Child);
+
+impl ExclHolder {
+    pub fn open(path: &Path) -> ExclHolder {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import os, sys\nos.open(sys.argv[1], os.O_RDONLY | os.O_EXCL)\nprint('held', flush=True)\nsys.stdin.read()",
+            ])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(
+            line.trim(),
+            "held",
+            "python3 could not hold {}",
+            path.display()
+        );
+        ExclHolder(child)
+    }
+}
+
+impl Drop for ExclHolder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
 /// The number GNU time wrote to `file` (`/usr/bin/time -f %M -o FILE`: one field), e.g.
 /// the peak RSS in KiB.
 pub fn gnu_time_value(file: &Path) -> u64 {

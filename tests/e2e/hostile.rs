@@ -5,7 +5,7 @@
 //! run the built tools on real files, loop devices and mounted ext4 (root needed).
 
 use std::fs;
-use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -15,7 +15,7 @@ use blkpipe_testkit::image;
 
 use crate::common::{
     assert_stderr_has, bin, pattern, pattern_file, require_loop, run, run_ok, stderr, stdout_ok,
-    Loop,
+    ExclHolder, Loop,
 };
 
 const SIZE: usize = 1 << 20;
@@ -498,11 +498,7 @@ fn item11_force_keeps_o_excl_unless_asked() {
     let backing = f.file("l.img", SIZE, 2);
     let dev = require_loop(Loop::attach(&backing));
     let before = fs::read(&backing).unwrap();
-    let holder = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_EXCL)
-        .open(dev.path())
-        .unwrap();
+    let holder = ExclHolder::open(dev.path());
     let out = patch(&["--force", s(dev.path())], &f.stream);
     assert_refused(&out, "--no-exclusive");
     assert!(fs::read(&backing).unwrap() == before);

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -11,7 +11,7 @@ use blkpipe_format::patch::{PatchReader, RecordData};
 
 use crate::common::{
     assert_stderr_has, bin, pattern, pattern_image, require_loop, run, run_ok, spawn_fed, stderr,
-    write_target, Loop,
+    write_target, ExclHolder, Loop,
 };
 
 /// `blkread-chunks SRC < ranges` as bytes.
@@ -472,15 +472,11 @@ fn loop_device_targets() {
     // Same size as the source (rounded to 512 by the loop driver: use an aligned size).
     let size = f.src_bytes.len().div_ceil(512) * 512;
     let backing = f.path("loop.img");
-    fs::write(&backing, pattern(size, 7)).unwrap();
+    write_target(&backing, &pattern(size, 7));
     let dev = require_loop(Loop::attach(&backing));
 
     // A device that is open exclusively elsewhere is refused and left untouched.
-    let holder = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_excl())
-        .open(dev.path())
-        .unwrap();
+    let holder = ExclHolder::open(dev.path());
     let before = fs::read(&backing).unwrap();
     let out = patch(dev.path(), &stream, &[]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
@@ -537,10 +533,6 @@ fn mounted_device_is_refused() {
     let _ = Command::new("umount").arg(&mnt).status();
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert_stderr_has(&out, "mounted on");
-}
-
-fn libc_o_excl() -> i32 {
-    0o200 // O_EXCL on Linux
 }
 
 /// The contract every tool keeps is in `contract.rs`; what is blkpatch's own: an empty stream
