@@ -212,8 +212,14 @@ pub fn bash(script: &str) -> Command {
 /// A loop device over a file, detached on drop.
 pub struct Loop(pub String);
 
+/// One losetup at a time in this process. `losetup --find` opens the free device it found
+/// before binding it, so two at once can pick the same one, and the loser holds the
+/// winner's new device open for a moment (blkpatch named such a losetup once in CI).
+static LOSETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Loop {
     pub fn attach(file: &Path) -> Option<Loop> {
+        let _one = LOSETUP.lock().unwrap_or_else(|e| e.into_inner());
         let out = Command::new("losetup")
             .args(["--find", "--show"])
             .arg(file)
@@ -241,6 +247,7 @@ impl Drop for Loop {
             .arg(&self.0)
             .stderr(Stdio::null())
             .status();
+        let _one = LOSETUP.lock().unwrap_or_else(|e| e.into_inner());
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
     }
 }

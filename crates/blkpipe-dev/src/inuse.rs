@@ -62,18 +62,18 @@ pub(crate) fn check(path: &Path, meta: &fs::Metadata) -> Result<(), DevError> {
                 }
             }
         }
-        if let Some(pid) = opened_by_other(false, |m| {
+        if let Some(holder) = opened_by_other(false, |m| {
             m.file_type().is_block_device() && m.rdev() == meta.rdev()
         }) {
-            return in_use(format!("open in process {pid}"));
+            return in_use(format!("open in process {holder}"));
         }
     } else if meta.file_type().is_file() {
         if let Some(loopdev) = backing_loop(meta) {
             return in_use(format!("backs loop device {loopdev}"));
         }
         let same = |m: &fs::Metadata| m.dev() == meta.dev() && m.ino() == meta.ino();
-        if let Some(pid) = opened_by_other(true, same) {
-            return in_use(format!("open for writing in process {pid}"));
+        if let Some(holder) = opened_by_other(true, same) {
+            return in_use(format!("open for writing in process {holder}"));
         }
     }
     Ok(())
@@ -98,9 +98,34 @@ fn first_entry(dir: &str) -> Option<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
 }
 
+/// How many times a holder must be seen, and how long apart, before it counts. Some opens
+/// last only milliseconds and are no use of the target: `losetup --find` opening the free
+/// device it then fails to bind, another blkpatch asking each loop device for its backing
+/// file, udev probing a new device, a child between fork and exec holding a copy of its
+/// parent's descriptors. A holder that is still there 0.1 s later is refused.
+const HOLDER_SCANS: u32 = 3;
+const HOLDER_RESCAN_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Another process holding an fd whose target matches (with `writers_only`, one open for
-/// writing).
-fn opened_by_other(writers_only: bool, matches: impl Fn(&fs::Metadata) -> bool) -> Option<u32> {
+/// writing) on each of [`HOLDER_SCANS`] scans: "PID (command)" of the last one seen.
+fn opened_by_other(writers_only: bool, matches: impl Fn(&fs::Metadata) -> bool) -> Option<String> {
+    let mut seen = None;
+    for scan in 0..HOLDER_SCANS {
+        if scan > 0 {
+            std::thread::sleep(HOLDER_RESCAN_AFTER);
+        }
+        seen = Some(scan_processes(writers_only, &matches)?);
+    }
+    let pid = seen?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    Some(match comm.trim() {
+        "" => pid.to_string(),
+        name => format!("{pid} ({name})"),
+    })
+}
+
+/// One pass over /proc for [`opened_by_other`].
+fn scan_processes(writers_only: bool, matches: &impl Fn(&fs::Metadata) -> bool) -> Option<u32> {
     let me = std::process::id();
     for proc_entry in fs::read_dir("/proc").ok()?.flatten() {
         let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else {
