@@ -42,7 +42,6 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -281,7 +280,8 @@ impl Paths {
                 .open(&self.dst)
                 .unwrap();
             f.set_len(len as u64).unwrap();
-            Mapped::new(&f, true)
+            // SAFETY: as `map`; the mapping outlives the descriptor, closed right here.
+            unsafe { memmap2::MmapMut::map_mut(&f) }.expect("mmap")
         };
         if self.at_source.replace(false) {
             for &(at, n) in &img.dst_runs {
@@ -297,7 +297,7 @@ impl Paths {
     /// The target's contents now, mapped: only once every stage has exited (nothing may
     /// truncate it under the map).
     fn target(&self) -> Mapped {
-        Mapped::new(&File::open(&self.dst).unwrap(), false)
+        map(&File::open(&self.dst).unwrap())
     }
 
     /// Where the target first differs from the source, if it does; remembered for `reset`.
@@ -308,79 +308,16 @@ impl Paths {
     }
 }
 
-/// A file mapped read-only. Reading the 48 MiB target into a buffer, twice a trial, cost more
-/// than the pipelines under test (a copy out of the page cache on a 2-core VM: 100-300 ms);
-/// comparing the mapped page cache costs about a third of that.
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
+/// The target mapped rather than read: reading the 48 MiB target into a buffer, twice a
+/// trial, cost more than the pipelines under test (a copy out of the page cache on a 2-core
+/// VM: 100-300 ms); comparing the mapped page cache costs about a third of that.
+type Mapped = memmap2::Mmap;
 
-impl Mapped {
-    /// Map all of `f`, shared; `writable` needs `f` open for reading and writing.
-    fn new(f: &File, writable: bool) -> Mapped {
-        let len = f.metadata().unwrap().len() as usize;
-        if len == 0 {
-            return Mapped {
-                ptr: std::ptr::null_mut(),
-                len,
-            };
-        }
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: a fresh shared mapping of a whole file that no other process changes or
-        // truncates while it is mapped (every stage has exited, or none has started yet).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert!(
-            ptr != libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        Mapped { ptr, len }
-    }
-}
-
-impl std::ops::DerefMut for Mapped {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        if self.len == 0 {
-            return &mut [];
-        }
-        // SAFETY: `ptr` maps `len` bytes until drop; writable when made so (a write to a
-        // read-only mapping faults, it does not corrupt).
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast(), self.len) }
-    }
-}
-
-impl std::ops::Deref for Mapped {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: `ptr` maps `len` readable bytes until drop.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast(), self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: unmaps exactly the mapping made in `new`.
-            unsafe { libc::munmap(self.ptr, self.len) };
-        }
-    }
+/// Map all of `f`, shared and read-only.
+fn map(f: &File) -> Mapped {
+    // SAFETY: a shared mapping of a whole file that no other process changes or truncates
+    // while it is mapped (every stage has exited, or none has started yet).
+    unsafe { memmap2::Mmap::map(f) }.expect("mmap")
 }
 
 /// Start `p` on `dst`: each stage its own process, stdout piped into the next one's stdin,
