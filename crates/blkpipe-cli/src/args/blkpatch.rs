@@ -14,7 +14,8 @@ tool_args! {
     /// missing (O_EXCL, never under /dev: a missing /dev path is a missing device) and sized to
     /// the source; a block device smaller than the source is refused, and one that is mounted,
     /// held or open elsewhere, or a file backing a loop device or open for writing elsewhere, is
-    /// refused unless --force. The --undo and --state files must be regular files that are not
+    /// refused unless --force (a process counts as having it open if it still does 0.1 s later,
+    /// and the error names it). The --undo and --state files must be regular files that are not
     /// the target, the input or each other (by device and inode) and not in use; a --state FILE
     /// is bound to its stream and its target, and refused for any other.
     ///
