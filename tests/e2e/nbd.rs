@@ -19,17 +19,21 @@ struct QemuNbd {
 impl QemuNbd {
     fn start(image: &Path, fmt: &str, extra: &[&str]) -> QemuNbd {
         let sock = image.with_extension("sock");
+        let pid = image.with_extension("pid");
         let _ = fs::remove_file(&sock);
+        let _ = fs::remove_file(&pid);
         let child = Command::new("qemu-nbd")
             .args(["-f", fmt, "-k"])
             .arg(&sock)
+            .arg("--pid-file")
+            .arg(&pid)
             .args(["-t", "-e", "8", "--cache=writeback"])
             .args(extra)
             .arg(image)
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-nbd (apt-get install qemu-utils)");
-        wait_for(&sock, 10, "qemu-nbd did not create its socket");
+        wait_for(&pid, 10, "qemu-nbd did not write its pid file");
         QemuNbd { child, sock }
     }
 
@@ -484,16 +488,19 @@ fn nbdkit_simple_replies_and_block_size_limits() {
     .enumerate()
     {
         let sock = dir.path().join(format!("k{i}.sock"));
+        let pid = dir.path().join(format!("k{i}.pid"));
         let mut child = Command::new("nbdkit")
             .args(["-f", "-U"])
             .arg(&sock)
+            .arg("-P")
+            .arg(&pid)
             .args(*flags)
             .args(["memory", "size=16M"])
             .args(*params)
             .stdin(Stdio::null())
             .spawn()
             .expect("nbdkit");
-        wait_for(&sock, 10, "nbdkit did not start");
+        wait_for(&pid, 10, "nbdkit did not write its pid file");
         let uri = format!("nbd+unix:///?socket={}", sock.display());
         exercise_threads(&uri, &vec![0u8; 16 << 20]);
         let _ = child.kill();
@@ -529,7 +536,7 @@ impl Qemu {
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-system-x86_64");
-        wait_for(&qmp, 20, "qemu did not create its QMP socket");
+        wait_listening(&qmp, 20, "qemu did not listen on its QMP socket");
         Qemu { child, qmp }
     }
 
@@ -588,9 +595,22 @@ fn vmsync_rounds_follow_the_bitmaps() {
 
 /// Wait until a server has created its socket `path`, for up to `secs` seconds (`what`: the
 /// failure message).
+/// Wait until `path` exists. A server's socket appears at its bind(), before its listen(): a
+/// client that connects in between is refused (a CI run failed so), so the servers are waited
+/// for by the pid file each writes once it listens (qemu-nbd --pid-file, nbdkit -P), and
+/// qemu's QMP socket by [`wait_listening`].
 fn wait_for(path: &Path, secs: u64, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !path.exists() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until the Unix socket `path` accepts a connection (closed at once).
+fn wait_listening(path: &Path, secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
         assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(20));
     }
