@@ -682,6 +682,49 @@ fn out_ref(o: &Output) -> &Output {
     o
 }
 
+/// A holder names itself (prctl PR_SET_NAME): a newline or escape in its name does not get
+/// into blkpatch's one-line refusal.
+#[test]
+fn a_holders_chosen_name_stays_on_one_line() {
+    let f = fx();
+    let target = f.file("held.img", SIZE, 2);
+    let mut holder = Command::new("python3")
+        .args([
+            "-c",
+            "import ctypes, os, sys\n\
+             ctypes.CDLL(None).prctl(15, b'ev\\nil\\x1b[2J', 0, 0, 0)\n\
+             fd = os.open(sys.argv[1], os.O_RDWR)\n\
+             print('held', flush=True)\n\
+             sys.stdin.read()",
+        ])
+        .arg(&target)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let out = patch(&[s(&target)], &f.stream);
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    let pid = holder.id();
+    assert_refused(
+        &out,
+        &format!("open for writing in process {pid} (ev?il?[2J)"),
+    );
+    assert_eq!(
+        stderr(&out).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Found beyond the list: an image file open for writing in another process (a running VM's
 /// disk) is in use like a mounted device; progress lines on stdout would corrupt the stream.
 #[test]
@@ -708,7 +751,7 @@ fn beyond_file_open_for_writing_elsewhere_and_progress_on_stdout() {
     let out = patch(&[s(&target)], &f.stream);
     let _ = holder.kill();
     let _ = holder.wait();
-    assert_refused(&out, &format!("open for writing in process {pid}"));
+    assert_refused(&out, &format!("open for writing in process {pid} (sleep)"));
     assert!(fs::read(&target).unwrap() == before);
     let out = patch(&[s(&target)], &f.stream);
     assert!(out.status.success(), "{}", stderr(&out));

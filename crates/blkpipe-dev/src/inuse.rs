@@ -117,8 +117,15 @@ fn opened_by_other(writers_only: bool, matches: impl Fn(&fs::Metadata) -> bool) 
         seen = Some(scan_processes(writers_only, &matches)?);
     }
     let pid = seen?;
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    Some(match comm.trim() {
+    // The command name is the process's own choice (prctl): no control character of it
+    // reaches the one-line error.
+    let comm: String = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim_end_matches('\n')
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    Some(match comm.as_str() {
         "" => pid.to_string(),
         name => format!("{pid} ({name})"),
     })
