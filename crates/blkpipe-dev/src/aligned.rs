@@ -20,10 +20,11 @@ impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (mapped as at least one); aborts as an allocation
     /// would when there is no memory.
     pub fn new(len: usize) -> Self {
-        match memmap2::MmapMut::map_anon(len.max(1)) {
+        let mapped = len.max(1);
+        match memmap2::MmapMut::map_anon(mapped) {
             Ok(map) => AlignedBuf { map, len },
             Err(_) => std::alloc::handle_alloc_error(
-                std::alloc::Layout::from_size_align(len.max(1), 4096).expect("valid layout"),
+                std::alloc::Layout::from_size_align(mapped, 4096).expect("valid layout"),
             ),
         }
     }

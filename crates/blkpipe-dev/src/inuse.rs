@@ -109,14 +109,11 @@ const HOLDER_RESCAN_AFTER: std::time::Duration = std::time::Duration::from_milli
 /// Another process holding an fd whose target matches (with `writers_only`, one open for
 /// writing) on each of [`HOLDER_SCANS`] scans: "PID (command)" of the last one seen.
 fn opened_by_other(writers_only: bool, matches: impl Fn(&fs::Metadata) -> bool) -> Option<String> {
-    let mut seen = None;
-    for scan in 0..HOLDER_SCANS {
-        if scan > 0 {
-            std::thread::sleep(HOLDER_RESCAN_AFTER);
-        }
-        seen = Some(scan_processes(writers_only, &matches)?);
+    let mut pid = scan_processes(writers_only, &matches)?;
+    for _ in 1..HOLDER_SCANS {
+        std::thread::sleep(HOLDER_RESCAN_AFTER);
+        pid = scan_processes(writers_only, &matches)?;
     }
-    let pid = seen?;
     // The command name is the process's own choice (prctl): no control character of it
     // reaches the one-line error.
     let comm: String = fs::read_to_string(format!("/proc/{pid}/comm"))
