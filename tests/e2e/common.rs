@@ -118,19 +118,25 @@ pub fn write_target(path: &Path, bytes: &[u8]) {
     assert!(dd.wait().unwrap().success(), "dd {of} failed");
 }
 
-/// A child process that holds `path` open with O_EXCL (read-only) until dropped, as another
-/// program holding a device would. The test process never holds the descriptor itself: a
-/// child forked meanwhile by another test thread would keep a copy until its exec, and
-/// blkpatch's in-use check would rightly name that child (seen once in CI under load).
-pub struct ExclHolder(Child);
+/// A child process (python3) that holds `path` open until dropped, as another program holding
+/// a device or an image would. The test process never holds the descriptor itself: a child
+/// forked meanwhile by another test thread would keep a copy until its exec, and blkpatch's
+/// in-use check would rightly name that child (seen once in CI under load).
+pub struct Holder(Child);
 
-impl ExclHolder {
-    pub fn open(path: &Path) -> ExclHolder {
+impl Holder {
+    /// Held read-only with O_EXCL.
+    pub fn excl(path: &Path) -> Holder {
+        Holder::python("os.open(sys.argv[1], os.O_RDONLY | os.O_EXCL)", path)
+    }
+
+    /// Held by `opening`, python3 statements that open `sys.argv[1]` (`os` and `sys`
+    /// imported), run before the holder reports that it holds it.
+    pub fn python(opening: &str, path: &Path) -> Holder {
+        let program =
+            format!("import os, sys\n{opening}\nprint('held', flush=True)\nsys.stdin.read()");
         let mut child = Command::new("python3")
-            .args([
-                "-c",
-                "import os, sys\nos.open(sys.argv[1], os.O_RDONLY | os.O_EXCL)\nprint('held', flush=True)\nsys.stdin.read()",
-            ])
+            .args(["-c", &program])
             .arg(path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -148,11 +154,16 @@ impl ExclHolder {
             "python3 could not hold {}",
             path.display()
         );
-        ExclHolder(child)
+        Holder(child)
+    }
+
+    /// The holding process's id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
     }
 }
 
-impl Drop for ExclHolder {
+impl Drop for Holder {
     fn drop(&mut self) {
         drop(self.0.stdin.take());
         let _ = self.0.wait();

@@ -15,7 +15,7 @@ use blkpipe_testkit::image;
 
 use crate::common::{
     assert_stderr_has, bin, pattern, pattern_file, require_loop, run, run_ok, stderr, stdout_ok,
-    ExclHolder, Loop,
+    Holder, Loop,
 };
 
 const SIZE: usize = 1 << 20;
@@ -498,7 +498,7 @@ fn item11_force_keeps_o_excl_unless_asked() {
     let backing = f.file("l.img", SIZE, 2);
     let dev = require_loop(Loop::attach(&backing));
     let before = fs::read(&backing).unwrap();
-    let holder = ExclHolder::open(dev.path());
+    let holder = Holder::excl(dev.path());
     let out = patch(&["--force", s(dev.path())], &f.stream);
     assert_refused(&out, "--no-exclusive");
     assert!(fs::read(&backing).unwrap() == before);
@@ -688,31 +688,15 @@ fn out_ref(o: &Output) -> &Output {
 fn a_holders_chosen_name_stays_on_one_line() {
     let f = fx();
     let target = f.file("held.img", SIZE, 2);
-    let mut holder = Command::new("python3")
-        .args([
-            "-c",
-            "import ctypes, os, sys\n\
-             ctypes.CDLL(None).prctl(15, b'ev\\nil\\x1b[2J', 0, 0, 0)\n\
-             fd = os.open(sys.argv[1], os.O_RDWR)\n\
-             print('held', flush=True)\n\
-             sys.stdin.read()",
-        ])
-        .arg(&target)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "held");
+    let holder = Holder::python(
+        "import ctypes\n\
+         ctypes.CDLL(None).prctl(15, b'ev\\nil\\x1b[2J', 0, 0, 0)\n\
+         fd = os.open(sys.argv[1], os.O_RDWR)",
+        &target,
+    );
     let out = patch(&[s(&target)], &f.stream);
-    drop(holder.stdin.take());
-    let _ = holder.wait();
-    let pid = holder.id();
+    let pid = holder.pid();
+    drop(holder);
     assert_refused(
         &out,
         &format!("open for writing in process {pid} (ev?il?[2J)"),

@@ -4,6 +4,7 @@
 //! `qemu-img compare`. A fake server that lies is in `nbd_lies.rs`.
 
 use std::fs;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -33,7 +34,7 @@ impl QemuNbd {
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-nbd (apt-get install qemu-utils)");
-        wait_for(&pid, 10, "qemu-nbd did not write its pid file");
+        wait_for(10, "qemu-nbd did not write its pid file", || pid.exists());
         QemuNbd { child, sock }
     }
 
@@ -500,7 +501,7 @@ fn nbdkit_simple_replies_and_block_size_limits() {
             .stdin(Stdio::null())
             .spawn()
             .expect("nbdkit");
-        wait_for(&pid, 10, "nbdkit did not write its pid file");
+        wait_for(10, "nbdkit did not write its pid file", || pid.exists());
         let uri = format!("nbd+unix:///?socket={}", sock.display());
         exercise_threads(&uri, &vec![0u8; 16 << 20]);
         let _ = child.kill();
@@ -536,7 +537,9 @@ impl Qemu {
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-system-x86_64");
-        wait_listening(&qmp, 20, "qemu did not listen on its QMP socket");
+        wait_for(20, "qemu did not listen on its QMP socket", || {
+            UnixStream::connect(&qmp).is_ok() // closed at once
+        });
         Qemu { child, qmp }
     }
 
@@ -593,24 +596,13 @@ fn vmsync_rounds_follow_the_bitmaps() {
     same_guest_view(&img, "qcow2", &copy, "raw");
 }
 
-/// Wait until a server has created its socket `path`, for up to `secs` seconds (`what`: the
-/// failure message).
-/// Wait until `path` exists. A server's socket appears at its bind(), before its listen(): a
-/// client that connects in between is refused (a CI run failed so), so the servers are waited
-/// for by the pid file each writes once it listens (qemu-nbd --pid-file, nbdkit -P), and
-/// qemu's QMP socket by [`wait_listening`].
-fn wait_for(path: &Path, secs: u64, what: &str) {
+/// Wait until `ready()`, for up to `secs` seconds (`what`: the failure message). A server's
+/// socket appears at its bind(), before its listen(): a client that connects in between is
+/// refused (a CI run failed so). So the servers are waited for by the pid file each writes
+/// once it listens (qemu-nbd --pid-file, nbdkit -P), and qemu's QMP socket by a connection.
+fn wait_for(secs: u64, what: &str, ready: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Wait until the Unix socket `path` accepts a connection (closed at once).
-fn wait_listening(path: &Path, secs: u64, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while std::os::unix::net::UnixStream::connect(path).is_err() {
+    while !ready() {
         assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -11,7 +11,7 @@ use blkpipe_format::patch::{PatchReader, RecordData};
 
 use crate::common::{
     assert_stderr_has, bin, pattern, pattern_image, require_loop, run, run_ok, spawn_fed, stderr,
-    write_target, ExclHolder, Loop,
+    write_target, Holder, Loop,
 };
 
 /// `blkread-chunks SRC < ranges` as bytes.
@@ -476,7 +476,7 @@ fn loop_device_targets() {
     let dev = require_loop(Loop::attach(&backing));
 
     // A device that is open exclusively elsewhere is refused and left untouched.
-    let holder = ExclHolder::open(dev.path());
+    let holder = Holder::excl(dev.path());
     let before = fs::read(&backing).unwrap();
     let out = patch(dev.path(), &stream, &[]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
